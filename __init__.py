@@ -1,0 +1,11 @@
+"""comfyui-lora-bridge: a ComfyUI node pack (this folder, placed in ``custom_nodes/``) and the
+bridge service that drives ComfyUI pods (``comfyui_lora_bridge.bridge``).
+
+Importing this package never imports torch or ComfyUI; the node classes import ComfyUI only
+when ComfyUI calls them.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The distribution: one package, a console command, a ComfyUI registry section, no torch on the bridge side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bridge_side_imports_without_torch_or_comfyui() -> None:
+    code = (
+        "import sys\n"
+        "import comfyui_lora_bridge\n"
+        "import comfyui_lora_bridge.bridge.cli, comfyui_lora_bridge.bridge.pod_client\n"
+        "import comfyui_lora_bridge.bridge.templates, comfyui_lora_bridge.bridge.lora_insertion\n"
+        "import comfyui_lora_bridge.bridge.localpod.server, comfyui_lora_bridge.bridge.localpod.weights\n"
+        "print(sorted(m for m in ('torch', 'comfy', 'folder_paths', 'nodes') if m in sys.modules))\n"
+        "print(len(comfyui_lora_bridge.NODE_CLASS_MAPPINGS))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert int(out[1]) >= 2
+
+
+def test_console_command_is_installed() -> None:
+    exe = Path(sys.executable).with_name("lora-bridge")
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    assert "demo" in res.stdout
+
+
+def test_comfy_registry_section_is_read_by_comfyui() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
+    # ComfyUI's own parser of node-pack metadata must understand it.
+    code = (
+        "from comfy_config import config_parser\n"
+        f"cfg = config_parser.extract_node_configuration({str(ROOT)!r})\n"
+        "print(cfg.project.name, cfg.tool_comfy.publisher_id, cfg.tool_comfy.display_name)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=comfyui_dir(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["comfyui-lora-bridge", meta["tool"]["comfy"]["PublisherId"], "LoRA", "Bridge"]

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
+from support import CHECKPOINT, LORA_FILES
 
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_checkpoint, cached_lora
-from comfyui_lora_bridge.bridge.pod_client import JobResult, PodClient
-from comfyui_lora_bridge.bridge.templates import load_template
-
-CHECKPOINT = "sd15-tiny.safetensors"
-LORA_FILES = {layout: f"test_{layout}.safetensors" for layout in ("kohya", "peft", "loha")}
-LORA_FILES["kohya_b"] = "test_kohya_b.safetensors"
 
 
 @dataclass(frozen=True)
@@ -47,28 +37,3 @@ def comfy(weights: Weights):
         yield pod
     finally:
         pod.cleanup()
-
-
-def txt2img(**params: Any) -> dict[str, Any]:
-    """The shipped SD1.5 template at test size: 64x64, 3 steps, fixed seed."""
-    values = dict(checkpoint=CHECKPOINT, prompt="ohwx, a portrait", seed=1234, steps=3, cfg=5.0, width=64, height=64)
-    values.update(params)
-    return load_template("sd15_txt2img").render(**values)
-
-
-def run_graph(pod: LocalComfy, graph: dict[str, Any]) -> JobResult:
-    async def go() -> JobResult:
-        async with PodClient(pod.url, timeout=300) as client:
-            return await client.run(graph)
-
-    return asyncio.run(go())
-
-
-def image_of(result: JobResult) -> np.ndarray:
-    """The job's single output image as an int16 array (safe to subtract)."""
-    assert len(result.files) == 1, result.files
-    return np.asarray(Image.open(io.BytesIO(result.files[0].data)).convert("RGB"), dtype=np.int16)
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean())

@@ -11,7 +11,7 @@ from comfyui_lora_bridge.bridge.errors import PodStartError
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.lora_insertion import StockLora, insert_lora_loaders
 
-from .conftest import LORA_FILES, image_of, mean_abs_diff, run_graph, txt2img
+from support import LORA_FILES, image_of, mean_abs_diff, run_graph, txt2img
 
 pytestmark = pytest.mark.comfy
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import LoraBridgeError
@@ -16,15 +19,124 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_policy():  # the person at the keyboard may name their own local files
+    from .lorafiles.sources import FetchPolicy
+
+    return FetchPolicy.from_env(local_roots=(Path("/"),))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .lorafiles.inspect import inspect_source
+
+    info = inspect_source(args.source, _cli_policy(), with_hash=not args.no_hash)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2, sort_keys=True))
+        return 0
+    rows = [
+        ("source", info.source), ("size", f"{info.size:,} bytes"), ("format", info.format + (" + DoRA" if info.dora else "")),
+        ("base model", f"{info.family_name} ({info.family_source}: {info.family_evidence})"),
+        ("targets", ", ".join(info.targets) or "-"), ("rank(s)", ", ".join(map(str, info.ranks)) or "-"),
+        ("alpha(s)", ", ".join(f"{a:g}" for a in info.alphas) or "-"), ("dtypes", ", ".join(info.dtypes) or "-"),
+        ("modules", str(info.modules)), ("trigger words", ", ".join(info.trigger_words) or "-"),
+        ("sha256", info.sha256 or "-"), ("AutoV2", info.autov2 or "-"),
+    ]
+    rows += [(k, v if len(v) < 80 else v[:77] + "...") for k, v in sorted(info.metadata.items()) if k.startswith(("ss_base", "ss_network", "ss_output", "modelspec."))]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for warning in info.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+class ByteProgress:
+    """A one-line download progress bar on stderr."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.start = label, time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if not self.tty and pct // 10 == self.shown // 10 and done < total:
+            return
+        self.shown = pct
+        rate = done / max(time.monotonic() - self.start, 1e-6) / 2**20
+        bar = "#" * (pct // 5)
+        end = "\n" if done >= total or not self.tty else ""
+        print(f"\r{self.label} [{bar:<20}] {pct:3d}% {done / 2**20:8.1f} MiB {rate:7.1f} MiB/s", end=end, file=sys.stderr, flush=True)
+
+
+def _store():
+    from .config import disk_budget_bytes, store_root
+    from .lorafiles.store import LoraStore
+
+    return LoraStore(store_root(), os.environ.get("LORA_BRIDGE_LINK_DIR") or None, disk_budget_bytes())
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from .lorafiles.fetch import fetch_lora
+
+    result = fetch_lora(args.source, _store(), sha256=args.sha256, name=args.name, policy=_cli_policy(),
+                        progress=ByteProgress("fetch"), pin=args.pin)
+    out = {"path": str(result.path), "sha256": result.sha256, "size": result.size, "cached": result.cached,
+           "link": str(result.link) if result.link else None, "warnings": result.warnings,
+           "family": result.info.family if result.info else None}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    store = _store()
+    if args.action == "ls":
+        entries = store.entries()
+        for e in entries:
+            flags = ("pinned " if e.pinned else "") + ("in-use" if e.in_use else "")
+            print(f"{e.sha256[:12]}  {e.size:>12,}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}  "
+                  f"{', '.join(e.names) or '-':<30}  {e.source}  {flags}".rstrip())
+        if not entries:
+            print("(empty)")
+    elif args.action == "stats":
+        s = store.stats()
+        print(json.dumps({"entries": s.entries, "bytes": s.bytes, "budget_bytes": s.budget_bytes, "hits": s.hits,
+                          "misses": s.misses, "evictions": s.evictions, "hit_rate": round(s.hit_rate, 4)}, indent=2))
+    else:
+        evicted = store.evict(args.sha256, include_pinned=args.include_pinned) if args.sha256 or args.all else store.enforce_budget(strict=False)
+        print(f"evicted {len(evicted)} file(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-bridge", description="Fetch, cache and apply LoRAs on ComfyUI pods.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="render one prompt with and without a LoRA on a local CPU ComfyUI")
     demo.add_argument("--out", default="out/demo", help="folder for the two PNGs (default: out/demo)")
     demo.add_argument("--steps", type=int, default=4, help="sampling steps (default: 4)")
     demo.add_argument("--size", type=int, default=64, help="image width and height in pixels (default: 64)")
     demo.add_argument("--strength", type=float, default=1.0, help="LoRA strength for model and CLIP (default: 1.0)")
     demo.set_defaults(func=_demo)
+
+    insp = sub.add_parser("inspect", help="describe a LoRA (local path, URL or s3://) from its header")
+    insp.add_argument("source")
+    insp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    insp.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of local files (a full read)")
+    insp.set_defaults(func=_inspect)
+
+    fetch = sub.add_parser("fetch", help="download a LoRA into the verified disk cache")
+    fetch.add_argument("source", help="s3://bucket/key, https://…, file://… or a path")
+    fetch.add_argument("--sha256", help="expected SHA-256 (verified)")
+    fetch.add_argument("--name", help="link the file as NAME(.safetensors) in LORA_BRIDGE_LINK_DIR")
+    fetch.add_argument("--pin", action="store_true", help="never evict this file")
+    fetch.set_defaults(func=_fetch)
+
+    cache = sub.add_parser("cache", help="list, count or evict the disk cache")
+    cache.add_argument("action", choices=["ls", "stats", "evict"])
+    cache.add_argument("--sha256", help="evict: only this file")
+    cache.add_argument("--all", action="store_true", help="evict: every unpinned file not in use")
+    cache.add_argument("--include-pinned", action="store_true", help="evict: pinned files too")
+    cache.set_defaults(func=_cache)
     return parser
 
 

@@ -14,17 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..config import cache_root
 from ..errors import ConfigError
-
-
-def cache_root() -> Path:
-    """Folder for reusable local state (ComfyUI copy, generated weights)."""
-    base = os.environ.get("LORA_BRIDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "comfyui-lora-bridge"
-    )
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _is_comfyui(path: Path) -> bool:

@@ -31,7 +31,7 @@ LoraLayout = Literal["kohya", "peft", "loha"]
 LORA_LAYOUTS: tuple[LoraLayout, ...] = ("kohya", "peft", "loha")
 
 
-def _write_atomic(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:
     """Save via a temporary name, with the JSON header's keys sorted so equal inputs give equal bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -65,7 +65,7 @@ def checkpoint_tensors(spec: UNetSpec = TINY_UNET, seed: int = 0, dtype: type = 
 def write_checkpoint(path: Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0) -> Path:
     """Write an fp16 SD1.5-layout checkpoint (tiny: ~233 M params, full: ~1.07 B) and return its path."""
     spec = TINY_UNET if size == "tiny" else FULL_UNET
-    return _write_atomic(Path(path), checkpoint_tensors(spec, seed), {"format": "pt"})
+    return write_safetensors(Path(path), checkpoint_tensors(spec, seed), {"format": "pt"})
 
 
 @dataclass(frozen=True)
@@ -154,12 +154,12 @@ def lora_metadata(spec: LoraSpec) -> dict[str, str]:
 
 def write_lora(path: Path, spec: LoraSpec = LoraSpec()) -> Path:
     """Write a LoRA for the SD1.x checkpoint of ``spec.unet`` and return its path."""
-    return _write_atomic(Path(path), lora_tensors(spec), lora_metadata(spec))
+    return write_safetensors(Path(path), lora_tensors(spec), lora_metadata(spec))
 
 
 
 def _cached(name: str, write: Callable[[Path], Path]) -> Path:
-    from .install import cache_root
+    from ..config import cache_root
 
     path = cache_root() / "weights" / name
     if not path.exists():

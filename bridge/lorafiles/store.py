@@ -1,0 +1,290 @@
+"""The verified disk cache: a content-addressed store of LoRA files keyed by SHA-256.
+
+``<root>/blobs/<sha256><ext>`` holds the bytes (written by ``fetch.py`` under a hidden temporary
+name in the same folder, then renamed), ``<root>/index.sqlite3`` what we know of them (sources,
+names, pins, last use, counters), and human names are symlinks in ``link_dir`` (ComfyUI's
+``loras`` folder on a pod). A disk budget evicts least-recently-used files, never one that is
+pinned or in use (held under a shared ``flock`` by any process). Safe across threads and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import LoraBridgeError
+from .validate import safe_name
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, size INTEGER, ext TEXT, source TEXT,
+    created REAL, last_used REAL, pinned INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS sources (identity TEXT PRIMARY KEY, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+"""
+
+
+class CacheFull(LoraBridgeError):
+    """The disk budget cannot make room: everything left is pinned or in use."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    sha256: str
+    size: int
+    path: Path
+    source: str
+    names: list[str]
+    pinned: bool
+    last_used: float
+    in_use: bool
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    budget_bytes: int | None
+    hits: int
+    misses: int
+    evictions: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def _identity_key(identity: str) -> str:
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
+class LoraStore:
+    """See module docstring. ``budget_bytes=None`` means no limit."""
+
+    def __init__(self, root: Path | str, link_dir: Path | str | None = None, budget_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.locks = self.root / "locks"
+        self.link_dir = Path(link_dir) if link_dir else None
+        self.budget_bytes = budget_bytes
+        for d in (self.blobs, self.locks, *([self.link_dir] if self.link_dir else [])):
+            d.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.root / "index.sqlite3", timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.root / "index.sqlite3", timeout=60, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _count(self, db: sqlite3.Connection, name: str, n: int = 1) -> None:
+        db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, n, n))
+
+    def blob_path(self, sha256: str, ext: str = ".safetensors") -> Path:
+        return self.blobs / f"{sha256}{ext}"
+
+    def temp_path(self, key: str) -> Path:
+        """Hidden temporary name in the blobs folder (same file system, so rename is atomic)."""
+        return self.blobs / f".{key}.part"
+
+    # -- locking ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int, cancel: Callable[[], bool] | None = None) -> Iterator[None]:
+        with open(self.locks / f"{name}.lock", "a+") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if cancel is not None and cancel():
+                        from .fetch import FetchCancelled
+
+                        raise FetchCancelled("cancelled while waiting for another download of the same LoRA") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def single_flight(self, key: str, cancel: Callable[[], bool] | None = None) -> contextlib.AbstractContextManager[None]:
+        """Exclusive per-content lock: one download per key across threads and processes."""
+        return self._flock(f"dl-{_identity_key(key)[:32]}", fcntl.LOCK_EX, cancel)
+
+    def in_use(self, sha256: str) -> contextlib.AbstractContextManager[None]:
+        """Hold a blob in use (shared lock): eviction skips it until the block ends."""
+        return self._flock(f"use-{sha256}", fcntl.LOCK_SH)
+
+    def _is_in_use(self, sha256: str) -> bool:
+        with open(self.locks / f"use-{sha256}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def lookup(self, sha256: str | None = None, identity: str | None = None, record_miss: bool = True) -> tuple[str, Path] | None:
+        """The blob for a hash (or a source identity) if present; counts a hit (or a miss)."""
+        with self._db() as db:
+            if sha256 is None and identity is not None:
+                row = db.execute("SELECT sha256 FROM sources WHERE identity = ?", (_identity_key(identity),)).fetchone()
+                sha256 = row[0] if row else None
+            row = db.execute("SELECT ext FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() if sha256 else None
+            path = self.blob_path(sha256, row[0]) if row and sha256 else None
+            if path is not None and path.exists():
+                db.execute("UPDATE blobs SET last_used = ? WHERE sha256 = ?", (time.time(), sha256))
+                self._count(db, "hits")
+                return sha256, path
+            if row:  # indexed but deleted behind our back
+                db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            if record_miss:
+                self._count(db, "misses")
+            return None
+
+    def resolve_name(self, name: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT sha256 FROM names WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    # -- adding, naming, pinning --------------------------------------------------------------
+
+    def add(self, temp: Path, sha256: str, size: int, ext: str, source: str, identity: str | None) -> Path:
+        """Publish a verified temporary file under its content address (atomic rename)."""
+        final = self.blob_path(sha256, ext)
+        os.replace(temp, final)
+        _fsync_dir(self.blobs)
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO blobs (sha256, size, ext, source, created, last_used) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(sha256) DO UPDATE SET last_used = excluded.last_used",
+                (sha256, size, ext, source, now, now),
+            )
+            if identity:
+                db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)", (_identity_key(identity), sha256))
+        self.enforce_budget(keep={sha256}, strict=False)  # room was reserved before the download
+        return final
+
+    def link(self, name: str, sha256: str) -> Path | None:
+        """Make ``link_dir/<name>`` point at the blob (atomically replacing an older target)."""
+        name = safe_name(name)
+        with self._db() as db:
+            row = db.execute("SELECT ext FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            if not row:
+                raise LoraBridgeError(f"no cached file with sha256 {sha256}")
+            db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (name, sha256))
+        if self.link_dir is None:
+            return None
+        link = self.link_dir / name
+        tmp = self.link_dir / f".{name}.{os.getpid()}.link"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.blob_path(sha256, row[0]))
+        os.replace(tmp, link)
+        return link
+
+    def pin(self, sha256: str, pinned: bool = True) -> None:
+        with self._db() as db:
+            db.execute("UPDATE blobs SET pinned = ? WHERE sha256 = ?", (int(pinned), sha256))
+
+    # -- eviction -----------------------------------------------------------------------------
+
+    def _remove(self, db: sqlite3.Connection, sha256: str, ext: str) -> None:
+        for (name,) in db.execute("SELECT name FROM names WHERE sha256 = ?", (sha256,)).fetchall():
+            if self.link_dir is not None:
+                (self.link_dir / name).unlink(missing_ok=True)
+        db.execute("DELETE FROM names WHERE sha256 = ?", (sha256,))
+        db.execute("DELETE FROM sources WHERE sha256 = ?", (sha256,))
+        db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+        self.blob_path(sha256, ext).unlink(missing_ok=True)
+        self._count(db, "evictions")
+
+    def evict(self, sha256: str | None = None, include_pinned: bool = False) -> list[str]:
+        """Evict one blob, or every unpinned one (``sha256=None``); files in use are kept."""
+        evicted = []
+        with self._db() as db:
+            query = "SELECT sha256, ext, pinned FROM blobs" + (" WHERE sha256 = ?" if sha256 else "")
+            for sha, ext, pinned in db.execute(query, (sha256,) if sha256 else ()).fetchall():
+                if (pinned and not include_pinned) or self._is_in_use(sha):
+                    continue
+                self._remove(db, sha, ext)
+                evicted.append(sha)
+        return evicted
+
+    def reserve(self, size: int, keep: set[str] | None = None) -> None:
+        """Make room for ``size`` more bytes within the budget, or raise ``CacheFull``."""
+        self.enforce_budget(extra=size, keep=keep or set())
+
+    def enforce_budget(self, extra: int = 0, keep: set[str] | None = None, strict: bool = True) -> list[str]:
+        """Evict least-recently-used files until ``extra`` more bytes fit; ``strict`` raises if they cannot."""
+        if self.budget_bytes is None:
+            return []
+        keep = keep or set()
+        evicted = []
+        with self._db() as db:
+            total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0] + extra
+            rows = db.execute("SELECT sha256, ext, size, pinned FROM blobs ORDER BY last_used ASC").fetchall()
+            for sha, ext, size, pinned in rows:
+                if total <= self.budget_bytes:
+                    break
+                if pinned or sha in keep or self._is_in_use(sha):
+                    continue
+                self._remove(db, sha, ext)
+                evicted.append(sha)
+                total -= size
+        if strict and total > self.budget_bytes:  # raised after the commit: evictions stand
+            raise CacheFull(
+                f"disk budget of {self.budget_bytes} bytes cannot fit {extra} more: the remaining "
+                f"{total - extra} bytes are pinned or in use"
+            )
+        return evicted
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def entries(self) -> list[CacheEntry]:
+        with self._db() as db:
+            rows = db.execute("SELECT sha256, size, ext, source, pinned, last_used FROM blobs ORDER BY last_used DESC").fetchall()
+            names = db.execute("SELECT name, sha256 FROM names ORDER BY name").fetchall()
+        by_sha: dict[str, list[str]] = {}
+        for name, sha in names:
+            by_sha.setdefault(sha, []).append(name)
+        return [
+            CacheEntry(sha, size, self.blob_path(sha, ext), source, by_sha.get(sha, []), bool(pinned), last_used, self._is_in_use(sha))
+            for sha, size, ext, source, pinned, last_used in rows
+        ]
+
+    def stats(self) -> CacheStats:
+        with self._db() as db:
+            n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        return CacheStats(n, total, self.budget_bytes, counters.get("hits", 0), counters.get("misses", 0), counters.get("evictions", 0))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,11 +5,15 @@ Importing this package never imports torch or ComfyUI; the node classes import C
 when ComfyUI calls them.
 """
 
+WEB_DIRECTORY = "./web"  # front-end extension: shows on each node what it applied
+
 if __package__:  # imported as a package: by ComfyUI, or as comfyui_lora_bridge
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, start_in_comfyui
+
+    start_in_comfyui()
 else:  # a bare module: pytest collecting a checkout whose folder name is not an identifier
     NODE_CLASS_MAPPINGS: dict[str, type] = {}
     NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 __version__ = "0.1.0"

@@ -1,9 +1,28 @@
 """ComfyUI nodes of comfyui-lora-bridge. Node modules import ComfyUI lazily, inside methods."""
 
-from . import lora_apply, lora_files
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from . import lora_apply, lora_files, trigger_words
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in (lora_files, lora_apply):
+for _module in (lora_files, lora_apply, trigger_words):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def start_in_comfyui() -> None:
+    """Inside a running ComfyUI: add the pod routes and start preloading ``LORA_BRIDGE_PRELOAD``."""
+    server = sys.modules.get("server")
+    if server is None or getattr(getattr(server, "PromptServer", None), "instance", None) is None:
+        return
+    from .pod_state import preload_from_env
+    from .routes import register_routes
+
+    register_routes()
+    threading.Thread(target=preload_from_env, name="lora-bridge-preload", daemon=True).start()
+    logging.getLogger("lora_bridge").info("lora_bridge: routes under /lora_bridge/ ready")

@@ -1,13 +1,23 @@
-"""Nodes that apply ``LORA`` handles to a MODEL and CLIP."""
+"""Nodes that apply ``LORA`` handles to a MODEL and CLIP: one LoRA, or a stack from JSON."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .lora_handle import LORA_TYPE, LoraHandle
+from .lora_loading import ON_MISMATCH, ApplyReport, apply_lora
+from .pod_state import fetch_handle
 
 CATEGORY = "LoRA Bridge"
 STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+MISMATCH_TIP = ("What to do when the LoRA was made for another base model or none of its keys fit: "
+                "error (stop with the reason), skip (go on without it), apply anyway.")
+STACK_EXAMPLE = '[{"source": "s3://bucket/character-42.safetensors", "sha256": "", "strength_model": 1.0, "strength_clip": 1.0}]'
+
+
+def _result(model: Any, clip: Any, reports: list[ApplyReport]) -> dict[str, Any]:
+    return {"ui": {"lora_bridge": [r.line() for r in reports] or ["no LoRA"]}, "result": (model, clip)}
 
 
 class ApplyLora:
@@ -21,6 +31,7 @@ class ApplyLora:
                 "lora": (LORA_TYPE, {"tooltip": "A LoRA from Load LoRA File or Fetch LoRA."}),
                 "strength_model": ("FLOAT", {**STRENGTH, "tooltip": "How strongly to modify the diffusion model; may be negative."}),
                 "strength_clip": ("FLOAT", {**STRENGTH, "tooltip": "How strongly to modify the text encoder; may be negative."}),
+                "on_mismatch": (list(ON_MISMATCH), {"default": "error", "tooltip": MISMATCH_TIP}),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRA is applied to (optional)."}),
@@ -31,18 +42,83 @@ class ApplyLora:
     OUTPUT_TOOLTIPS = ("The model with the LoRA.", "The text encoder with the LoRA (None when no CLIP was given).")
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Applies a LoRA to a model and optionally its text encoder."
+    DESCRIPTION = "Applies a LoRA; checks that it was made for this base model; keeps loaded LoRAs in memory."
 
-    def apply(self, model: Any, lora: LoraHandle, strength_model: float, strength_clip: float, clip: Any = None) -> tuple[Any, Any]:
-        import comfy.sd
-        import comfy.utils
-
-        if strength_model == 0 and strength_clip == 0:
-            return (model, clip)
-        state_dict = comfy.utils.load_torch_file(str(lora.path), safe_load=True)
-        new_model, new_clip = comfy.sd.load_lora_for_models(model, clip, state_dict, strength_model, strength_clip)
-        return (new_model, new_clip)
+    def apply(self, model: Any, lora: LoraHandle, strength_model: float, strength_clip: float,
+              on_mismatch: str = "error", clip: Any = None) -> dict[str, Any]:
+        model, clip, report = apply_lora(model, clip, lora, strength_model, strength_clip, on_mismatch)
+        return _result(model, clip, [report])
 
 
-NODE_CLASS_MAPPINGS = {"LoraBridgeApply": ApplyLora}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeApply": "Apply LoRA (Bridge)"}
+def parse_stack(text: str) -> list[dict[str, Any]]:
+    """Validate the stack JSON; raises ``ValueError`` naming the entry and field at fault."""
+    try:
+        items = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"loras is not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise ValueError("loras must be a JSON list of objects")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"loras[{i}] must be an object")
+        unknown = set(item) - {"source", "name", "sha256", "strength_model", "strength_clip"}
+        if unknown:
+            raise ValueError(f"loras[{i}] has unknown field(s) {sorted(unknown)}")
+        source = item.get("source") or item.get("name")
+        if not isinstance(source, str) or not source.strip():
+            raise ValueError(f"loras[{i}] needs a 'source' (s3://, https://) or a 'name' (file in the loras folders)")
+        entry = {"source": source.strip(), "name": item.get("name") if item.get("source") else None,
+                 "sha256": item.get("sha256") or None}
+        for key in ("strength_model", "strength_clip"):
+            value = item.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise ValueError(f"loras[{i}].{key} must be a number between -100 and 100, got {value!r}")
+            entry[key] = float(value)
+        out.append(entry)
+    return out
+
+
+class ApplyLoraStack:
+    """Fetch what is missing and apply several LoRAs in order: the node the bridge inserts."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model the LoRAs are applied to."}),
+                "loras": ("STRING", {"multiline": True, "default": "[]", "tooltip": "JSON list, applied in order: " + STACK_EXAMPLE}),
+                "on_mismatch": (list(ON_MISMATCH), {"default": "error", "tooltip": MISMATCH_TIP}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "The text encoder the LoRAs are applied to (optional)."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL", "CLIP")
+    OUTPUT_TOOLTIPS = ("The model with every LoRA.", "The text encoder with every LoRA.")
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Applies a list of LoRAs (sources or names, optional SHA-256, strengths), fetching what is missing."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, loras: str) -> bool | str:
+        try:
+            parse_stack(loras)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None) -> dict[str, Any]:
+        reports = []
+        for entry in parse_stack(loras):
+            if entry["strength_model"] == 0 and entry["strength_clip"] == 0:
+                continue
+            handle = fetch_handle(entry["source"], entry["sha256"], entry["name"])
+            model, clip, report = apply_lora(model, clip, handle, entry["strength_model"], entry["strength_clip"], on_mismatch)
+            reports.append(report)
+        return _result(model, clip, reports)
+
+
+NODE_CLASS_MAPPINGS = {"LoraBridgeApply": ApplyLora, "LoraBridgeApplyStack": ApplyLoraStack}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeApply": "Apply LoRA (Bridge)", "LoraBridgeApplyStack": "Apply LoRA Stack (Bridge)"}

@@ -1,12 +1,21 @@
-"""Nodes that turn a LoRA file on the pod into a ``LORA`` handle."""
+"""Nodes that turn a LoRA file (on the pod, in S3, or at a URL) into a ``LORA`` handle."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from .lora_handle import LORA_TYPE, LoraHandle
+from .pod_state import fetch_handle, handle_for_name
 
 CATEGORY = "LoRA Bridge"
+
+
+def _ui(handle: LoraHandle, prefix: str) -> dict[str, Any]:
+    info = handle.info
+    text = f"{prefix} {handle.name}: {info.get('family_name', 'unknown')}, rank {max(info.get('ranks') or [0]) or '?'}"
+    if handle.trigger_words:
+        text += f", trigger: {', '.join(handle.trigger_words)}"
+    return {"lora_bridge": [text]}
 
 
 class LoadLoraFile:
@@ -27,14 +36,50 @@ class LoadLoraFile:
     OUTPUT_TOOLTIPS = ("The LoRA file, ready for Apply LoRA.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = "Selects a LoRA file from the pod's loras folders."
+    DESCRIPTION = "Selects a LoRA file from the pod's loras folders and inspects it (base model, rank, trigger words)."
 
-    def load(self, lora_name: str) -> tuple[LoraHandle]:
-        import folder_paths
-
-        path = Path(folder_paths.get_full_path_or_raise("loras", lora_name))
-        return (LoraHandle(path=path, name=lora_name),)
+    def load(self, lora_name: str) -> dict[str, Any]:
+        handle = handle_for_name(lora_name)
+        return {"ui": _ui(handle, "loaded"), "result": (handle,)}
 
 
-NODE_CLASS_MAPPINGS = {"LoraBridgeLoadFile": LoadLoraFile}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeLoadFile": "Load LoRA File (Bridge)"}
+class FetchLora:
+    """Download a LoRA from S3 or a URL into the pod's verified disk cache (or use a local name)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "source": ("STRING", {"default": "", "tooltip": "s3://bucket/key, https://… (presigned S3, Hugging Face, Civitai), or a file name in the loras folders."}),
+            },
+            "optional": {
+                "sha256": ("STRING", {"default": "", "tooltip": "Expected SHA-256 (64 hex digits). Verified; also lets the cache skip the download."}),
+                "name": ("STRING", {"default": "", "tooltip": "Link the file into the loras folder under this name (e.g. character-42)."}),
+            },
+        }
+
+    RETURN_TYPES = (LORA_TYPE,)
+    RETURN_NAMES = ("lora",)
+    OUTPUT_TOOLTIPS = ("The verified LoRA file, ready for Apply LoRA.",)
+    FUNCTION = "fetch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Fetches a LoRA (verified, resumable, cached on disk) and inspects it."
+
+    @classmethod
+    def IS_CHANGED(cls, source: str, sha256: str = "", name: str = "") -> str:
+        return f"{source.strip()}|{sha256.strip().lower()}|{name.strip()}"
+
+    def fetch(self, source: str, sha256: str = "", name: str = "") -> dict[str, Any]:
+        import comfy.utils
+
+        bar = comfy.utils.ProgressBar(100)
+
+        def progress(done: int, total: int) -> None:
+            bar.update_absolute(done * 100 // max(total, 1), 100)
+
+        handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress)
+        return {"ui": _ui(handle, "fetched"), "result": (handle,)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraBridgeLoadFile": LoadLoraFile, "LoraBridgeFetch": FetchLora}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeLoadFile": "Load LoRA File (Bridge)", "LoraBridgeFetch": "Fetch LoRA (Bridge)"}

@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
-from support import CHECKPOINT, LORA_FILES
+from moto.server import ThreadedMotoServer
+from support import CHECKPOINT, LORA_FILES, POD_TOKEN
 
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.bridge.localpod.file_server import FaultyFileServer
+from comfyui_lora_bridge.bridge.localpod.foreign_loras import write_foreign_lora
+from comfyui_lora_bridge.bridge.localpod.server import LocalComfy, free_port
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_checkpoint, cached_lora
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @dataclass(frozen=True)
@@ -25,13 +31,49 @@ def weights() -> Weights:
     return Weights(cached_checkpoint("tiny"), {k: cached_lora(s) for k, s in specs.items()})
 
 
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    client: object
+
+
 @pytest.fixture(scope="session")
-def comfy(weights: Weights):
-    """One ComfyUI (CPU, loopback) with the node pack, the tiny checkpoint and the test LoRAs."""
-    pod = LocalComfy()
+def s3() -> S3:
+    """moto's S3 server over HTTP on loopback, with bucket ``loras``."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    for key, value in S3_ENV.items():
+        mp.setenv(key, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="loras")
+    yield S3(endpoint, client)
+    mp.undo()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def file_server():
+    """The misbehaving-on-request HTTP file server, shared by the run."""
+    with FaultyFileServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def comfy(weights: Weights, s3: S3, tmp_path_factory):
+    """One ComfyUI (CPU, loopback) with the node pack, the tiny checkpoint and the test LoRAs.
+
+    The pack is configured as on a pod: the local S3 server, loopback URLs allowed, a route token.
+    """
+    env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
+           "LORA_BRIDGE_TOKEN": POD_TOKEN}
+    pod = LocalComfy(env=env)
     (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
     for key, path in weights.loras.items():
         (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    write_foreign_lora(pod.models_dir("loras") / LORA_FILES["sdxl"], "sdxl")
     try:
         pod.start()
         yield pod

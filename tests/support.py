@@ -16,6 +16,8 @@ from comfyui_lora_bridge.bridge.templates import load_template
 CHECKPOINT = "sd15-tiny.safetensors"
 LORA_FILES = {layout: f"test_{layout}.safetensors" for layout in ("kohya", "peft", "loha")}
 LORA_FILES["kohya_b"] = "test_kohya_b.safetensors"
+LORA_FILES["sdxl"] = "test_sdxl.safetensors"
+POD_TOKEN = "pod-token-for-tests"
 
 
 def txt2img(**params: Any) -> dict[str, Any]:
@@ -27,10 +29,18 @@ def txt2img(**params: Any) -> dict[str, Any]:
 
 def run_graph(pod: LocalComfy, graph: dict[str, Any]) -> JobResult:
     async def go() -> JobResult:
-        async with PodClient(pod.url, timeout=300) as client:
+        async with PodClient(pod.url, token=POD_TOKEN, timeout=300) as client:
             return await client.run(graph)
 
     return asyncio.run(go())
+
+
+def node_text(result: JobResult, node_id: str) -> list[str]:
+    """The summary lines a LoRA Bridge node showed for this run (its ``executed`` output)."""
+    for event in result.events:
+        if event.type == "executed" and event.data.get("node") == node_id:
+            return event.data["output"]["lora_bridge"]
+    raise AssertionError(f"node {node_id} did not execute")
 
 
 def image_of(result: JobResult) -> np.ndarray:

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,17 @@ def test_cancel_keeps_a_hidden_partial_that_the_next_fetch_resumes(server, store
     assert server.log[-1].range == f"bytes={partial}-{len(lora_bytes) - 1}"
     assert seen == sorted(seen) and seen[-1] == len(lora_bytes)
     assert (store.link_dir / "k.safetensors").resolve() == result.path
+
+
+def test_cancel_is_prompt_even_while_the_server_stalls(server, store, lora_bytes) -> None:
+    server.add("/stall.safetensors", lora_bytes, Faults(stall_at=500_000, stall_seconds=20))
+    policy = FetchPolicy(allowed_hosts=("127.0.0.1",), read_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(FetchCancelled):
+        fetch_lora(server.url("/stall.safetensors"), store, policy=policy, retry=FAST,
+                   cancel=lambda: time.monotonic() - started > 0.5)
+    assert time.monotonic() - started < 3
+    assert visible_files(store) == []
 
 
 def test_second_fetch_is_a_cache_hit(server, store, lora_bytes) -> None:

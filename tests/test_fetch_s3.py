@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from comfyui_lora_bridge.bridge.localpod.server import free_port
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles import sources
 from comfyui_lora_bridge.bridge.lorafiles.fetch import FetchCancelled, IntegrityError, RetryPolicy, fetch_lora
@@ -20,22 +17,11 @@ FAST = RetryPolicy(delays=(0.01, 0.02), parallel=3, parallel_min_bytes=1 << 20)
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="loras")
+def s3(s3, tmp_path_factory):
+    """The session's S3 server with one character LoRA uploaded."""
     data = write_lora(tmp_path_factory.mktemp("s3") / "c.safetensors", LoraSpec(seed=31, trigger="chr42")).read_bytes()
-    client.put_object(Bucket="loras", Key="characters/42/v3.safetensors", Body=data)
-    yield endpoint, client, data
-    mp.undo()
-    server.stop()
+    s3.client.put_object(Bucket="loras", Key="characters/42/v3.safetensors", Body=data)
+    return s3.endpoint, s3.client, data
 
 
 @pytest.fixture()

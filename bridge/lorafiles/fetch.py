@@ -16,13 +16,14 @@ import os
 import queue
 import random
 import re
+import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import LoraBridgeError
 from .header import InvalidLoraFile
@@ -152,6 +153,17 @@ class _Download:
         self.stop = threading.Event()
         self.transient = _transient_errors()
         self._hasher: _StreamHasher | None = None  # the single stream's hasher (replaced on a restart)
+        self._bodies: set[Any] = set()  # responses being read, for the cancel watchdog
+        self._bodies_lock = threading.Lock()
+
+    def _watchdog(self, finished: threading.Event) -> None:
+        """Cancel promptly: a read blocked on a stalled server is woken by shutting its socket."""
+        while not finished.wait(0.1):
+            if self.cancel():
+                with self._bodies_lock:
+                    for body in self._bodies:
+                        _shutdown(body)
+                return
 
     def _segment_path(self, i: int) -> Path:
         return self.temp if i == 0 else self.temp.with_name(f"{self.temp.name}.{i}")
@@ -205,6 +217,8 @@ class _Download:
                 return
             try:
                 body, ranged = self.transport.open(start + done, end, plan.validator)
+                with self._bodies_lock:
+                    self._bodies.add(body)
                 try:
                     mode = "ab"
                     if not ranged:  # the server ignored Range: start again from zero
@@ -237,8 +251,12 @@ class _Download:
                             if self.cancel() or self.stop.is_set():
                                 break
                 finally:
+                    with self._bodies_lock:
+                        self._bodies.discard(body)
                     body.close()
             except self.transient as exc:
+                if self.cancel():
+                    raise FetchCancelled(f"download of {self.display} cancelled at {progress.done} bytes") from None
                 failures += 1
                 if failures > len(self.retry.delays):
                     raise FetchError(f"download of {self.display} failed after {failures} attempts: {exc}") from None
@@ -266,6 +284,16 @@ class _Download:
 
     def run(self, stat: RemoteStat) -> tuple[str, int]:
         """Download until complete; returns (sha256 hex, bytes fetched over the network)."""
+        finished = threading.Event()
+        watchdog = threading.Thread(target=self._watchdog, args=(finished,), name="lora-fetch-watchdog", daemon=True)
+        watchdog.start()
+        try:
+            return self._run(stat)
+        finally:
+            finished.set()
+            watchdog.join()
+
+    def _run(self, stat: RemoteStat) -> tuple[str, int]:
         deadline = time.monotonic() + self.retry.max_total
         restarts = 0
         while True:
@@ -334,6 +362,17 @@ class _Download:
                         pos += n
                 part.unlink()
         return digest.hexdigest()
+
+
+def _shutdown(body: Any) -> None:
+    """Wake a thread blocked reading ``body`` (urllib3 or botocore response) by shutting its socket."""
+    raw = getattr(body, "_raw_stream", body)  # botocore wraps a urllib3 response
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _NoRanges(Exception):

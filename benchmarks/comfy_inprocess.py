@@ -1,0 +1,26 @@
+"""Run ComfyUI's own Python modules inside a benchmark process (CPU), with folders set up.
+
+Shared by the benchmarks that time node code directly: importing ComfyUI this way is one
+ComfyUI process, with no HTTP in the measured path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir
+
+
+def import_comfyui(loras_dir: Path, device: str = "cpu") -> None:
+    """Make ``import comfy``/``nodes``/``folder_paths`` work, on ``device`` ("cpu" or "cuda")."""
+    root = str(comfyui_dir())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    sys.argv = [sys.argv[0]] + (["--cpu"] if device == "cpu" else [])
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import folder_paths
+
+    folder_paths.add_model_folder_path("loras", str(loras_dir), is_default=True)

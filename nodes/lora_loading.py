@@ -1,0 +1,157 @@
+"""Where LoRA weights touch the model: load (memory-cached), key-convert, check, patch.
+
+The patches are made exactly as ComfyUI's ``load_lora_for_models`` makes them (same key
+maps, same conversion, same ``add_patches`` calls), so results are bit-identical to the
+stock loader; what differs is that the file read and the key conversion are cached, and
+that a LoRA whose keys do not fit the model is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..bridge.errors import LoraBridgeError
+from ..bridge.lorafiles.families import COMFY_MODEL_FAMILIES, FAMILY_NAMES, split_key
+from .lora_handle import LoraHandle
+from .memory_cache import CachedLora
+from .pod_state import memory_cache
+
+ON_MISMATCH = ("error", "skip", "apply anyway")
+
+
+class LoraMismatch(LoraBridgeError):
+    """The LoRA was made for another base model (or none of its keys fit this one)."""
+
+
+@dataclass
+class ApplyReport:
+    """What happened to one LoRA, shown on the node and returned to API callers."""
+
+    name: str
+    family: str
+    model_family: str
+    rank: int | None
+    matched: int
+    total: int
+    strength_model: float
+    strength_clip: float
+    trigger_words: list[str]
+    applied: bool
+    note: str = ""
+    memory_hit: bool = False
+
+    def line(self) -> str:
+        head = f"{'applied' if self.applied else 'skipped'} {self.name} ({FAMILY_NAMES.get(self.family, self.family)}"
+        head += f", rank {self.rank})" if self.rank else ")"
+        text = f"{head}: {self.matched}/{self.total} keys, model {self.strength_model:g}, clip {self.strength_clip:g}"
+        if self.trigger_words:
+            text += f"; trigger: {', '.join(self.trigger_words)}"
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def model_family(model: Any) -> str:
+    """Our family id for a ComfyUI MODEL (``unknown`` for classes we do not map)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return COMFY_MODEL_FAMILIES.get(type(config).__name__, "unknown") if config is not None else "unknown"
+
+
+def _signature(model: Any, clip: Any) -> str:
+    """Identifies the key maps: same model architecture and text encoder give the same conversion."""
+    parts = []
+    if model is not None:
+        config = model.model.model_config
+        parts.append(f"{type(config).__name__}:{sorted((k, repr(v)) for k, v in config.unet_config.items())}")
+    if clip is not None:
+        parts.append(f"{type(clip.cond_stage_model).__name__}:{len(clip.cond_stage_model.state_dict())}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _read(handle: LoraHandle) -> CachedLora:
+    import comfy.lora_convert
+    import comfy.utils
+
+    if not handle.path.exists():
+        if not handle.source:
+            raise LoraBridgeError(f"LoRA file {handle.path} is gone")
+        from .pod_state import fetch_handle
+
+        handle = fetch_handle(handle.source, handle.sha256)
+    state_dict = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(handle.path), safe_load=True))
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values() if hasattr(t, "numel"))
+    return CachedLora(handle.sha256, handle.name, state_dict, nbytes)
+
+
+def load_into_memory(handle: LoraHandle) -> tuple[CachedLora, bool]:
+    """The LoRA's state dict from the memory cache, reading the file on a miss."""
+    return memory_cache().get_or_load(handle.sha256, lambda: _read(handle))
+
+
+def _fits(patch: Any, shape: tuple[int, ...] | None) -> bool:
+    """Whether a LoRA patch can be added to a weight of ``shape`` (LoRA up/down widths checked)."""
+    if shape is None:
+        return False
+    weights = getattr(patch, "weights", None)
+    if getattr(patch, "name", "") != "lora" or not weights or weights[3] is not None or weights[5] is not None:
+        return True  # other adapters (LoHa, LoKr, …), tucker convs and reshapes: trust the key
+    up, down = weights[0], weights[1]
+    return up.shape[0] == shape[0] and (len(shape) < 2 or down.shape[1] == shape[1])
+
+
+def _patches(entry: CachedLora, model: Any, clip: Any) -> dict[Any, Any]:
+    """The LoRA's patches for this model and text encoder, keeping only those whose shapes fit."""
+    import comfy.lora
+
+    def convert() -> dict[Any, Any]:
+        key_map: dict[str, Any] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        if model is not None:
+            key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+            shapes.update((k, tuple(v.shape)) for k, v in model.model.state_dict().items())
+        if clip is not None:
+            key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+            shapes.update((k, tuple(v.shape)) for k, v in clip.cond_stage_model.state_dict().items())
+        loaded = comfy.lora.load_lora(entry.state_dict, key_map, log_missing=False)
+        return {k: p for k, p in loaded.items() if _fits(p, shapes.get(k if isinstance(k, str) else k[0]))}
+
+    return memory_cache().converted(entry, _signature(model, clip), convert)[0]
+
+
+def _module_count(state_dict: dict[str, Any]) -> int:
+    return len({split_key(k)[0] for k in state_dict if split_key(k)[1] not in ("", ".alpha", ".dora_scale")})
+
+
+def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float, strength_clip: float,
+               on_mismatch: str = "error") -> tuple[Any, Any, ApplyReport]:
+    """Patch ``model``/``clip`` with ``handle`` like ComfyUI's loader; returns new clones and a report."""
+    if on_mismatch not in ON_MISMATCH:
+        raise LoraBridgeError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
+    m_family = model_family(model)
+    report = ApplyReport(handle.name, handle.family, m_family, max(handle.info.get("ranks") or [0]) or None, 0, 0,
+                         strength_model, strength_clip, handle.trigger_words, False)
+    if strength_model == 0 and strength_clip == 0:
+        report.note = "both strengths are 0: nothing to do"
+        return model, clip, report
+    entry, report.memory_hit = load_into_memory(handle)
+    patches = _patches(entry, model, clip)
+    report.matched, report.total = len(patches), _module_count(entry.state_dict)
+    wrong_family = handle.family != "unknown" and m_family != "unknown" and handle.family != m_family
+    if wrong_family or report.matched == 0:
+        problem = (f"LoRA '{handle.name}' is {FAMILY_NAMES.get(handle.family, handle.family)}; model is "
+                   f"{FAMILY_NAMES.get(m_family, m_family)}; {report.matched} of {report.total} keys match")
+        if on_mismatch == "error":
+            raise LoraMismatch(problem + " (set on_mismatch to 'skip' or 'apply anyway' to go on)")
+        if on_mismatch == "skip":
+            report.note = "skipped: " + problem
+            return model, clip, report
+        report.note = "applied anyway: " + problem
+    new_model, new_clip = model, clip
+    if model is not None:
+        new_model = model.clone()
+        new_model.add_patches(patches, strength_model)
+    if clip is not None:
+        new_clip = clip.clone()
+        new_clip.add_patches(patches, strength_clip)
+    report.applied = True
+    return new_model, new_clip, report

@@ -1,0 +1,138 @@
+"""Pod-wide state shared by the nodes and the routes: disk cache, memory cache, fetch policy.
+
+Created on first use inside ComfyUI (``folder_paths`` is imported lazily). The disk cache
+lives in ``LORA_BRIDGE_STORE`` (default ``<models>/lora_bridge_store``) and links fetched
+files by name into the first ``loras`` folder, where the stock loader can see them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from ..bridge.config import disk_budget_bytes
+from ..bridge.lorafiles.fetch import FetchCancelled, IntegrityError, fetch_lora
+from ..bridge.lorafiles.inspect import inspect_file, sha256_file
+from ..bridge.lorafiles.sources import FetchPolicy, parse_source
+from ..bridge.lorafiles.store import LoraStore
+from ..bridge.lorafiles.validate import check_extension, resolve_name
+from .lora_handle import LoraHandle
+from .memory_cache import MemoryCache
+
+log = logging.getLogger("lora_bridge")
+_lock = threading.Lock()
+_store: LoraStore | None = None
+_memory: MemoryCache | None = None
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def loras_folders() -> list[Path]:
+    import folder_paths
+
+    return [Path(p) for p in folder_paths.get_folder_paths("loras")]
+
+
+def disk_store() -> LoraStore:
+    global _store
+    with _lock:
+        if _store is None:
+            import folder_paths
+
+            root = os.environ.get("LORA_BRIDGE_STORE") or os.path.join(folder_paths.models_dir, "lora_bridge_store")
+            _store = LoraStore(root, loras_folders()[0], disk_budget_bytes())
+        return _store
+
+
+def memory_cache() -> MemoryCache:
+    global _memory
+    with _lock:
+        if _memory is None:
+            _memory = MemoryCache()
+        return _memory
+
+
+def fetch_policy() -> FetchPolicy:
+    """The environment's policy; local files may also come from the ``loras`` folders."""
+    policy = FetchPolicy.from_env()
+    return FetchPolicy(**{**policy.__dict__, "local_roots": (*policy.local_roots, *loras_folders())})
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a local file: from the store's content address when it is a cache link, else hashed once per version."""
+    real = path.resolve()
+    if real.parent == disk_store().blobs and len(real.stem) == 64:
+        return real.stem
+    st = real.stat()
+    key = (str(real), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        _hashes[key] = sha256_file(real)
+    return _hashes[key]
+
+
+def _summary(info: Any) -> dict[str, Any]:
+    data = info.to_dict()
+    data.pop("metadata", None)
+    return data
+
+
+def handle_for_name(name: str) -> LoraHandle:
+    """A file in the ``loras`` folders by name (``.safetensors`` may be left out)."""
+    import folder_paths
+
+    policy = FetchPolicy.from_env()
+    resolved = resolve_name(name, folder_paths.get_filename_list("loras"), allow_pickle=policy.allow_pickle)
+    check_extension(resolved, policy.allow_pickle)
+    path = Path(folder_paths.get_full_path_or_raise("loras", resolved))
+    info = _summary(inspect_file(path, with_hash=False)) if path.suffix == ".safetensors" else {}
+    return LoraHandle(path=path, name=resolved, sha256=file_sha256(path), info=info)
+
+
+def is_loras_name(source: str) -> bool:
+    """True for a plain name in the ``loras`` folders (no scheme, not an absolute path)."""
+    return "://" not in source and not source.startswith(("/", "~"))
+
+
+def fetch_handle(source: str, sha256: str | None = None, name: str | None = None,
+                 progress: Callable[[int, int], None] | None = None, pin: bool = False) -> LoraHandle:
+    """Fetch ``source`` into the disk cache (or use a ``loras`` file by name) and return its handle."""
+    if is_loras_name(source):
+        handle = handle_for_name(source)
+        if sha256 and handle.sha256 != sha256.strip().lower():
+            raise IntegrityError(f"{handle.name}: SHA-256 is {handle.sha256}, expected {sha256.strip().lower()}")
+        return handle
+    cancel = None
+    try:
+        import comfy.model_management
+
+        cancel = comfy.model_management.processing_interrupted
+    except ImportError:
+        pass
+    src = parse_source(source)
+    try:
+        result = fetch_lora(src, disk_store(), sha256=sha256, name=name, policy=fetch_policy(), progress=progress,
+                            cancel=cancel, pin=pin)
+    except FetchCancelled:
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        raise
+    info = _summary(result.info) if result.info else {}
+    shown = result.link.name if result.link else (name or src.filename or result.sha256[:12])
+    return LoraHandle(path=result.path, name=shown, sha256=result.sha256, info=info, source=source)
+
+
+def preload_from_env() -> None:
+    """Fetch and load into memory what ``LORA_BRIDGE_PRELOAD`` names (comma-separated sources or names)."""
+    from .lora_loading import load_into_memory
+
+    for item in (s.strip() for s in os.environ.get("LORA_BRIDGE_PRELOAD", "").split(",")):
+        if not item:
+            continue
+        try:
+            load_into_memory(fetch_handle(item, pin=True))
+            log.info("lora_bridge: preloaded %s", parse_source(item).display if not is_loras_name(item) else item)
+        except Exception as exc:  # start-up must go on; the error is logged with its reason
+            log.error("lora_bridge: could not preload %s: %s", item if is_loras_name(item) else parse_source(item).display, exc)

@@ -1,0 +1,44 @@
+"""A node that prepends a LoRA's trigger words to a prompt."""
+
+from __future__ import annotations
+
+import re
+
+from .lora_handle import LORA_TYPE, LoraHandle
+
+CATEGORY = "LoRA Bridge"
+
+
+def with_trigger_words(text: str, triggers: list[str]) -> str:
+    """``"{trigger}, {text}"`` for each trigger not already in the text (as a whole phrase, any case)."""
+    missing = [t for t in triggers if t and not re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, re.IGNORECASE)]
+    missing = list(dict.fromkeys(missing))
+    if not missing:
+        return text
+    return ", ".join(missing) + (f", {text}" if text.strip() else "")
+
+
+class LoraTriggerWords:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "lora": (LORA_TYPE, {"tooltip": "The LoRA whose trigger words to add (from its metadata)."}),
+                "text": ("STRING", {"multiline": True, "default": "", "tooltip": "The prompt."}),
+            }
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("text",)
+    OUTPUT_TOOLTIPS = ("The prompt with the trigger words in front.",)
+    FUNCTION = "prepend"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Prepends the LoRA's trigger words ('{trigger}, {prompt}'), once."
+
+    def prepend(self, lora: LoraHandle, text: str) -> dict:
+        out = with_trigger_words(text, lora.trigger_words)
+        return {"ui": {"lora_bridge": [out]}, "result": (out,)}
+
+
+NODE_CLASS_MAPPINGS = {"LoraBridgeTriggerWords": LoraTriggerWords}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeTriggerWords": "LoRA Trigger Words (Bridge)"}

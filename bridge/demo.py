@@ -11,7 +11,7 @@ from typing import Any
 
 from .localpod.server import LocalComfy
 from .localpod.weights import LoraSpec, cached_checkpoint, cached_lora
-from .lora_insertion import StockLora, insert_lora_loaders
+from .lora_insertion import LoraRequest, insert_loras
 from .pod_client import PodClient, PodEvent
 from .templates import load_template
 
@@ -75,7 +75,7 @@ def run_demo(out_dir: Path, steps: int = 4, size: int = 64, strength: float = 1.
         )
         graphs = {
             "without_lora": base,
-            "with_lora": insert_lora_loaders(base, [StockLora("demo_character.safetensors", strength, strength)]),
+            "with_lora": insert_loras(base, [LoraRequest("demo_character.safetensors", strength, strength)])[0],
         }
         written = asyncio.run(_render(pod, graphs, out_dir))
     digests = {label: hashlib.sha256(path.read_bytes()).hexdigest()[:12] for label, path in written.items()}

@@ -79,3 +79,13 @@ def comfy(weights: Weights, s3: S3, tmp_path_factory):
         yield pod
     finally:
         pod.cleanup()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy) -> dict:
+    """The real pod's /object_info (every node's inputs, types and outputs)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(comfy.url + "/object_info") as resp:
+        return json.load(resp)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.bridge.lora_insertion import LoraRequest, insert_loras
 from comfyui_lora_bridge.bridge.pod_client import JobResult, PodClient
 from comfyui_lora_bridge.bridge.templates import load_template
 
@@ -25,6 +26,11 @@ def txt2img(**params: Any) -> dict[str, Any]:
     values = dict(checkpoint=CHECKPOINT, prompt="ohwx, a portrait", seed=1234, steps=3, cfg=5.0, width=64, height=64)
     values.update(params)
     return load_template("sd15_txt2img").render(**values)
+
+
+def stock(graph: dict[str, Any], loras: list[LoraRequest]) -> dict[str, Any]:
+    """``graph`` with ComfyUI's own LoraLoader nodes inserted for ``loras`` (stock mode)."""
+    return insert_loras(graph, loras)[0]
 
 
 def run_graph(pod: LocalComfy, graph: dict[str, Any]) -> JobResult:

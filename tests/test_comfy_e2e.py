@@ -9,26 +9,25 @@ import pytest
 
 from comfyui_lora_bridge.bridge.errors import PodStartError
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.lora_insertion import StockLora, insert_lora_loaders
 
-from support import LORA_FILES, POD_TOKEN, image_of, mean_abs_diff, run_graph, txt2img
+from support import LORA_FILES, POD_TOKEN, LoraRequest, image_of, mean_abs_diff, run_graph, stock, txt2img
 
 pytestmark = pytest.mark.comfy
 
 
 def with_lora(graph, name=LORA_FILES["kohya"], sm=1.0, sc=1.0):
-    return insert_lora_loaders(graph, [StockLora(name, sm, sc)])
+    return stock(graph, [LoraRequest(name, sm, sc)])
 
 
 def test_lora_graph_streams_progress_and_saves_a_png(comfy) -> None:
     graph = with_lora(txt2img(steps=3))
-    assert graph["3"]["inputs"]["model"] == ["4.lora0", 0]  # the sampler reads the LoRA's model
+    assert graph["3"]["inputs"]["model"] == ["lora:4:0", 0]  # the sampler reads the LoRA's model
     result = run_graph(comfy, graph)
     types = [e.type for e in result.events]
     assert types[-1] == "execution_success"
     assert "execution_start" in types
     executed = [e.data["node"] for e in result.events if e.type == "executing" and e.data.get("node")]
-    assert "4.lora0" in executed and executed.index("4.lora0") < executed.index("3")
+    assert "lora:4:0" in executed and executed.index("lora:4:0") < executed.index("3")
     steps = [(e.data["value"], e.data["max"]) for e in result.events if e.type == "progress" and e.data["node"] == "3"]
     assert steps[-1] == (3, 3) and len(steps) >= 3
     (out,) = result.files

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import LORA_FILES, POD_TOKEN, image_of, node_text, run_graph, txt2img
+from support import LORA_FILES, POD_TOKEN, LoraRequest, image_of, node_text, run_graph, stock, txt2img
 
 from comfyui_lora_bridge.bridge.errors import JobFailed
 from comfyui_lora_bridge.bridge.localpod.file_server import Faults
-from comfyui_lora_bridge.bridge.lora_insertion import StockLora, insert_lora_loaders
-from comfyui_lora_bridge.nodes.trigger_words import with_trigger_words
+from comfyui_lora_bridge.bridge.prompts import with_trigger_words
 
 pytestmark = pytest.mark.comfy
 
@@ -61,16 +60,16 @@ def call(pod, method: str, path: str, **kw):
 def test_apply_lora_is_bit_identical_to_the_stock_loader(comfy, layout) -> None:
     name = LORA_FILES[layout]
     for strength in (1.0, 0.5, -0.5):
-        stock = image_of(run_graph(comfy, insert_lora_loaders(txt2img(seed=21), [StockLora(name, strength, strength)])))
+        expected = image_of(run_graph(comfy, stock(txt2img(seed=21), [LoraRequest(name, strength, strength)])))
         mine = run_graph(comfy, ours(txt2img(seed=21), [{"source_node": load_file(name), "sm": strength, "sc": strength}]))
-        assert (image_of(mine) == stock).all(), (layout, strength)
+        assert (image_of(mine) == expected).all(), (layout, strength)
     (line,) = node_text(mine, "310")
     assert line.startswith(f"applied {name} (SD1.x, rank 8)") and "trigger: ohwx" in line
 
 
 def test_stack_equals_two_chained_loaders(comfy) -> None:
     a, b = LORA_FILES["kohya"], LORA_FILES["kohya_b"]
-    stock = image_of(run_graph(comfy, insert_lora_loaders(txt2img(seed=22), [StockLora(a, 0.8, 0.6), StockLora(b, -0.4, 1.0)])))
+    expected = image_of(run_graph(comfy, stock(txt2img(seed=22), [LoraRequest(a, 0.8, 0.6), LoraRequest(b, -0.4, 1.0)])))
     graph = txt2img(seed=22)
     graph["40"] = {"class_type": "LoraBridgeApplyStack", "inputs": {"model": ["4", 0], "clip": ["4", 1], "on_mismatch": "error",
                    "loras": json.dumps([{"name": a, "strength_model": 0.8, "strength_clip": 0.6},
@@ -79,7 +78,7 @@ def test_stack_equals_two_chained_loaders(comfy) -> None:
     graph["3"]["inputs"]["model"] = ["40", 0]
     graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["40", 1]
     result = run_graph(comfy, graph)
-    assert (image_of(result) == stock).all()
+    assert (image_of(result) == expected).all()
     assert len(node_text(result, "40")) == 2  # the strength-0 entry is skipped
 
 
@@ -97,10 +96,10 @@ def test_fetch_from_url_and_s3_in_a_graph(comfy, weights, s3, file_server) -> No
     sha = hashlib.sha256(data).hexdigest()
     file_server.add("/graph/char.safetensors", data)
     s3.client.put_object(Bucket="loras", Key="graph/char.safetensors", Body=data)
-    stock = image_of(run_graph(comfy, insert_lora_loaders(txt2img(seed=23), [StockLora(LORA_FILES["kohya"])])))
+    expected = image_of(run_graph(comfy, stock(txt2img(seed=23), [LoraRequest(LORA_FILES["kohya"])])))
     url = file_server.url("/graph/char.safetensors")
     first = run_graph(comfy, ours(txt2img(seed=23), [{"source_node": fetch_node(url), "sm": 1.0, "sc": 1.0}]))
-    assert (image_of(first) == stock).all()
+    assert (image_of(first) == expected).all()
     assert file_server.bytes_sent("/graph/char.safetensors") == len(data) + 1
     # same inputs: ComfyUI reuses the fetch node's output without running it
     again = run_graph(comfy, ours(txt2img(seed=24), [{"source_node": fetch_node(url), "sm": 1.0, "sc": 1.0}]))
@@ -109,7 +108,7 @@ def test_fetch_from_url_and_s3_in_a_graph(comfy, weights, s3, file_server) -> No
     s3_graph = ours(txt2img(seed=23), [{"source_node": fetch_node("s3://loras/graph/char.safetensors", sha, "char-7"), "sm": 1.0, "sc": 1.0}])
     hits_before = call(comfy, "GET", "/lora_bridge/cache")[1]["disk"]["hits"]
     via_s3 = run_graph(comfy, s3_graph)
-    assert (image_of(via_s3) == stock).all()
+    assert (image_of(via_s3) == expected).all()
     assert call(comfy, "GET", "/lora_bridge/cache")[1]["disk"]["hits"] == hits_before + 1
     assert file_server.bytes_sent("/graph/char.safetensors") == len(data) + 1
     assert (comfy.models_dir("loras") / "char-7.safetensors").read_bytes() == data  # linked for the stock loader too

@@ -1,0 +1,251 @@
+"""Graph-editor workflows (what ComfyUI's editor saves) to API-format graphs.
+
+Uses the pod's ``/object_info`` to know each node's inputs in order and which are widgets.
+Handles links, ``widgets_values`` (with the extra ``control_after_generate`` and upload
+entries), reroutes, primitive nodes, muted (removed) and bypassed (passed through) nodes,
+notes and groups (dropped), converted widgets fed by links, and subgraphs from
+``definitions.subgraphs`` (flattened; inner nodes get ids like ``"75:37"`` as the editor does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import LoraBridgeError
+
+Graph = dict[str, dict[str, Any]]
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "PrimitiveString", "Label (rgthree)"}
+MUTED, BYPASSED = 2, 4
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
+
+
+class WorkflowError(LoraBridgeError):
+    """The workflow cannot be converted (unknown node type, broken link, malformed JSON)."""
+
+
+def is_ui_workflow(data: Any) -> bool:
+    """True for the editor's format (``nodes`` + ``links`` lists), False for API format."""
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+# A source of an input value: ("node", flat_id, slot) or ("value", v) or None (nothing connected).
+Source = tuple[Any, ...] | None
+
+
+@dataclass
+class _Node:
+    id: str
+    type: str
+    mode: int
+    inputs: list[dict[str, Any]]  # editor input slots: name, type, link, widget
+    outputs: list[dict[str, Any]]
+    widgets_values: Any
+    title: str | None
+    sources: dict[str, Source] = field(default_factory=dict)  # input name -> resolved source
+
+
+def _links_table(links: list[Any]) -> dict[int, tuple[int, int, str]]:
+    table = {}
+    for link in links or []:
+        if isinstance(link, dict):
+            table[link["id"]] = (link["origin_id"], link["origin_slot"], link.get("type", "*"))
+        elif isinstance(link, list) and len(link) >= 6:
+            table[link[0]] = (link[1], link[2], link[5])
+        else:
+            raise WorkflowError(f"malformed link {link!r}")
+    return table
+
+
+class _Flattener:
+    def __init__(self, workflow: dict[str, Any]) -> None:
+        defs = (workflow.get("definitions") or {}).get("subgraphs") or []
+        self.subgraphs = {sg["id"]: sg for sg in defs if isinstance(sg, dict) and "id" in sg}
+        self.nodes: dict[str, _Node] = {}
+        self.depth = 0
+
+    def flatten(self, nodes: list[dict[str, Any]], links: list[Any], prefix: str, bindings: list[Source]) -> list[Source]:
+        """Add this scope's nodes; returns the sources feeding the scope's outputs (for subgraphs)."""
+        self.depth += 1
+        if self.depth > 16:
+            raise WorkflowError("subgraphs nested too deeply (or recursive)")
+        table = _links_table(links)
+        by_id = {n["id"]: n for n in nodes}
+        instance_outputs: dict[tuple[int, int], Source] = {}
+
+        def resolve(link_id: int | None) -> Source:
+            if link_id is None:
+                return None
+            if link_id not in table:
+                raise WorkflowError(f"link {link_id} is referenced but not defined")
+            origin, slot, _ = table[link_id]
+            if origin == SUBGRAPH_INPUT:
+                return bindings[slot] if slot < len(bindings) else None
+            if (origin, slot) in instance_outputs:
+                return instance_outputs[(origin, slot)]
+            if origin not in by_id:
+                raise WorkflowError(f"link {link_id} comes from missing node {origin}")
+            return ("node", f"{prefix}{origin}", slot)
+
+        # subgraph instances first (in dependency order), so links from their outputs resolve
+        pending = [n for n in nodes if n.get("type") in self.subgraphs]
+        while pending:
+            progressed = False
+            for node in list(pending):
+                deps = [table[i["link"]][0] for i in node.get("inputs", []) if i.get("link") in table]
+                if any(d in {p["id"] for p in pending} for d in deps):
+                    continue
+                sg = self.subgraphs[node["type"]]
+                inner_bindings = self._instance_bindings(node, sg, resolve)
+                outs = self.flatten(sg.get("nodes", []), sg.get("links", []), f"{prefix}{node['id']}:", inner_bindings)
+                for j, src in enumerate(outs):
+                    instance_outputs[(node["id"], j)] = src
+                pending.remove(node)
+                progressed = True
+            if not progressed:
+                raise WorkflowError("subgraph instances depend on each other in a cycle")
+        for node in nodes:
+            if node.get("type") in self.subgraphs:
+                continue
+            flat = _Node(f"{prefix}{node['id']}", node.get("type", ""), node.get("mode", 0) or 0,
+                         node.get("inputs", []) or [], node.get("outputs", []) or [], node.get("widgets_values"),
+                         node.get("title"))
+            for slot in flat.inputs:
+                flat.sources[slot["name"]] = resolve(slot.get("link"))
+            self.nodes[flat.id] = flat
+        outputs: list[Source] = []
+        if prefix:  # a subgraph: what feeds its output node
+            out_links = {}
+            for link in links or []:
+                target = link["target_id"] if isinstance(link, dict) else link[3]
+                if target == SUBGRAPH_OUTPUT:
+                    out_links[link["target_slot"] if isinstance(link, dict) else link[4]] = link["id"] if isinstance(link, dict) else link[0]
+            outputs = [resolve(out_links.get(j)) for j in range(max(out_links, default=-1) + 1)]
+        self.depth -= 1
+        return outputs
+
+    @staticmethod
+    def _instance_bindings(node: dict[str, Any], sg: dict[str, Any], resolve: Any) -> list[Source]:
+        """Sources for a subgraph's inputs: the instance's links, else its promoted widget values."""
+        linked = {i["name"]: resolve(i.get("link")) for i in node.get("inputs", []) if i.get("link") is not None}
+        values = node.get("widgets_values") or []
+        proxies = (node.get("properties") or {}).get("proxyWidgets") or []
+        promoted = {}
+        for k, pair in enumerate(proxies):
+            if isinstance(pair, list) and len(pair) == 2 and str(pair[0]) == "-1" and k < len(values):
+                promoted[pair[1]] = ("value", values[k])
+        bindings: list[Source] = []
+        for sg_input in sg.get("inputs", []):
+            name = sg_input.get("name")
+            bindings.append(linked.get(name) or promoted.get(name))
+        return bindings
+
+
+def _spec_inputs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in (info.get("input", {}).get(section) or {}).items():
+            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+            opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, kind, opts))
+    return out
+
+
+def _is_widget(kind: Any, opts: dict[str, Any]) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _widget_values(node: _Node, info: dict[str, Any]) -> dict[str, Any]:
+    values = node.widgets_values
+    if isinstance(values, dict):
+        return dict(values)
+    values = list(values or [])
+    out: dict[str, Any] = {}
+    i = 0
+    for name, kind, opts in _spec_inputs(info):
+        if not _is_widget(kind, opts):
+            continue
+        if i < len(values):
+            out[name] = values[i]
+        i += 1
+        if opts.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed") and i < len(values)
+                                                   and values[i] in ("fixed", "increment", "decrement", "randomize")):
+            i += 1  # the editor stores the control_after_generate choice after the value
+        if opts.get("image_upload") or opts.get("video_upload") or opts.get("audio_upload"):
+            i += 1  # the upload button's entry
+    return out
+
+
+def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
+    """Convert an editor workflow to API format (raises ``WorkflowError`` with the node at fault)."""
+    if not is_ui_workflow(workflow):
+        raise WorkflowError("not a graph-editor workflow (expected 'nodes' and 'links')")
+    flat = _Flattener(workflow)
+    flat.flatten(workflow["nodes"], workflow.get("links", []), "", [])
+    nodes = flat.nodes
+
+    def real_source(src: Source, seen: frozenset[str] = frozenset()) -> Source:
+        """Follow reroutes, primitives and bypassed nodes to a real node output or a value."""
+        if src is None or src[0] == "value":
+            return src
+        _, node_id, slot = src
+        if node_id in seen:
+            raise WorkflowError(f"cycle through node {node_id}")
+        node = nodes.get(node_id)
+        if node is None:
+            return None
+        if node.type == "Reroute":
+            return real_source(next(iter(node.sources.values()), None), seen | {node_id})
+        if node.type.startswith("Primitive"):
+            values = node.widgets_values or []
+            return ("value", values[0] if isinstance(values, list) and values else values)
+        if node.mode == MUTED:
+            return None
+        if node.mode == BYPASSED:  # the editor passes the first input of the output's type through
+            out_type = node.outputs[slot].get("type") if slot < len(node.outputs) else None
+            for inp in node.inputs:
+                if inp.get("type") == out_type and node.sources.get(inp["name"]) is not None:
+                    return real_source(node.sources[inp["name"]], seen | {node_id})
+            return None
+        return src
+
+    graph: Graph = {}
+    for node in nodes.values():
+        if node.type in VIRTUAL or node.type.startswith("Primitive") or node.mode in (MUTED, BYPASSED):
+            continue
+        info = object_info.get(node.type)
+        if info is None:
+            if not node.inputs and not node.outputs:
+                continue  # a decoration (group label, note) from another pack
+            raise WorkflowError(f"node {node.id}: type {node.type!r} is not installed on the pod")
+        inputs = _widget_values(node, info)
+        for name, src in node.sources.items():
+            resolved = real_source(src)
+            if resolved is None:
+                continue
+            inputs[name] = resolved[1] if resolved[0] == "value" else [resolved[1], resolved[2]]
+        known = {name for name, _, _ in _spec_inputs(info)}
+        entry: dict[str, Any] = {"class_type": node.type, "inputs": {k: v for k, v in inputs.items() if k in known}}
+        if node.title:
+            entry["_meta"] = {"title": node.title}
+        graph[node.id] = entry
+    return _drop_unreachable(graph, object_info)
+
+
+def _drop_unreachable(graph: Graph, object_info: dict[str, Any]) -> Graph:
+    """Keep only nodes that feed an output node (as ComfyUI itself would execute)."""
+    outputs = [k for k, n in graph.items() if object_info.get(n["class_type"], {}).get("output_node")]
+    keep: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        node_id = stack.pop()
+        if node_id in keep or node_id not in graph:
+            continue
+        keep.add(node_id)
+        for value in graph[node_id]["inputs"].values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                stack.append(value[0])
+    return {k: v for k, v in graph.items() if k in keep}

@@ -1,0 +1,101 @@
+"""Validate an API-format graph against a pod's ``/object_info`` before submitting it.
+
+Every class exists, required inputs are present, links point at existing outputs of the
+right type, values have the right type and lie within range or among the choices (so a
+stock-mode LoRA file missing on the pod is caught here). Errors name node and input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import LoraBridgeError
+
+Graph = dict[str, dict[str, Any]]
+
+
+class GraphInvalid(LoraBridgeError):
+    """The graph would be refused; ``errors`` lists one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid graph: " + "; ".join(errors[:20]) + (f"; … {len(errors) - 20} more" if len(errors) > 20 else ""))
+        self.errors = errors
+
+
+def _types_match(out_type: str, in_type: Any) -> bool:
+    if out_type == "*" or in_type == "*":
+        return True
+    if isinstance(in_type, list):  # a combo fed by a link: from a string/combo output
+        return out_type in ("COMBO", "STRING", "*") or isinstance(out_type, list)
+    accepted = {t.strip() for t in str(in_type).split(",")}
+    return bool({t.strip() for t in str(out_type).split(",")} & accepted)
+
+
+def _check_value(where: str, kind: Any, opts: dict[str, Any], value: Any) -> str | None:
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = kind if isinstance(kind, list) else opts.get("options", [])
+        if choices and value not in choices:
+            shown = ", ".join(map(str, choices[:8])) + (", …" if len(choices) > 8 else "")
+            return f"{where}: {value!r} is not one of the pod's choices ({shown})"
+        return None
+    if kind == "INT":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{where}: expected an integer, got {value!r}"
+    elif kind == "FLOAT":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where}: expected a number, got {value!r}"
+    elif kind == "STRING":
+        return None if isinstance(value, str) else f"{where}: expected a string, got {type(value).__name__}"
+    elif kind == "BOOLEAN":
+        return None if isinstance(value, bool) else f"{where}: expected true or false, got {value!r}"
+    else:
+        return f"{where}: a {kind} input must be linked to another node's output"
+    lo, hi = opts.get("min"), opts.get("max")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        return f"{where}: {value} is outside [{lo}, {hi}]"
+    return None
+
+
+def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
+    """Raise ``GraphInvalid`` listing every problem found (nothing is raised for a valid graph)."""
+    errors: list[str] = []
+    if not isinstance(graph, dict) or not graph:
+        raise GraphInvalid(["the graph is empty or not an object"])
+    for node_id, node in graph.items():
+        if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
+            errors.append(f"node {node_id}: not an object with 'class_type' and 'inputs'")
+            continue
+        cls = node.get("class_type")
+        info = object_info.get(cls)
+        if info is None:
+            errors.append(f"node {node_id}: class {cls!r} does not exist on the pod")
+            continue
+        inputs = node.get("inputs", {})
+        sections = info.get("input", {})
+        specs = {**(sections.get("optional") or {}), **(sections.get("required") or {})}
+        for name in sections.get("required") or {}:
+            if name not in inputs:
+                errors.append(f"node {node_id} ({cls}) input '{name}': required but missing")
+        for name, value in inputs.items():
+            spec = specs.get(name)
+            if spec is None:
+                continue  # extra inputs are ignored by ComfyUI too
+            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+            opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+            where = f"node {node_id} ({cls}) input '{name}'"
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+                src = graph.get(value[0])
+                if src is None:
+                    errors.append(f"{where}: linked to missing node {value[0]}")
+                    continue
+                outs = object_info.get(src.get("class_type"), {}).get("output", [])
+                if value[1] >= len(outs):
+                    errors.append(f"{where}: node {value[0]} has no output {value[1]}")
+                elif not _types_match(outs[value[1]] if isinstance(outs[value[1]], str) else "COMBO", kind):
+                    errors.append(f"{where}: expects {kind}, linked to a {outs[value[1]]} output of node {value[0]}")
+                continue
+            problem = _check_value(where, kind, opts, value)
+            if problem:
+                errors.append(problem)
+    if errors:
+        raise GraphInvalid(errors)

@@ -1,0 +1,107 @@
+"""Official ComfyUI workflow templates (graph-editor files nobody here wrote) convert, receive
+LoRAs, and pass the real ComfyUI's own ``/prompt`` validation (with placeholder model files)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from comfyui_lora_bridge.bridge.graph_convert import WorkflowError, is_ui_workflow, ui_to_api
+from comfyui_lora_bridge.bridge.graph_validate import validate_graph
+from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.bridge.lora_insertion import InsertionError, LoraRequest, insert_loras
+
+pytestmark = pytest.mark.comfy
+FILE = re.compile(r"^[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|sft|png|jpg|jpeg|webp|mp4|webm|wav|mp3|flac)$", re.I)
+FOLDERS = ["checkpoints", "diffusion_models", "unet", "text_encoders", "clip", "vae", "loras", "controlnet", "clip_vision",
+           "upscale_models", "style_models", "model_patches", "audio_encoders", "latent_upscale_models", "diffusers"]
+LORA = "bridge_test_lora.safetensors"
+
+
+def official_templates() -> list[Path]:
+    import comfyui_workflow_templates_media_image as image
+    import comfyui_workflow_templates_media_video as video
+
+    files = []
+    for pkg in (image, video):
+        files += sorted(Path(p) for p in glob.glob(os.path.join(os.path.dirname(pkg.__file__), "templates", "*.json")))
+    return [f for f in files if is_ui_workflow(json.loads(f.read_text()))]
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory):
+    """A ComfyUI of its own: placeholder files land in its folders, jobs are cancelled at once."""
+    with LocalComfy() as pod:
+        yield pod
+
+
+def post(pod: LocalComfy, path: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(pod.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def submit_and_cancel(pod: LocalComfy, graph: dict) -> tuple[int, dict]:
+    status, body = post(pod, "/prompt", {"prompt": graph})
+    if status == 200:
+        post(pod, "/queue", {"delete": [body["prompt_id"]]})
+        post(pod, "/interrupt", {})
+    return status, body
+
+
+def placeholders(pod: LocalComfy, graph: dict) -> None:
+    for node in graph.values():
+        for value in node["inputs"].values():
+            if isinstance(value, str) and FILE.match(value):
+                for folder in FOLDERS:
+                    (pod.models_dir(folder) / value).touch()
+                (pod.base_dir / "input" / value).touch()
+
+
+def test_official_templates_accept_loras(pod) -> None:
+    object_info = json.load(urllib.request.urlopen(pod.url + "/object_info"))
+    (pod.models_dir("loras") / LORA).touch()
+    graphs = {}
+    for path in official_templates():
+        try:
+            graphs[path.name] = ui_to_api(json.loads(path.read_text()), object_info)
+        except WorkflowError:
+            continue  # needs nodes this ComfyUI lacks (audio without torchaudio, other packs)
+        placeholders(pod, graphs[path.name])
+    time.sleep(1.1)  # folder mtimes move on, so ComfyUI's cached file lists see the placeholders
+    object_info = json.load(urllib.request.urlopen(pod.url + "/object_info"))
+    accepted, with_lora, failures = 0, [], []
+    for name, graph in graphs.items():
+        status, body = submit_and_cancel(pod, graph)
+        if status != 200:
+            continue  # not valid even as converted (e.g. API nodes needing a login)
+        accepted += 1
+        try:
+            lora_graph, report = insert_loras(graph, [LoraRequest(LORA, 0.7, 0.7, trigger_words=("ohwx",))], object_info)
+        except InsertionError:
+            continue  # no model loader (API-only graphs)
+        validate_graph(lora_graph, object_info)  # our own check agrees with ComfyUI's
+        status, body = submit_and_cancel(pod, lora_graph)
+        if status != 200:
+            failures.append((name, body.get("node_errors") or body.get("error")))
+        with_lora.append(name)
+        assert report.applied and all(n["class_type"] in ("LoraLoader", "LoraLoaderModelOnly")
+                                      for k, n in lora_graph.items() if k.startswith("lora:"))
+    converted = len(graphs)
+    print(f"official templates: {converted} converted, {accepted} accepted as converted, {len(with_lora)} with a LoRA")
+    assert not failures, failures
+    assert converted >= 70 and accepted >= 70 and len(with_lora) >= 70, (converted, accepted, len(with_lora))
+    for must in ("sdxl_simple_example.json", "flux_dev_full_text_to_image.json", "image_qwen_image.json",
+                 "01_qwen_t2i_subgraphed.json", "text_to_video_wan.json", "video_wan2_2_14B_t2v.json",
+                 "03_video_wan2_2_14B_i2v_subgraphed.json"):
+        assert must in with_lora, must

@@ -6,13 +6,15 @@ import json
 from typing import Any
 
 from .lora_handle import LORA_TYPE, LoraHandle
-from .lora_loading import ON_MISMATCH, ApplyReport, apply_lora
+from .lora_loading import MODES, ON_MISMATCH, ApplyReport, apply_lora
 from .pod_state import fetch_handle
 
 CATEGORY = "LoRA Bridge"
 STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
 MISMATCH_TIP = ("What to do when the LoRA was made for another base model or none of its keys fit: "
                 "error (stop with the reason), skip (go on without it), apply anyway.")
+MODE_TIP = ("merge: patch the weights like ComfyUI's loader (bit-identical). hotswap: add the LoRA at run time "
+            "without touching the weights, so switching LoRAs or strengths between jobs costs no re-patching.")
 STACK_EXAMPLE = '[{"source": "s3://bucket/character-42.safetensors", "sha256": "", "strength_model": 1.0, "strength_clip": 1.0}]'
 
 
@@ -35,6 +37,7 @@ class ApplyLora:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRA is applied to (optional)."}),
+                "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TIP}),
             },
         }
 
@@ -45,8 +48,8 @@ class ApplyLora:
     DESCRIPTION = "Applies a LoRA; checks that it was made for this base model; keeps loaded LoRAs in memory."
 
     def apply(self, model: Any, lora: LoraHandle, strength_model: float, strength_clip: float,
-              on_mismatch: str = "error", clip: Any = None) -> dict[str, Any]:
-        model, clip, report = apply_lora(model, clip, lora, strength_model, strength_clip, on_mismatch)
+              on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
+        model, clip, report = apply_lora(model, clip, lora, strength_model, strength_clip, on_mismatch, mode)
         return _result(model, clip, [report])
 
 
@@ -92,6 +95,7 @@ class ApplyLoraStack:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRAs are applied to (optional)."}),
+                "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TIP}),
             },
         }
 
@@ -109,13 +113,14 @@ class ApplyLoraStack:
             return str(exc)
         return True
 
-    def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None) -> dict[str, Any]:
+    def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
         reports = []
         for entry in parse_stack(loras):
             if entry["strength_model"] == 0 and entry["strength_clip"] == 0:
                 continue
             handle = fetch_handle(entry["source"], entry["sha256"], entry["name"])
-            model, clip, report = apply_lora(model, clip, handle, entry["strength_model"], entry["strength_clip"], on_mismatch)
+            model, clip, report = apply_lora(model, clip, handle, entry["strength_model"], entry["strength_clip"],
+                                             on_mismatch, mode)
             reports.append(report)
         return _result(model, clip, reports)
 

@@ -14,11 +14,13 @@ from typing import Any
 
 from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.families import COMFY_MODEL_FAMILIES, FAMILY_NAMES, split_key
+from . import hotswap
 from .lora_handle import LoraHandle
 from .memory_cache import CachedLora
 from .pod_state import memory_cache
 
 ON_MISMATCH = ("error", "skip", "apply anyway")
+MODES = ("merge", "hotswap")
 
 
 class LoraMismatch(LoraBridgeError):
@@ -41,9 +43,11 @@ class ApplyReport:
     applied: bool
     note: str = ""
     memory_hit: bool = False
+    mode: str = "merge"
 
     def line(self) -> str:
-        head = f"{'applied' if self.applied else 'skipped'} {self.name} ({FAMILY_NAMES.get(self.family, self.family)}"
+        verb = ("hot-swapped" if self.mode == "hotswap" else "applied") if self.applied else "skipped"
+        head = f"{verb} {self.name} ({FAMILY_NAMES.get(self.family, self.family)}"
         head += f", rank {self.rank})" if self.rank else ")"
         text = f"{head}: {self.matched}/{self.total} keys, model {self.strength_model:g}, clip {self.strength_clip:g}"
         if self.trigger_words:
@@ -99,11 +103,12 @@ def _fits(patch: Any, shape: tuple[int, ...] | None) -> bool:
     return up.shape[0] == shape[0] and (len(shape) < 2 or down.shape[1] == shape[1])
 
 
-def _patches(entry: CachedLora, model: Any, clip: Any) -> dict[Any, Any]:
-    """The LoRA's patches for this model and text encoder, keeping only those whose shapes fit."""
+def _patches(entry: CachedLora, model: Any, clip: Any) -> tuple[dict[Any, Any], frozenset[Any]]:
+    """The LoRA's patches for this model and text encoder (only those whose shapes fit), and
+    which of them belong to the diffusion model."""
     import comfy.lora
 
-    def convert() -> dict[Any, Any]:
+    def convert() -> tuple[dict[Any, Any], frozenset[Any]]:
         key_map: dict[str, Any] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         if model is not None:
@@ -113,7 +118,9 @@ def _patches(entry: CachedLora, model: Any, clip: Any) -> dict[Any, Any]:
             key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
             shapes.update((k, tuple(v.shape)) for k, v in clip.cond_stage_model.state_dict().items())
         loaded = comfy.lora.load_lora(entry.state_dict, key_map, log_missing=False)
-        return {k: p for k, p in loaded.items() if _fits(p, shapes.get(k if isinstance(k, str) else k[0]))}
+        fitting = {k: p for k, p in loaded.items() if _fits(p, shapes.get(k if isinstance(k, str) else k[0]))}
+        model_keys = set(model.model.state_dict()) if model is not None else set()
+        return fitting, frozenset(k for k in fitting if (k if isinstance(k, str) else k[0]) in model_keys)
 
     return memory_cache().converted(entry, _signature(model, clip), convert)[0]
 
@@ -123,10 +130,13 @@ def _module_count(state_dict: dict[str, Any]) -> int:
 
 
 def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float, strength_clip: float,
-               on_mismatch: str = "error") -> tuple[Any, Any, ApplyReport]:
-    """Patch ``model``/``clip`` with ``handle`` like ComfyUI's loader; returns new clones and a report."""
+               on_mismatch: str = "error", mode: str = "merge") -> tuple[Any, Any, ApplyReport]:
+    """Apply ``handle`` to ``model``/``clip``: ``merge`` patches weights like ComfyUI's loader,
+    ``hotswap`` adds the LoRA at run time; returns new clones and a report."""
     if on_mismatch not in ON_MISMATCH:
         raise LoraBridgeError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
+    if mode not in MODES:
+        raise LoraBridgeError(f"mode must be one of {MODES}, got {mode!r}")
     m_family = model_family(model)
     report = ApplyReport(handle.name, handle.family, m_family, max(handle.info.get("ranks") or [0]) or None, 0, 0,
                          strength_model, strength_clip, handle.trigger_words, False)
@@ -134,7 +144,7 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
         report.note = "both strengths are 0: nothing to do"
         return model, clip, report
     entry, report.memory_hit = load_into_memory(handle)
-    patches = _patches(entry, model, clip)
+    patches, model_keys = _patches(entry, model, clip)
     report.matched, report.total = len(patches), _module_count(entry.state_dict)
     wrong_family = handle.family != "unknown" and m_family != "unknown" and handle.family != m_family
     if wrong_family or report.matched == 0:
@@ -146,12 +156,23 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
             report.note = "skipped: " + problem
             return model, clip, report
         report.note = "applied anyway: " + problem
+    if mode == "hotswap" and not all(hotswap.supported(p) for p in patches.values()):
+        mode = "merge"
+        report.note = (report.note + "; " if report.note else "") + "merged: this LoRA type cannot be hot-swapped"
     new_model, new_clip = model, clip
-    if model is not None:
-        new_model = model.clone()
-        new_model.add_patches(patches, strength_model)
-    if clip is not None:
-        new_clip = clip.clone()
-        new_clip.add_patches(patches, strength_clip)
-    report.applied = True
+    if mode == "hotswap":
+        if model is not None:
+            part = {k: p for k, p in patches.items() if k in model_keys}
+            new_model = hotswap.attach_to_model(model, hotswap.build_terms(model.model, part, strength_model))
+        if clip is not None:
+            part = {k: p for k, p in patches.items() if k not in model_keys}
+            new_clip = hotswap.attach_to_clip(clip, hotswap.build_terms(clip.cond_stage_model, part, strength_clip))
+    else:
+        if model is not None:
+            new_model = model.clone()
+            new_model.add_patches(patches, strength_model)
+        if clip is not None:
+            new_clip = clip.clone()
+            new_clip.add_patches(patches, strength_clip)
+    report.applied, report.mode = True, mode
     return new_model, new_clip, report

@@ -1,0 +1,163 @@
+"""Hot-swap LoRAs: applied at run time as a low-rank addition, base weights never touched.
+
+``y = W·x + Σ s·(alpha/rank)·up(down(x))`` (and the conv equivalent). Each targeted module
+gets, once, a forward wrapper that is an exact pass-through unless a LoRA set is active.
+The active set travels with the model clone, not with its weights: for the diffusion model
+in ``model_options["model_function_wrapper"]``, for the text encoder in
+``model_options["lora_bridge_hotswap"]`` read around ``CLIP.encode_from_tokens``. So changing
+the LoRA, adding one or changing its strength makes a new clone whose weights equal the
+old one's, and ComfyUI neither re-patches weights nor reloads the model.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# id(module) -> terms, for the forward call that is running now
+ACTIVE: contextvars.ContextVar[dict[int, list["Term"]] | None] = contextvars.ContextVar("lora_bridge_active", default=None)
+CLIP_OPTION = "lora_bridge_hotswap"
+
+
+@dataclass(eq=False)
+class Term:
+    """One LoRA on one module: factors kept where they are, cast per device/dtype on first use."""
+
+    down: Any
+    up: Any
+    scale: float
+    conv: dict[str, Any] | None  # stride/padding/dilation/groups of a Conv2d target, None for Linear
+    _cast: dict[tuple[Any, Any], tuple[Any, Any]] = field(default_factory=dict)
+
+    def delta(self, x: Any) -> Any:
+        import torch.nn.functional as F
+
+        key = (x.device, x.dtype)
+        if key not in self._cast:
+            self._cast[key] = (self.down.to(device=x.device, dtype=x.dtype), self.up.to(device=x.device, dtype=x.dtype))
+        down, up = self._cast[key]
+        if self.conv is None:
+            return F.linear(F.linear(x, down), up) * self.scale
+        return F.conv2d(F.conv2d(x, down, **self.conv), up) * self.scale
+
+
+class TermSet(dict):
+    """``{id(module): [Term, …]}``; shared, never deep-copied by ``ModelPatcher.clone``."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "TermSet":
+        return self
+
+    def merged(self, other: "TermSet") -> "TermSet":
+        out = TermSet({k: list(v) for k, v in self.items()})
+        for k, v in other.items():
+            out.setdefault(k, []).extend(v)
+        return out
+
+
+def _wrap(module: Any) -> None:
+    """Install the pass-through forward wrapper on ``module`` (once)."""
+    if getattr(module.forward, "_lora_bridge", False):
+        return
+    original = module.forward
+    key = id(module)
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        y = original(x, *args, **kwargs)
+        active = ACTIVE.get()
+        if active:
+            for term in active.get(key, ()):
+                y = y + term.delta(x)
+        return y
+
+    forward._lora_bridge = True  # type: ignore[attr-defined]
+    module.forward = forward
+
+
+def supported(patch: Any) -> bool:
+    """Plain LoRA factors (no LoHa/LoKr, tucker mid, DoRA or reshape) can be hot-swapped."""
+    w = getattr(patch, "weights", None)
+    return getattr(patch, "name", "") == "lora" and bool(w) and w[3] is None and w[4] is None and w[5] is None
+
+
+def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
+    """Terms for the modules of ``root`` (a torch module) that ``patches`` target."""
+    import torch
+
+    terms = TermSet()
+    if strength == 0:
+        return terms
+    for key, patch in patches.items():
+        if not isinstance(key, str) or not key.endswith(".weight"):
+            continue
+        module = root.get_submodule(key[: -len(".weight")])
+        up, down, alpha = patch.weights[0], patch.weights[1], patch.weights[2]
+        scale = strength * (alpha / down.shape[0] if alpha is not None else 1.0)
+        conv = None
+        if isinstance(module, torch.nn.Conv2d):
+            conv = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation, "groups": module.groups}
+            if up.dim() == 2:
+                up = up[:, :, None, None]
+            if down.dim() == 2:
+                down = down[:, :, None, None]
+        elif not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"cannot hot-swap onto {type(module).__name__} {key}")
+        _wrap(module)
+        terms.setdefault(id(module), []).append(Term(down, up, scale, conv))
+    return terms
+
+
+def _unet_wrapper(terms: TermSet, inner: Callable[..., Any] | None) -> Callable[..., Any]:
+    def wrapper(apply_model: Callable[..., Any], args: dict[str, Any]) -> Any:
+        token = ACTIVE.set(terms)
+        try:
+            if inner is not None:
+                return inner(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        finally:
+            ACTIVE.reset(token)
+
+    wrapper._lora_bridge_terms = terms  # type: ignore[attr-defined]
+    wrapper._lora_bridge_inner = inner  # type: ignore[attr-defined]
+    return wrapper
+
+
+def attach_to_model(model: Any, terms: TermSet) -> Any:
+    """A clone of ``model`` whose sampling runs with ``terms`` active (added to any earlier ones)."""
+    new = model.clone()
+    previous = new.model_options.get("model_function_wrapper")
+    existing = getattr(previous, "_lora_bridge_terms", None)
+    if existing is not None:
+        terms, previous = existing.merged(terms), previous._lora_bridge_inner
+    new.set_model_unet_function_wrapper(_unet_wrapper(terms, previous))
+    return new
+
+
+def _ensure_clip_hook() -> None:
+    import comfy.sd
+
+    original = comfy.sd.CLIP.encode_from_tokens
+    if getattr(original, "_lora_bridge", False):
+        return
+
+    def encode_from_tokens(self: Any, *args: Any, **kwargs: Any) -> Any:
+        terms = self.patcher.model_options.get(CLIP_OPTION)
+        if not terms:
+            return original(self, *args, **kwargs)
+        token = ACTIVE.set(terms)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            ACTIVE.reset(token)
+
+    encode_from_tokens._lora_bridge = True  # type: ignore[attr-defined]
+    comfy.sd.CLIP.encode_from_tokens = encode_from_tokens
+
+
+def attach_to_clip(clip: Any, terms: TermSet) -> Any:
+    """A clone of ``clip`` whose encoding runs with ``terms`` active (added to any earlier ones)."""
+    _ensure_clip_hook()
+    new = clip.clone()
+    existing = new.patcher.model_options.get(CLIP_OPTION)
+    new.patcher.model_options[CLIP_OPTION] = existing.merged(terms) if existing else terms
+    return new

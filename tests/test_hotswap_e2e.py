@@ -1,0 +1,73 @@
+"""Hot-swap mode in the real ComfyUI: same images as merge (within fp rounding), no leftover state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support import LORA_FILES, POD_TOKEN, CHECKPOINT, image_of, node_text, run_graph, txt2img
+
+from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+
+pytestmark = pytest.mark.comfy
+# fp32 on the CPU: W·x + up(down(x)) vs (W + up·down)·x differ by rounding only
+MAX_PIXEL_DIFF, MEAN_PIXEL_DIFF = 2, 0.05
+
+
+def stacked(seed: int, loras: list[tuple[str, float, float]], mode: str) -> dict:
+    graph = txt2img(seed=seed)
+    graph["40"] = {"class_type": "LoraBridgeApplyStack", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "on_mismatch": "error", "mode": mode,
+        "loras": json.dumps([{"name": n, "strength_model": sm, "strength_clip": sc} for n, sm, sc in loras])}}
+    graph["3"]["inputs"]["model"] = ["40", 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["40", 1]
+    return graph
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    diff = np.abs(a - b)
+    return int(diff.max()) <= MAX_PIXEL_DIFF and float(diff.mean()) <= MEAN_PIXEL_DIFF
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5, -0.5])
+def test_hotswap_matches_merge_with_two_stacked_loras(comfy, strength) -> None:
+    loras = [(LORA_FILES["kohya"], strength, strength), (LORA_FILES["kohya_b"], 0.7, -0.3)]
+    merged = image_of(run_graph(comfy, stacked(31, loras, "merge")))
+    result = run_graph(comfy, stacked(31, loras, "hotswap"))
+    hot = image_of(result)
+    base = image_of(run_graph(comfy, txt2img(seed=31)))
+    assert close(hot, merged), (np.abs(hot - merged).max(), np.abs(hot - merged).mean())
+    assert np.abs(hot - base).mean() > 3  # and the LoRAs really act
+    assert all(line.startswith("hot-swapped") for line in node_text(result, "40"))
+
+
+def test_peft_file_hotswaps_and_loha_falls_back_to_merge(comfy) -> None:
+    peft = [(LORA_FILES["peft"], 1.0, 1.0)]
+    assert close(image_of(run_graph(comfy, stacked(32, peft, "hotswap"))), image_of(run_graph(comfy, stacked(32, peft, "merge"))))
+    loha = run_graph(comfy, stacked(32, [(LORA_FILES["loha"], 1.0, 1.0)], "hotswap"))
+    assert "merged: this LoRA type cannot be hot-swapped" in node_text(loha, "40")[0]
+    assert (image_of(loha) == image_of(run_graph(comfy, stacked(32, [(LORA_FILES["loha"], 1.0, 1.0)], "merge")))).all()
+
+
+def test_strength_zero_and_no_lora_give_the_base_image_exactly(comfy) -> None:
+    base = image_of(run_graph(comfy, txt2img(seed=33)))
+    assert (image_of(run_graph(comfy, stacked(33, [(LORA_FILES["kohya"], 0.0, 0.0)], "hotswap"))) == base).all()
+    assert (image_of(run_graph(comfy, stacked(33, [], "hotswap"))) == base).all()
+    # a hot-swapped run in between leaves nothing behind
+    run_graph(comfy, stacked(33, [(LORA_FILES["kohya"], 1.0, 1.0)], "hotswap"))
+    assert (image_of(run_graph(comfy, txt2img(seed=33))) == base).all()
+
+
+def test_alternating_loras_leave_no_state(comfy, weights) -> None:
+    a, b = [(LORA_FILES["kohya"], 1.0, 1.0)], [(LORA_FILES["kohya_b"], 0.8, 0.8)]
+    fresh = {}
+    for label, loras in (("A", a), ("B", b), ("none", [])):
+        with LocalComfy() as pod:  # a fresh ComfyUI per reference image
+            (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
+            for key in ("kohya", "kohya_b"):
+                (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(weights.loras[key])
+            fresh[label] = image_of(run_graph(pod, stacked(34, loras, "hotswap")))
+    for label in ("A", "B", "none", "A", "B", "A"):
+        loras = {"A": a, "B": b, "none": []}[label]
+        assert (image_of(run_graph(comfy, stacked(34, loras, "hotswap"))) == fresh[label]).all(), label

@@ -32,7 +32,7 @@ class ProgressPrinter:
 
     def __call__(self, event: PodEvent) -> None:
         d = event.data
-        if event.type == "execution_start":
+        if event.type == "started":
             self._show("started")
         elif event.type == "executing" and d.get("node") is not None:
             self._show(f"node {d['node']} ({self.classes.get(d['node'], '?')})")
@@ -42,7 +42,7 @@ class ProgressPrinter:
             text = f"node {node} ({self.classes.get(node, '?')}) step {d['value']}/{d['max']} [{bar:<20}]"
             if self.tty or d["value"] == d["max"]:
                 self._show(text)
-        elif event.type == "execution_success":
+        elif event.type == "success":
             self._show("done", final=True)
 
 

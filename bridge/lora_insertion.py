@@ -182,8 +182,13 @@ def insert_loras(
     mode: Literal["stock", "pack"] = "stock",
     graph_family: str | None = None,
     on_mismatch: Literal["refuse", "skip"] = "refuse",
+    apply_mode: Literal["merge", "hotswap"] = "merge",
 ) -> tuple[Graph, InsertionReport]:
-    """Return a new graph with ``loras`` applied in order to every targeted model, and a report."""
+    """Return a new graph with ``loras`` applied in order to every targeted model, and a report.
+
+    ``apply_mode`` is the pack node's ``mode`` (``hotswap``: no weight re-patching between jobs);
+    stock mode always merges, as ComfyUI's own loader does.
+    """
     out = strip_inserted(graph)
     report = InsertionReport()
     usable = []
@@ -208,7 +213,7 @@ def insert_loras(
         added: set[str] = set()
         if mode == "pack":
             nid = f"{PREFIX}{src.node_id}:stack"
-            inputs: dict[str, Any] = {"model": model, "loras": _stack_json(chosen), "on_mismatch": "error"}
+            inputs: dict[str, Any] = {"model": model, "loras": _stack_json(chosen), "on_mismatch": "error", "mode": apply_mode}
             if clip is not None:
                 inputs["clip"] = clip
             out[nid] = {"class_type": "LoraBridgeApplyStack", "inputs": inputs}

@@ -1,8 +1,10 @@
 """Async client for one ComfyUI pod: submit a graph, stream its events, fetch its outputs.
 
 The WebSocket is opened with a fresh ``client_id`` *before* ``POST /prompt`` so no event of
-the job is missed; completion is confirmed through ``/history`` because outputs can appear
-there after ``execution_success`` (Comfy-Org/ComfyUI #11540).
+the job is missed. A dropped WebSocket is reopened with backoff and the job reconciled with
+``/history/{prompt_id}``: a completion that happened while disconnected is still reported,
+and no event is reported twice. Completion is confirmed through ``/history`` because outputs
+can appear there after ``execution_success`` (Comfy-Org/ComfyUI #11540).
 """
 
 from __future__ import annotations
@@ -11,16 +13,32 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 
 from .errors import JobFailed, PodError, PromptRejected
 
+# ComfyUI message type -> our event type
+EVENT_TYPES = {
+    "execution_start": "started", "execution_cached": "cached", "executing": "executing", "progress": "progress",
+    "executed": "output", "execution_success": "success", "execution_error": "error",
+    "execution_interrupted": "interrupted",
+}
+TERMINAL = {"success", "error", "interrupted"}
+
+
+class PodUnavailable(PodError):
+    """The pod stopped answering (HTTP and WebSocket) before the job finished."""
+
 
 @dataclass(frozen=True)
 class PodEvent:
-    """One message from ComfyUI's WebSocket that concerns our job."""
+    """One event of a job: ``queued`` (position), ``started``, ``cached`` (nodes), ``executing``
+    (node), ``progress`` (node, value, max), ``preview`` (image bytes), ``output`` (node,
+    output), ``success``, ``error`` (node_id, node_type, message, exception_type),
+    ``interrupted``, ``reconnected`` (attempt)."""
 
     type: str
     data: dict[str, Any]
@@ -45,7 +63,6 @@ class JobResult:
 
 
 EventCallback = Callable[[PodEvent], Awaitable[None] | None]
-TERMINAL = {"execution_success", "execution_error", "execution_interrupted"}
 
 
 def describe_node_errors(node_errors: dict[str, Any]) -> str:
@@ -60,13 +77,15 @@ def describe_node_errors(node_errors: dict[str, Any]) -> str:
 
 
 class PodClient:
-    """HTTP + WebSocket access to one ComfyUI server."""
+    """HTTP + WebSocket access to one ComfyUI server (``token``: bearer for the pod or its proxy)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, reconnects: int = 6,
+                 backoff: float = 0.5) -> None:
         self.url = url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.reconnects, self.backoff = reconnects, backoff
 
     async def __aenter__(self) -> "PodClient":
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
@@ -83,82 +102,211 @@ class PodClient:
             raise RuntimeError("use PodClient as 'async with PodClient(url) as pod:'")
         return self._session
 
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            async with self.session.request(method, self.url + path, **kwargs) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise PodError(f"{method} {path} on {self.url} answered {resp.status}: {text[:300]}")
+                return json.loads(text) if text else {}
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
+
     async def get_json(self, path: str) -> Any:
-        async with self.session.get(self.url + path) as resp:
-            if resp.status != 200:
-                raise PodError(f"GET {path} on {self.url} answered {resp.status}: {(await resp.text())[:300]}")
-            return await resp.json()
+        return await self._request("GET", path)
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        return await self._request("POST", path, json=body)
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         return await self.get_json("/object_info" + (f"/{node_class}" if node_class else ""))
 
     async def submit(self, graph: dict[str, Any], client_id: str) -> str:
-        """``POST /prompt``; returns the prompt id or raises ``PromptRejected`` with ComfyUI's reasons."""
-        async with self.session.post(self.url + "/prompt", json={"prompt": graph, "client_id": client_id}) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status != 200:
-                error = body.get("error", {}) if isinstance(body, dict) else {}
-                node_errors = body.get("node_errors", {}) if isinstance(body, dict) else {}
-                detail = describe_node_errors(node_errors)
-                message = error.get("message", "prompt rejected") + (f": {detail}" if detail else "")
-                raise PromptRejected(message, node_errors)
-            return body["prompt_id"]
+        """``POST /prompt``; returns the prompt id or raises ``PromptRejected`` naming node, input and reason."""
+        try:
+            async with self.session.post(self.url + "/prompt", json={"prompt": graph, "client_id": client_id}) as resp:
+                body = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
+        if status != 200:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            node_errors = body.get("node_errors", {}) if isinstance(body, dict) else {}
+            detail = describe_node_errors(node_errors)
+            message = (error.get("message") if isinstance(error, dict) else str(error)) or "prompt rejected"
+            raise PromptRejected(message + (f": {detail}" if detail else ""), node_errors)
+        return body["prompt_id"]
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         data = await self.get_json(f"/history/{prompt_id}")
         return data.get(prompt_id)
 
+    async def queue_position(self, prompt_id: str) -> int | None:
+        """0 when running, n when n jobs run or wait before it, None when not in the queue."""
+        queue = await self.get_json("/queue")
+        if any(item[1] == prompt_id for item in queue.get("queue_running", [])):
+            return 0
+        pending = sorted(queue.get("queue_pending", []), key=lambda item: item[0])
+        for i, item in enumerate(pending):
+            if item[1] == prompt_id:
+                return i + len(queue.get("queue_running", []))
+        return None
+
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        async with self.session.get(self.url + "/view", params=params) as resp:
-            if resp.status != 200:
-                raise PodError(f"GET /view {filename} answered {resp.status}")
-            return await resp.read()
+        try:
+            async with self.session.get(self.url + "/view", params=params) as resp:
+                if resp.status != 200:
+                    raise PodError(f"GET /view {filename} answered {resp.status}")
+                return await resp.read()
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
 
-    async def _wait_history(self, prompt_id: str, attempts: int = 50) -> dict[str, Any]:
-        for _ in range(attempts):
-            entry = await self.history(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                return entry
-            await asyncio.sleep(0.1)
-        raise PodError(f"job {prompt_id} finished but never appeared in /history")
+    async def upload_image(self, data: bytes | Path, name: str | None = None, overwrite: bool = True) -> str:
+        """Upload an input image (``POST /upload/image``); returns the name to use in graphs."""
+        raw = Path(data).read_bytes() if isinstance(data, Path) else data
+        form = aiohttp.FormData()
+        form.add_field("image", raw, filename=name or (data.name if isinstance(data, Path) else "input.png"))
+        form.add_field("overwrite", "true" if overwrite else "false")
+        result = await self._request("POST", "/upload/image", data=form)
+        return f"{result['subfolder']}/{result['name']}" if result.get("subfolder") else result["name"]
 
-    async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None) -> JobResult:
-        """Submit ``graph``, stream its events to ``on_event``, and return its output files."""
-        client_id = uuid.uuid4().hex
+    async def cancel(self, prompt_id: str) -> None:
+        """Stop a running job (``/interrupt``) or drop a queued one (``/queue`` delete)."""
+        if await self.queue_position(prompt_id) == 0:
+            await self.post_json("/interrupt", {"prompt_id": prompt_id})
+        else:
+            await self.post_json("/queue", {"delete": [prompt_id]})
+
+    async def _connect(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
         ws_url = self.url.replace("http", "ws", 1) + f"/ws?clientId={client_id}"
-        async with self.session.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=10), heartbeat=20) as ws:
-            prompt_id = await self.submit(graph, client_id)
-            result = JobResult(prompt_id)
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue  # binary frames are previews
-                payload = json.loads(msg.data)
-                data = payload.get("data", {})
-                if data.get("prompt_id", prompt_id) != prompt_id:
-                    continue
-                event = PodEvent(payload.get("type", ""), data)
-                result.events.append(event)
-                if on_event is not None:
-                    maybe = on_event(event)
-                    if asyncio.iscoroutine(maybe):
-                        await maybe
-                if event.type in TERMINAL:
-                    break
-            else:
-                raise PodError(f"WebSocket to {self.url} closed before job {prompt_id} finished")
-        last = result.events[-1]
-        if last.type == "execution_error":
-            d = last.data
-            raise JobFailed(
-                f"node {d.get('node_id')} ({d.get('node_type')}) failed: {d.get('exception_type')}: {d.get('exception_message', '').strip()}",
-                d.get("node_id"), d.get("node_type"),
-            )
-        if last.type == "execution_interrupted":
-            raise JobFailed(f"job {prompt_id} was interrupted")
-        entry = await self._wait_history(prompt_id)
+        try:
+            return await self.session.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_close=5), heartbeat=10)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise PodUnavailable(f"WebSocket to {self.url} failed: {type(exc).__name__}") from None
+
+    async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None,
+                  prompt_id: str | None = None) -> JobResult:
+        """Submit ``graph`` (or follow ``prompt_id``, already submitted) and stream its events.
+
+        Returns the output files; raises ``JobFailed`` (error, interruption), ``PromptRejected``
+        or ``PodUnavailable`` (the pod stayed unreachable through every reconnect).
+        """
+        client_id = uuid.uuid4().hex
+        ws = await self._connect(client_id)
+        job = _Job(self, on_event)
+        try:
+            if prompt_id is None:
+                prompt_id = await self.submit(graph, client_id)
+            job.result.prompt_id = prompt_id
+            await job.emit("queued", {"prompt_id": prompt_id, "position": await self.queue_position(prompt_id)})
+            while job.terminal is None:
+                try:
+                    await job.consume(ws)
+                except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
+                    pass
+                if job.terminal is None:
+                    await ws.close()
+                    ws = await self._reconnect(client_id, job)
+                    await job.reconcile()
+        finally:
+            await ws.close()
+        return await job.finish()
+
+    async def _reconnect(self, client_id: str, job: "_Job") -> aiohttp.ClientWebSocketResponse:
+        for attempt in range(1, self.reconnects + 1):
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                ws = await self._connect(client_id)
+            except PodUnavailable:
+                continue
+            await job.emit("reconnected", {"attempt": attempt})
+            return ws
+        raise PodUnavailable(f"lost {self.url}: WebSocket did not come back after {self.reconnects} attempts")
+
+
+class _Job:
+    """Event bookkeeping of one job: dedupe after reconnects, terminal state, results."""
+
+    def __init__(self, client: PodClient, on_event: EventCallback | None) -> None:
+        self.client, self.on_event = client, on_event
+        self.result = JobResult("")
+        self.terminal: PodEvent | None = None
+        self.seen: set[str] = set()
+
+    async def emit(self, type: str, data: dict[str, Any]) -> None:
+        key = json.dumps([type, {k: v for k, v in data.items() if k != "timestamp"}], sort_keys=True, default=str)
+        if key in self.seen and type != "preview":
+            return
+        self.seen.add(key)
+        event = PodEvent(type, data)
+        self.result.events.append(event)
+        if type in TERMINAL:
+            self.terminal = event
+        if self.on_event is not None:
+            maybe = self.on_event(event)
+            if asyncio.iscoroutine(maybe):
+                await maybe
+
+    async def consume(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                if len(msg.data) > 8 and int.from_bytes(msg.data[:4], "big") == 1:
+                    fmt = {1: "jpeg", 2: "png"}.get(int.from_bytes(msg.data[4:8], "big"), "jpeg")
+                    await self.emit("preview", {"format": fmt, "image": msg.data[8:]})
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            payload = json.loads(msg.data)
+            data = payload.get("data", {}) or {}
+            if data.get("prompt_id") not in (None, self.result.prompt_id):
+                continue
+            kind = EVENT_TYPES.get(payload.get("type", ""))
+            if kind is None or (kind == "executing" and data.get("node") is None):
+                continue
+            if kind == "error":
+                data = {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
+                        "message": str(data.get("exception_message", "")).strip(),
+                        "exception_type": data.get("exception_type"), "prompt_id": data.get("prompt_id")}
+            await self.emit(kind, data)
+            if self.terminal is not None:
+                return
+        raise ConnectionError("WebSocket closed")
+
+    async def reconcile(self) -> None:
+        """After a reconnect: report a completion that happened while we were away."""
+        entry = await self.client.history(self.result.prompt_id)
+        status = (entry or {}).get("status", {})
+        if not status.get("completed") and status.get("status_str") != "error":
+            return
+        for msg_type, data in status.get("messages", []):
+            kind = EVENT_TYPES.get(msg_type)
+            if kind in TERMINAL:
+                if kind == "error":
+                    data = {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
+                            "message": str(data.get("exception_message", "")).strip(),
+                            "exception_type": data.get("exception_type"), "prompt_id": data.get("prompt_id")}
+                await self.emit(kind, data)
+                return
+
+    async def finish(self) -> JobResult:
+        assert self.terminal is not None
+        d = self.terminal.data
+        if self.terminal.type == "error":
+            raise JobFailed(f"node {d.get('node_id')} ({d.get('node_type')}) failed: {d.get('exception_type')}: {d.get('message')}",
+                            d.get("node_id"), d.get("node_type"))
+        if self.terminal.type == "interrupted":
+            raise JobFailed(f"job {self.result.prompt_id} was interrupted")
+        entry = None
+        for _ in range(100):  # outputs can reach /history after execution_success
+            entry = await self.client.history(self.result.prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None:
+                break
+            await asyncio.sleep(0.05)
+        if not entry:
+            raise PodError(f"job {self.result.prompt_id} finished but never appeared in /history")
         for node_id, output in entry.get("outputs", {}).items():
             for item in output.get("images", []) + output.get("gifs", []) + output.get("videos", []):
-                data = await self.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
-                result.files.append(OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"), data))
-        return result
+                data = await self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+                self.result.files.append(OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"), data))
+        return self.result

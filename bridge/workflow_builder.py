@@ -35,6 +35,7 @@ def build_graph(
     mode: Literal["stock", "pack"] = "stock",
     family: str | None = None,
     on_mismatch: Literal["refuse", "skip"] = "refuse",
+    apply_mode: Literal["merge", "hotswap"] = "hotswap",
 ) -> BuiltGraph:
     """One of ``template`` (+ ``params``) or ``workflow``; returns the validated graph and what was applied."""
     if (template is None) == (workflow is None):
@@ -47,6 +48,6 @@ def build_graph(
         if not isinstance(workflow, dict):
             raise WorkflowError("the workflow must be a JSON object")
         graph = ui_to_api(workflow, object_info) if is_ui_workflow(workflow) else workflow
-    graph, report = insert_loras(graph, loras or [], object_info, mode, family, on_mismatch)
+    graph, report = insert_loras(graph, loras or [], object_info, mode, family, on_mismatch, apply_mode)
     validate_graph(graph, object_info)
     return BuiltGraph(graph, report, family)

@@ -44,7 +44,7 @@ def run_graph(pod: LocalComfy, graph: dict[str, Any]) -> JobResult:
 def node_text(result: JobResult, node_id: str) -> list[str]:
     """The summary lines a LoRA Bridge node showed for this run (its ``executed`` output)."""
     for event in result.events:
-        if event.type == "executed" and event.data.get("node") == node_id:
+        if event.type == "output" and event.data.get("node") == node_id:
             return event.data["output"]["lora_bridge"]
     raise AssertionError(f"node {node_id} did not execute")
 

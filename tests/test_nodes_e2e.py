@@ -103,7 +103,7 @@ def test_fetch_from_url_and_s3_in_a_graph(comfy, weights, s3, file_server) -> No
     assert file_server.bytes_sent("/graph/char.safetensors") == len(data) + 1
     # same inputs: ComfyUI reuses the fetch node's output without running it
     again = run_graph(comfy, ours(txt2img(seed=24), [{"source_node": fetch_node(url), "sm": 1.0, "sc": 1.0}]))
-    assert "300" in next(e.data["nodes"] for e in again.events if e.type == "execution_cached")
+    assert "300" in next(e.data["nodes"] for e in again.events if e.type == "cached")
     # a new node input runs it again: the disk cache answers, nothing is downloaded
     s3_graph = ours(txt2img(seed=23), [{"source_node": fetch_node("s3://loras/graph/char.safetensors", sha, "char-7"), "sm": 1.0, "sc": 1.0}])
     hits_before = call(comfy, "GET", "/lora_bridge/cache")[1]["disk"]["hits"]

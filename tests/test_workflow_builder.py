@@ -117,11 +117,14 @@ def test_pack_mode_inserts_one_stack_node(object_info) -> None:
         LoraRequest("char42", 1.0, 0.7, source="s3://loras/c42.safetensors", sha256="ab" * 32),
         LoraRequest("brand", 0.8, 0.8, source="https://cdn.example.com/b.safetensors")], object_info, mode="pack")
     stack = graph["lora:4:stack"]
-    assert stack["class_type"] == "LoraBridgeApplyStack"
+    assert stack["class_type"] == "LoraBridgeApplyStack" and stack["inputs"]["mode"] == "merge"
     assert json.loads(stack["inputs"]["loras"]) == [
         {"source": "s3://loras/c42.safetensors", "name": "char42", "sha256": "ab" * 32, "strength_model": 1.0, "strength_clip": 0.7},
         {"source": "https://cdn.example.com/b.safetensors", "name": "brand", "strength_model": 0.8, "strength_clip": 0.8}]
     validate_graph(graph, object_info)
+    hot = build_graph(object_info, template="sd15_txt2img", params={"checkpoint": CHECKPOINT}, mode="pack",
+                      loras=[LoraRequest("c", source="s3://loras/c.safetensors")])
+    assert hot.graph["lora:4:stack"]["inputs"]["mode"] == "hotswap"  # the bridge's default for pack mode
 
 
 def test_family_mismatch_is_refused_or_skipped(object_info) -> None:

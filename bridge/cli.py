@@ -107,6 +107,77 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pool(args: argparse.Namespace):
+    from .pod_pool import PodConfig, PodPool
+
+    token = args.token or os.environ.get("LORA_BRIDGE_POD_TOKEN")
+    return PodPool([PodConfig(url, token) for url in args.pod])
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+class JobProgress:
+    """Live job progress on stderr: pod, node, sampling steps."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event) -> None:
+        d = event.data
+        text = {
+            "assigned": lambda: f"pod {d['pod']} ({d['mode']} mode, attempt {d['attempt']})",
+            "failover": lambda: f"pod {d['pod']} failed ({d['reason']}); moving the job",
+            "queued": lambda: f"queued (position {d.get('position')})",
+            "started": lambda: "started",
+            "executing": lambda: f"node {d.get('node')}",
+            "progress": lambda: f"node {d.get('node')} step {d.get('value')}/{d.get('max')} [{'#' * int(20 * d['value'] / max(d['max'], 1)):<20}]",
+            "reconnected": lambda: f"reconnected (attempt {d['attempt']})",
+            "success": lambda: "done",
+        }.get(event.type)
+        if text is None:
+            return
+        line = text()
+        if self.tty and event.type in ("progress", "executing"):
+            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(("\r\033[K" if self.tty else "") + line, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .run_job import describe_lora, parse_lora_arg, run_generation
+
+    policy = _cli_policy()
+    loras = [describe_lora(*parse_lora_arg(text), policy=policy) for text in args.lora]
+    workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
+    outcome = asyncio.run(run_generation(_pool(args), loras, template=args.template, params=dict(args.param),
+                                         workflow=workflow, out_dir=Path(args.out), on_event=JobProgress(),
+                                         apply_mode=args.mode))
+    report = outcome.report
+    print(json.dumps({"prompt_id": outcome.prompt_id, "pod": outcome.pod, "outputs": [str(p) for p in outcome.saved],
+                      "applied": report.applied, "skipped": report.skipped, "trigger_words": report.trigger_words,
+                      "warnings": report.warnings}, indent=2))
+    return 0
+
+
+def _pods(args: argparse.Namespace) -> int:
+    import asyncio
+
+    pool = _pool(args)
+    for status in asyncio.run(pool.refresh(force=True)):
+        print(json.dumps(status.summary()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-bridge", description="Fetch, cache and apply LoRAs on ComfyUI pods.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--all", action="store_true", help="evict: every unpinned file not in use")
     cache.add_argument("--include-pinned", action="store_true", help="evict: pinned files too")
     cache.set_defaults(func=_cache)
+    run = sub.add_parser("run", help="build a graph, run it on a pod (of several), save the outputs")
+    run.add_argument("--pod", action="append", required=True, help="ComfyUI pod URL (repeat for several)")
+    run.add_argument("--token", help="bearer token for the pods (or LORA_BRIDGE_POD_TOKEN)")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("--template", help="a template in workflows/ (e.g. sd15_txt2img)")
+    what.add_argument("--workflow", help="a workflow JSON file (API format or saved from the graph editor)")
+    run.add_argument("--param", action="append", type=_param, default=[], help="template parameter key=value")
+    run.add_argument("--lora", action="append", default=[], help="SOURCE[:model[:clip]]: s3://…, https://… or a file on the pod")
+    run.add_argument("--mode", choices=["hotswap", "merge"], default="hotswap", help="how pack pods apply LoRAs")
+    run.add_argument("--out", default="out", help="folder for the outputs (default: out)")
+    run.set_defaults(func=_run)
+
+    pods = sub.add_parser("pods", help="show the pods' health, queue, mode and cache")
+    pods.add_argument("--pod", action="append", required=True)
+    pods.add_argument("--token")
+    pods.set_defaults(func=_pods)
     return parser
 
 

@@ -1,0 +1,143 @@
+"""Several pods: health, routing by queue length and cached LoRAs, prefetch, failover.
+
+A pod is healthy while ``/system_stats`` and ``/queue`` answer; an unhealthy pod gets no new
+jobs until it answers again. A job goes to the healthy pod (matching its labels) that already
+holds most of the job's LoRAs, then with the fewest queued jobs; its LoRAs are prefetched there
+(``/lora_bridge/prefetch``) before the graph is submitted. A pod that dies before or during the
+job makes the job move to another pod (bounded attempts, each reported as an event); a job is
+never silently dropped. Pods without the node pack run in stock mode (LoraLoader, files
+already on the pod); which mode a pod supports comes from its ``/object_info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import PodError
+from .lora_insertion import LoraRequest
+from .lorafiles.sources import redact_url
+from .pod_client import EventCallback, JobResult, PodClient, PodEvent, PodUnavailable
+
+PACK_NODE = "LoraBridgeApplyStack"
+
+
+class NoPodAvailable(PodError):
+    """No healthy pod (with the requested labels) is left to run the job."""
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    url: str
+    token: str | None = None
+    labels: frozenset[str] = frozenset()
+    cost_per_hour: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass
+class PodStatus:
+    config: PodConfig
+    healthy: bool = False
+    error: str | None = None
+    queue: int = 0
+    pack: bool = False
+    cached: set[str] = field(default_factory=set)
+    object_info: dict[str, Any] = field(default_factory=dict)
+    checked: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"pod": self.config.name, "healthy": self.healthy, "error": self.error, "queue": self.queue,
+                "mode": "pack" if self.pack else "stock", "cached_loras": len(self.cached),
+                "labels": sorted(self.config.labels)}
+
+
+GraphBuilder = Callable[[PodStatus], dict[str, Any]]
+
+
+class PodPool:
+    def __init__(self, pods: list[PodConfig], health_ttl: float = 3.0, reconnects: int = 3, backoff: float = 0.3) -> None:
+        if not pods:
+            raise PodError("configure at least one pod")
+        self.status = {p.url: PodStatus(p) for p in pods}
+        self.health_ttl, self.reconnects, self.backoff = health_ttl, reconnects, backoff
+
+    def client(self, pod: PodStatus, timeout: float = 30.0) -> PodClient:
+        return PodClient(pod.config.url, pod.config.token, timeout=timeout, reconnects=self.reconnects, backoff=self.backoff)
+
+    async def _check(self, pod: PodStatus) -> None:
+        try:
+            async with self.client(pod, timeout=10) as client:
+                await client.get_json("/system_stats")
+                queue = await client.get_json("/queue")
+                pod.queue = len(queue.get("queue_running", [])) + len(queue.get("queue_pending", []))
+                if not pod.object_info:
+                    pod.object_info = await client.object_info()
+                pod.pack = PACK_NODE in pod.object_info
+                if pod.pack:
+                    cache = await client.get_json("/lora_bridge/cache")
+                    pod.cached = {item["sha256"] for item in cache.get("disk", {}).get("items", [])}
+            pod.healthy, pod.error = True, None
+        except PodError as exc:
+            pod.healthy, pod.error = False, str(exc)
+        pod.checked = time.monotonic()
+
+    async def refresh(self, force: bool = False) -> list[PodStatus]:
+        """Re-check pods whose health is older than ``health_ttl`` (all with ``force``)."""
+        stale = [p for p in self.status.values() if force or time.monotonic() - p.checked > self.health_ttl]
+        await asyncio.gather(*(self._check(p) for p in stale))
+        return list(self.status.values())
+
+    def choose(self, shas: set[str], labels: set[str] | frozenset[str] = frozenset(), exclude: set[str] = frozenset()) -> PodStatus:
+        """The healthy pod with the requested labels that holds most of ``shas``, then the shortest
+        queue, then the first configured."""
+        candidates = [p for p in self.status.values() if p.healthy and p.config.url not in exclude and labels <= p.config.labels]
+        if not candidates:
+            reasons = "; ".join(f"{p.config.name}: {p.error or 'excluded or lacks labels'}" for p in self.status.values())
+            raise NoPodAvailable(f"no healthy pod can take the job ({reasons})")
+        order = list(self.status)
+        return min(candidates, key=lambda p: (-len(shas & p.cached), p.queue, order.index(p.config.url)))
+
+    async def prefetch(self, pod: PodStatus, loras: list[LoraRequest]) -> None:
+        """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only)."""
+        wanted = [lora for lora in loras if lora.source and (not lora.sha256 or lora.sha256 not in pod.cached)]
+        if not pod.pack or not wanted:
+            return
+        async with self.client(pod, timeout=900) as client:
+            results = await asyncio.gather(*(client.post_json("/lora_bridge/prefetch", {
+                "source": lora.source, "sha256": lora.sha256, "name": lora.name}) for lora in wanted))
+        pod.cached |= {r["sha256"] for r in results}
+
+    async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
+                  labels: frozenset[str] = frozenset(), attempts: int = 3) -> tuple[JobResult, PodStatus]:
+        """Run a job: choose a pod, prefetch, submit, stream; move to another pod if this one dies."""
+        failed: set[str] = set()
+        shas = {lora.sha256 for lora in loras if lora.sha256}
+
+        async def emit(type: str, data: dict[str, Any]) -> None:
+            if on_event is not None:
+                maybe = on_event(PodEvent(type, data))
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+
+        for attempt in range(1, attempts + 1):
+            await self.refresh()
+            pod = self.choose(shas, labels, failed)
+            await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
+            try:
+                graph = build(pod)
+                await self.prefetch(pod, loras)
+                pod.queue += 1
+                async with self.client(pod, timeout=300) as client:
+                    result = await client.run(graph, on_event)
+                return result, pod
+            except PodUnavailable as exc:
+                pod.healthy, pod.error = False, str(exc)
+                failed.add(pod.config.url)
+                await emit("failover", {"pod": pod.config.name, "reason": str(exc), "attempt": attempt})
+        raise NoPodAvailable(f"job failed on {attempts} pod(s); last: {pod.error}")

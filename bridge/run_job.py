@@ -1,0 +1,73 @@
+"""One generation end to end: LoRA requests described, graph built per pod, run on the pool, outputs saved."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .lora_insertion import InsertionReport, LoraRequest
+from .lorafiles.inspect import inspect_source
+from .lorafiles.sources import FetchPolicy
+from .pod_client import EventCallback, OutputFile
+from .pod_pool import PodPool, PodStatus
+from .workflow_builder import build_graph
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def parse_lora_arg(text: str) -> tuple[str, float, float]:
+    """``SOURCE[:model[:clip]]`` (sources may contain ':' themselves, e.g. ``s3://``)."""
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3 and _NUMBER.match(parts[1]) and _NUMBER.match(parts[2]):
+        return parts[0], float(parts[1]), float(parts[2])
+    parts = text.rsplit(":", 1)
+    if len(parts) == 2 and _NUMBER.match(parts[1]):
+        return parts[0], float(parts[1]), float(parts[1])
+    return text, 1.0, 1.0
+
+
+def describe_lora(source: str, strength_model: float, strength_clip: float, sha256: str | None = None,
+                  policy: FetchPolicy | None = None) -> LoraRequest:
+    """A ``LoraRequest`` for a remote source (inspected by its header: family, trigger words) or a pod file name."""
+    if "://" not in source:
+        return LoraRequest(source, strength_model, strength_clip)
+    info = inspect_source(source, policy, with_hash=False)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source.split("?", 1)[0]).stem)[:100] or "lora"
+    return LoraRequest(name, strength_model, strength_clip, source=source, sha256=sha256, family=info.family,
+                       text_encoder=any(t.startswith("text_encoder") for t in info.targets),
+                       trigger_words=tuple(info.trigger_words[:1]))
+
+
+@dataclass
+class JobOutcome:
+    prompt_id: str
+    pod: str
+    files: list[OutputFile]
+    report: InsertionReport
+    saved: list[Path] = field(default_factory=list)
+
+
+async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str | None = None,
+                         params: dict[str, Any] | None = None, workflow: dict[str, Any] | None = None,
+                         out_dir: Path | None = None, on_event: EventCallback | None = None,
+                         apply_mode: Literal["merge", "hotswap"] = "hotswap") -> JobOutcome:
+    """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs."""
+    reports: dict[str, InsertionReport] = {}
+
+    def build(pod: PodStatus) -> dict[str, Any]:
+        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=loras,
+                            mode="pack" if pod.pack else "stock", apply_mode=apply_mode)
+        reports[pod.config.url] = built.report
+        return built.graph
+
+    result, pod = await pool.run(build, loras, on_event)
+    outcome = JobOutcome(result.prompt_id, pod.config.name, result.files, reports[pod.config.url])
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in result.files:
+            path = out_dir / Path(f.filename).name
+            path.write_bytes(f.data)
+            outcome.saved.append(path)
+    return outcome

@@ -1,0 +1,186 @@
+"""Pod client and pod pool against real ComfyUI pods: events, reconnects, routing, failover, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import CHECKPOINT, LORA_FILES, POD_TOKEN, LoraRequest, image_of, run_graph, stock, txt2img
+from tcp_proxy import CuttingProxy
+
+from comfyui_lora_bridge.bridge.errors import JobFailed, PromptRejected
+from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
+from comfyui_lora_bridge.bridge.pod_client import PodClient
+from comfyui_lora_bridge.bridge.pod_pool import PodConfig, PodPool
+from comfyui_lora_bridge.bridge.run_job import describe_lora, parse_lora_arg, run_generation
+
+pytestmark = pytest.mark.comfy
+LOOPBACK = FetchPolicy(allowed_hosts=("127.0.0.1",))
+
+
+@pytest.fixture(scope="module")
+def second_pod(weights, s3):
+    """Another pod like the session's one (for routing and failover)."""
+    from conftest import S3_ENV
+
+    env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
+           "LORA_BRIDGE_TOKEN": POD_TOKEN}
+    pod = LocalComfy(env=env)
+    (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
+    for key, path in weights.loras.items():
+        (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    with pod:
+        yield pod
+
+
+def run_events(url: str, graph: dict, on_event=None):
+    async def go():
+        async with PodClient(url, token=POD_TOKEN, reconnects=4, backoff=0.2) as client:
+            return await client.run(graph, on_event)
+    return asyncio.run(go())
+
+
+def test_events_arrive_in_order_with_step_progress(comfy) -> None:
+    graph = stock(txt2img(seed=41, steps=4), [LoraRequest(LORA_FILES["kohya"])])
+    result = run_events(comfy.url, graph)
+    types = [e.type for e in result.events]
+    assert types[0] == "queued" and types[1] == "started" and types[-1] == "success" and types.count("success") == 1
+    steps = [e.data["value"] for e in result.events if e.type == "progress" and e.data["node"] == "3"]
+    assert steps == [1, 2, 3, 4]
+    assert types.index("output") > max(i for i, t in enumerate(types) if t == "progress")
+    assert result.files and result.files[0].data[:4] == b"\x89PNG"
+
+
+def test_websocket_cut_mid_job_still_reports_exactly_one_success(comfy) -> None:
+    proxy = CuttingProxy(comfy.port)
+    try:
+        def on_event(event):
+            if event.type == "progress" and event.data["value"] == 1 and proxy.cuts == 0:
+                proxy.cut()
+
+        graph = txt2img(seed=42, steps=6)
+        result = run_events(proxy.url, graph, on_event)
+    finally:
+        proxy.close()
+    types = [e.type for e in result.events]
+    assert proxy.cuts == 1 and "reconnected" in types and types.count("success") == 1 and types[-1] == "success"
+    assert (image_of(result) == image_of(run_graph(comfy, graph))).all()
+
+
+def test_a_completion_while_disconnected_is_still_reported(comfy) -> None:
+    proxy = CuttingProxy(comfy.port)
+
+    async def go():
+        async with PodClient(proxy.url, token=POD_TOKEN, reconnects=4, backoff=1.0) as client:
+            def on_event(event):  # cut at the first step; the job finishes during the 1 s backoff
+                if event.type == "progress" and proxy.cuts == 0:
+                    proxy.cut()
+            return await client.run(txt2img(seed=43, steps=2), on_event)
+    try:
+        result = asyncio.run(go())
+    finally:
+        proxy.close()
+    assert [e.type for e in result.events].count("success") == 1 and result.files
+
+
+def test_cancel_mid_sampling_stops_the_job(comfy) -> None:
+    steps_seen: list[int] = []
+
+    async def go():
+        async with PodClient(comfy.url, token=POD_TOKEN) as client:
+            async def on_event(event):
+                if event.type == "progress":
+                    steps_seen.append(event.data["value"])
+                    if event.data["value"] == 2:
+                        await client.cancel(event.data["prompt_id"])
+            with pytest.raises(JobFailed, match="interrupted"):
+                await client.run(txt2img(seed=44, steps=40), on_event)
+            for _ in range(100):  # the pod lets go of the job right after
+                queue = await client.get_json("/queue")
+                if not queue["queue_running"] and not queue["queue_pending"]:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+    assert asyncio.run(go())
+    assert max(steps_seen) < 10  # stopped, not run to step 40
+
+
+def test_bad_graph_returns_the_node_error(comfy) -> None:
+    graph = txt2img(checkpoint="missing.safetensors")
+    graph["3"]["inputs"]["steps"] = 0
+    with pytest.raises(PromptRejected) as err:
+        run_events(comfy.url, graph)
+    text = str(err.value)
+    assert "node 4 (CheckpointLoaderSimple) input 'ckpt_name'" in text and "missing.safetensors" in text
+    assert "node 3 (KSampler) input 'steps'" in text
+
+
+def test_lora_argument_parsing() -> None:
+    assert parse_lora_arg("s3://b/k.safetensors:0.8:0.6") == ("s3://b/k.safetensors", 0.8, 0.6)
+    assert parse_lora_arg("https://h:8080/x.safetensors:0.5") == ("https://h:8080/x.safetensors", 0.5, 0.5)
+    assert parse_lora_arg("https://h:8080/x.safetensors") == ("https://h:8080/x.safetensors", 1.0, 1.0)
+    assert parse_lora_arg("char42.safetensors:-1") == ("char42.safetensors", -1.0, -1.0)
+
+
+def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, second_pod, weights, file_server) -> None:
+    data = Path(weights.loras["kohya_b"]).read_bytes()
+    file_server.add("/pool/char9.safetensors", data)
+    url = file_server.url("/pool/char9.safetensors")
+    sha = hashlib.sha256(data).hexdigest()
+    async def prefetch():
+        async with PodClient(second_pod.url, token=POD_TOKEN) as client:
+            await client.post_json("/lora_bridge/prefetch", {"source": url, "sha256": sha, "name": "char9"})
+    asyncio.run(prefetch())
+    # the session pod is configured first: only the cache can send the job to the second one
+    pool = PodPool([PodConfig(comfy.url, POD_TOKEN), PodConfig(second_pod.url, POD_TOKEN)], reconnects=2, backoff=0.2)
+    asyncio.run(pool.refresh(force=True))
+    assert pool.choose(set()).config.url == comfy.url and pool.choose({sha}).config.url == second_pod.url
+    lora = describe_lora(url, 1.0, 1.0, sha256=sha, policy=LOOPBACK)
+    assert lora.family == "sd15" and lora.trigger_words == ("zwx",)
+    params = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 3, "seed": 45}
+    outcome = asyncio.run(run_generation(pool, [lora], template="sd15_txt2img", params=params))
+    assert outcome.pod.endswith(f":{second_pod.port}")  # routed by its cache
+    assert outcome.report.trigger_words == ["zwx"] and outcome.report.applied[0]["name"] == lora.name
+    # now kill the pod in the middle of a job: the job must finish on the other pod
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.type == "progress" and event.data["value"] == 2 and second_pod.process is not None:
+            second_pod.kill()
+
+    long = {**params, "steps": 30}
+    outcome = asyncio.run(run_generation(pool, [lora], template="sd15_txt2img", params=long, on_event=on_event))
+    types = [e.type for e in events]
+    assert "failover" in types and types.count("success") == 1 and types[-1] == "success"
+    assert outcome.pod.endswith(f":{comfy.port}") and outcome.files
+    assert [e.data["pod"] for e in events if e.type == "assigned"] == [pool.status[second_pod.url].config.name,
+                                                                        pool.status[comfy.url].config.name]
+
+
+def test_cli_run_and_pods(comfy, tmp_path, weights, s3) -> None:
+    data = Path(weights.loras["kohya"]).read_bytes()
+    s3.client.put_object(Bucket="loras", Key="cli/char.safetensors", Body=data)
+    env = {"PATH": "/usr/bin:/bin", "LORA_BRIDGE_POD_TOKEN": POD_TOKEN, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint,
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    exe = str(Path(sys.executable).with_name("lora-bridge"))
+    out = subprocess.run([exe, "run", "--pod", comfy.url, "--template", "sd15_txt2img", "--param", f"checkpoint={CHECKPOINT}",
+                          "--param", "width=64", "--param", "height=64", "--param", "steps=3",
+                          "--lora", "s3://loras/cli/char.safetensors:0.8:0.5", "--out", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["applied"][0]["strength_model"] == 0.8 and summary["trigger_words"] == ["ohwx"]
+    assert Path(summary["outputs"][0]).read_bytes()[:4] == b"\x89PNG"
+    assert "step 3/3" in out.stderr
+    pods = subprocess.run([exe, "pods", "--pod", comfy.url, "--pod", "http://127.0.0.1:9"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in pods.stdout.splitlines()]
+    assert lines[0]["healthy"] and lines[0]["mode"] == "pack" and not lines[1]["healthy"]

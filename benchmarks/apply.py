@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 from comfy_inprocess import import_comfyui
-
 from comfyui_lora_bridge.bridge.localpod.sd15_layout import FULL_UNET, TINY_UNET
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_checkpoint, cached_lora
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    LoraSpec,
+    cached_checkpoint,
+    cached_lora,
+)
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
 
 
@@ -42,10 +45,10 @@ def main() -> None:
         import_comfyui(loras_dir)
         import comfy.model_management
         import comfy.sd
-        import nodes
-
         from comfyui_lora_bridge.nodes.lora_apply import ApplyLora
         from comfyui_lora_bridge.nodes.lora_handle import LoraHandle
+
+        import nodes
 
         model, clip = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=True)[:2]
         handles = []

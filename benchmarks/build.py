@@ -19,7 +19,6 @@ import urllib.request
 
 import comfyui_workflow_templates_media_image as image
 import comfyui_workflow_templates_media_video as video
-
 from comfyui_lora_bridge.bridge.errors import LoraBridgeError
 from comfyui_lora_bridge.bridge.graph_convert import is_ui_workflow, ui_to_api
 from comfyui_lora_bridge.bridge.graph_validate import GraphInvalid, validate_graph

@@ -23,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from comfyui_lora_bridge.bridge.localpod.file_server import FaultyFileServer, write_random_file
+from comfyui_lora_bridge.bridge.localpod.file_server import (
+    FaultyFileServer,
+    write_random_file,
+)
 from comfyui_lora_bridge.bridge.lorafiles.fetch import RetryPolicy, fetch_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore

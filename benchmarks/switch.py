@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 
 from comfy_inprocess import import_comfyui
-
 from comfyui_lora_bridge.bridge.localpod.sd15_layout import FULL_UNET, TINY_UNET
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_checkpoint, cached_lora
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    LoraSpec,
+    cached_checkpoint,
+    cached_lora,
+)
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
 
 
@@ -44,11 +47,11 @@ def main() -> None:
         import_comfyui(Path(tmp), args.device)
         import comfy.model_management as mm
         import comfy.sd
-        import nodes
         import torch
-
         from comfyui_lora_bridge.nodes.lora_apply import ApplyLora
         from comfyui_lora_bridge.nodes.lora_handle import LoraHandle
+
+        import nodes
 
         torch.manual_seed(0)
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)[:3]

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
-from support import CHECKPOINT, LORA_FILES, POD_TOKEN
-
 from comfyui_lora_bridge.bridge.localpod.file_server import FaultyFileServer
 from comfyui_lora_bridge.bridge.localpod.foreign_loras import write_foreign_lora
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy, free_port
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_checkpoint, cached_lora
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+from comfyui_lora_bridge.bridge.localpod.server import free_port
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    LoraSpec,
+    cached_checkpoint,
+    cached_lora,
+)
+from moto.server import ThreadedMotoServer
+from support import LORA_FILES, S3_ENV, configured_pod
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,8 @@ def file_server():
 
 @pytest.fixture(scope="session")
 def comfy(weights: Weights, s3: S3, tmp_path_factory):
-    """One ComfyUI (CPU, loopback) with the node pack, the tiny checkpoint and the test LoRAs.
-
-    The pack is configured as on a pod: the local S3 server, loopback URLs allowed, a route token.
-    """
-    env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
-           "LORA_BRIDGE_TOKEN": POD_TOKEN}
-    pod = LocalComfy(env=env)
-    (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
-    for key, path in weights.loras.items():
-        (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    """One ComfyUI (CPU, loopback) with the node pack, configured as a pod (see ``configured_pod``)."""
+    pod = configured_pod(weights, s3.endpoint)
     write_foreign_lora(pod.models_dir("loras") / LORA_FILES["sdxl"], "sdxl")
     try:
         pod.start()

@@ -7,18 +7,30 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.lora_insertion import LoraRequest, insert_loras
 from comfyui_lora_bridge.bridge.pod_client import JobResult, PodClient
 from comfyui_lora_bridge.bridge.templates import load_template
+from PIL import Image
 
 CHECKPOINT = "sd15-tiny.safetensors"
 LORA_FILES = {layout: f"test_{layout}.safetensors" for layout in ("kohya", "peft", "loha")}
 LORA_FILES["kohya_b"] = "test_kohya_b.safetensors"
 LORA_FILES["sdxl"] = "test_sdxl.safetensors"
 POD_TOKEN = "pod-token-for-tests"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def configured_pod(weights: Any, s3_endpoint: str) -> LocalComfy:
+    """A (not yet started) ComfyUI set up as a pod: the local S3 server, loopback URLs allowed,
+    a route token, the tiny checkpoint and the test LoRAs."""
+    env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3_endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
+           "LORA_BRIDGE_TOKEN": POD_TOKEN}
+    pod = LocalComfy(env=env)
+    (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
+    for key, path in weights.loras.items():
+        (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    return pod
 
 
 def txt2img(**params: Any) -> dict[str, Any]:

@@ -6,11 +6,18 @@ import os
 import subprocess
 
 import pytest
-
 from comfyui_lora_bridge.bridge.errors import PodStartError
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-
-from support import LORA_FILES, POD_TOKEN, LoraRequest, image_of, mean_abs_diff, run_graph, stock, txt2img
+from support import (
+    LORA_FILES,
+    POD_TOKEN,
+    LoraRequest,
+    image_of,
+    mean_abs_diff,
+    run_graph,
+    stock,
+    txt2img,
+)
 
 pytestmark = pytest.mark.comfy
 

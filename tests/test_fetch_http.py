@@ -10,14 +10,22 @@ import time
 from pathlib import Path
 
 import pytest
-
-from comfyui_lora_bridge.bridge.localpod.file_server import FaultyFileServer, Faults
+from comfyui_lora_bridge.bridge.localpod.file_server import Faults, FaultyFileServer
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
-from comfyui_lora_bridge.bridge.lorafiles.fetch import FetchCancelled, FetchError, IntegrityError, RetryPolicy, fetch_lora
+from comfyui_lora_bridge.bridge.lorafiles.fetch import (
+    FetchCancelled,
+    FetchError,
+    IntegrityError,
+    RetryPolicy,
+    fetch_lora,
+)
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_source
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy, SourceRefused
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
-from comfyui_lora_bridge.bridge.lorafiles.validate import LoraValidationError, SizeLimits
+from comfyui_lora_bridge.bridge.lorafiles.validate import (
+    LoraValidationError,
+    SizeLimits,
+)
 
 FAST = RetryPolicy(delays=(0.01, 0.02, 0.04), jitter=0.1, max_total=30)
 POLICY = FetchPolicy(allowed_hosts=("127.0.0.1",), read_timeout=0.5)

@@ -5,12 +5,20 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles import sources
-from comfyui_lora_bridge.bridge.lorafiles.fetch import FetchCancelled, IntegrityError, RetryPolicy, fetch_lora
+from comfyui_lora_bridge.bridge.lorafiles.fetch import (
+    FetchCancelled,
+    IntegrityError,
+    RetryPolicy,
+    fetch_lora,
+)
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_source
-from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy, SourceError, SourceRefused
+from comfyui_lora_bridge.bridge.lorafiles.sources import (
+    FetchPolicy,
+    SourceError,
+    SourceRefused,
+)
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
 
 FAST = RetryPolicy(delays=(0.01, 0.02), parallel=3, parallel_min_bytes=1 << 20)

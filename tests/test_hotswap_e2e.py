@@ -6,9 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from support import LORA_FILES, POD_TOKEN, CHECKPOINT, image_of, node_text, run_graph, txt2img
-
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from support import (
+    CHECKPOINT,
+    LORA_FILES,
+    image_of,
+    node_text,
+    run_graph,
+    txt2img,
+)
 
 pytestmark = pytest.mark.comfy
 # fp32 on the CPU: W·x + up(down(x)) vs (W + up·down)·x differ by rounding only

@@ -7,14 +7,27 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from comfyui_lora_bridge.bridge.localpod.foreign_loras import KEYSETS, write_foreign_lora
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora, write_safetensors
+from comfyui_lora_bridge.bridge.localpod.foreign_loras import (
+    KEYSETS,
+    write_foreign_lora,
+)
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    LoraSpec,
+    write_lora,
+    write_safetensors,
+)
 from comfyui_lora_bridge.bridge.lorafiles.header import InvalidLoraFile, parse_header
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file, trigger_words
-from comfyui_lora_bridge.bridge.lorafiles.validate import LoraNotFound, LoraValidationError, SizeLimits, check_extension, resolve_name, safe_name
+from comfyui_lora_bridge.bridge.lorafiles.validate import (
+    LoraNotFound,
+    LoraValidationError,
+    SizeLimits,
+    check_extension,
+    resolve_name,
+    safe_name,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def _file(header: dict, data: bytes = b"") -> bytes:

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import LORA_FILES, POD_TOKEN, LoraRequest, image_of, node_text, run_graph, stock, txt2img
-
 from comfyui_lora_bridge.bridge.errors import JobFailed
 from comfyui_lora_bridge.bridge.localpod.file_server import Faults
 from comfyui_lora_bridge.bridge.prompts import with_trigger_words
+from support import (
+    LORA_FILES,
+    POD_TOKEN,
+    LoraRequest,
+    image_of,
+    node_text,
+    run_graph,
+    stock,
+    txt2img,
+)
 
 pytestmark = pytest.mark.comfy
 

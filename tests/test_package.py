@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir
 
 ROOT = Path(__file__).resolve().parents[1]

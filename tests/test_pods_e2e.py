@@ -10,15 +10,27 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import CHECKPOINT, LORA_FILES, POD_TOKEN, LoraRequest, image_of, run_graph, stock, txt2img
-from tcp_proxy import CuttingProxy
-
 from comfyui_lora_bridge.bridge.errors import JobFailed, PromptRejected
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pod_client import PodClient
 from comfyui_lora_bridge.bridge.pod_pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.run_job import describe_lora, parse_lora_arg, run_generation
+from comfyui_lora_bridge.bridge.run_job import (
+    describe_lora,
+    parse_lora_arg,
+    run_generation,
+)
+from support import (
+    CHECKPOINT,
+    LORA_FILES,
+    POD_TOKEN,
+    LoraRequest,
+    configured_pod,
+    image_of,
+    run_graph,
+    stock,
+    txt2img,
+)
+from tcp_proxy import CuttingProxy
 
 pytestmark = pytest.mark.comfy
 LOOPBACK = FetchPolicy(allowed_hosts=("127.0.0.1",))
@@ -27,14 +39,7 @@ LOOPBACK = FetchPolicy(allowed_hosts=("127.0.0.1",))
 @pytest.fixture(scope="module")
 def second_pod(weights, s3):
     """Another pod like the session's one (for routing and failover)."""
-    from conftest import S3_ENV
-
-    env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
-           "LORA_BRIDGE_TOKEN": POD_TOKEN}
-    pod = LocalComfy(env=env)
-    (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
-    for key, path in weights.loras.items():
-        (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    pod = configured_pod(weights, s3.endpoint)
     with pod:
         yield pod
 

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.fetch import RetryPolicy, fetch_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy

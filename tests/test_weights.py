@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+from comfyui_lora_bridge.bridge.localpod.sd15_layout import (
+    FULL_UNET,
+    TINY_UNET,
+    checkpoint_layers,
+)
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    LoraSpec,
+    lora_tensors,
+    write_lora,
+)
 from safetensors import safe_open
-
-from comfyui_lora_bridge.bridge.localpod.sd15_layout import FULL_UNET, TINY_UNET, checkpoint_layers
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, lora_tensors, write_lora
 
 
 def _params(spec) -> int:

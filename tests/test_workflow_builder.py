@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import CHECKPOINT, LORA_FILES
-
 from comfyui_lora_bridge.bridge.graph_convert import WorkflowError, ui_to_api
 from comfyui_lora_bridge.bridge.graph_validate import GraphInvalid, validate_graph
-from comfyui_lora_bridge.bridge.lora_insertion import InsertionError, LoraRequest, insert_loras
-from comfyui_lora_bridge.bridge.templates import TemplateError, list_templates, load_template
+from comfyui_lora_bridge.bridge.lora_insertion import (
+    InsertionError,
+    LoraRequest,
+    insert_loras,
+)
+from comfyui_lora_bridge.bridge.templates import (
+    TemplateError,
+    list_templates,
+    load_template,
+)
 from comfyui_lora_bridge.bridge.workflow_builder import build_graph
+from support import CHECKPOINT, LORA_FILES
 
 SHIPPED = {"sd15_txt2img", "sd15_img2img", "sdxl_txt2img", "sdxl_img2img", "flux_txt2img", "qwen_image_txt2img",
            "z_image_txt2img", "wan21_t2v", "wan21_i2v", "wan22_t2v", "wan22_i2v"}

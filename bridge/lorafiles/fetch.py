@@ -28,7 +28,15 @@ from typing import Any, Callable
 from ..errors import LoraBridgeError
 from .header import InvalidLoraFile
 from .inspect import LoraInfo, inspect_file
-from .sources import FetchPolicy, RemoteChanged, RemoteStat, Source, Transport, parse_source, transport_for
+from .sources import (
+    FetchPolicy,
+    RemoteChanged,
+    RemoteStat,
+    Source,
+    Transport,
+    parse_source,
+    transport_for,
+)
 from .store import LoraStore
 from .validate import PICKLE_EXTENSIONS, SAFE_EXTENSION, check_extension, safe_name
 
@@ -189,12 +197,18 @@ class _Download:
         self.state.write_text(plan.to_json())
         return plan
 
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.cancel() or self.stop.is_set():
-                return
-            time.sleep(min(0.05, deadline - time.monotonic()))
+    def _back_off(self, failures: int, exc: BaseException, deadline: float, what: str) -> None:
+        """Wait before attempt ``failures + 1`` (2, 4, 8 s ± jitter by default), or raise when out of tries or time."""
+        if self.cancel():
+            raise FetchCancelled(f"download of {self.display} cancelled") from None
+        if failures > len(self.retry.delays):
+            raise FetchError(f"{what} failed after {failures} attempts: {exc}") from None
+        delay = self.retry.delays[failures - 1] * (1 + random.uniform(-self.retry.jitter, self.retry.jitter))
+        if time.monotonic() + delay > deadline:
+            raise FetchError(f"{what} ran out of time ({self.retry.max_total:.0f} s): {exc}") from None
+        end = time.monotonic() + delay
+        while time.monotonic() < end and not (self.cancel() or self.stop.is_set()):
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def _segment(self, plan: _Plan, i: int, progress: _Progress, hasher: _StreamHasher | None, deadline: float) -> None:
         start, end = plan.segments[i]
@@ -255,15 +269,8 @@ class _Download:
                         self._bodies.discard(body)
                     body.close()
             except self.transient as exc:
-                if self.cancel():
-                    raise FetchCancelled(f"download of {self.display} cancelled at {progress.done} bytes") from None
                 failures += 1
-                if failures > len(self.retry.delays):
-                    raise FetchError(f"download of {self.display} failed after {failures} attempts: {exc}") from None
-                delay = self.retry.delays[failures - 1] * (1 + random.uniform(-self.retry.jitter, self.retry.jitter))
-                if time.monotonic() + delay > deadline:
-                    raise FetchError(f"download of {self.display} ran out of time ({self.retry.max_total:.0f} s): {exc}") from None
-                self._sleep(delay)
+                self._back_off(failures, exc, deadline, f"download of {self.display}")
 
     def stat(self, deadline: float) -> RemoteStat:
         """The remote size and validator, retried like the body."""
@@ -273,14 +280,7 @@ class _Download:
                 return self.transport.stat()
             except self.transient as exc:
                 failures += 1
-                if failures > len(self.retry.delays):
-                    raise FetchError(f"{self.display} unreachable after {failures} attempts: {exc}") from None
-                delay = self.retry.delays[failures - 1] * (1 + random.uniform(-self.retry.jitter, self.retry.jitter))
-                if time.monotonic() + delay > deadline:
-                    raise FetchError(f"{self.display} unreachable within {self.retry.max_total:.0f} s: {exc}") from None
-                self._sleep(delay)
-                if self.cancel():
-                    raise FetchCancelled(f"download of {self.display} cancelled")
+                self._back_off(failures, exc, deadline, f"reaching {self.display}")
 
     def run(self, stat: RemoteStat) -> tuple[str, int]:
         """Download until complete; returns (sha256 hex, bytes fetched over the network)."""

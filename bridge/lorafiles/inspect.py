@@ -15,8 +15,21 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from .families import FAMILY_NAMES, UNET_FAMILIES, _DOWN_SUFFIXES, detect_family, part_of, split_key
-from .header import DEFAULT_MAX_HEADER, Header, InvalidLoraFile, header_length, parse_header
+from .families import (
+    _DOWN_SUFFIXES,
+    FAMILY_NAMES,
+    UNET_FAMILIES,
+    detect_family,
+    part_of,
+    split_key,
+)
+from .header import (
+    DEFAULT_MAX_HEADER,
+    Header,
+    InvalidLoraFile,
+    header_length,
+    parse_header,
+)
 
 if TYPE_CHECKING:
     from .sources import FetchPolicy

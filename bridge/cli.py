@@ -178,6 +178,49 @@ def _pods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import contextlib
+    import logging
+
+    from aiohttp import web
+
+    from .config import cache_root
+    from .lorafiles.sources import FetchPolicy
+    from .pod_pool import PodConfig, PodPool
+    from .registry import Database
+    from .service import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keys = [k for k in os.environ.get("LORA_BRIDGE_API_KEYS", "").split(",") if k.strip()]
+    host = args.host
+    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+        logging.warning("no API key configured (LORA_BRIDGE_API_KEYS): binding to 127.0.0.1 only, not %s", host)
+        host = "127.0.0.1"
+    elif not keys:
+        logging.warning("no API key configured (LORA_BRIDGE_API_KEYS): the API is open, on loopback only")
+    token = args.token or os.environ.get("LORA_BRIDGE_POD_TOKEN")
+    pods = [PodConfig(url, token) for url in args.pod]
+    with contextlib.ExitStack() as stack:
+        if args.embedded_pod:
+            from .localpod.server import LocalComfy
+            from .localpod.weights import cached_checkpoint
+
+            store = cache_root() / "bridge-local-store"
+            store.mkdir(parents=True, exist_ok=True)
+            pod = LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)})
+            (pod.models_dir("checkpoints") / "sd15-tiny.safetensors").symlink_to(cached_checkpoint("tiny"))
+            stack.enter_context(pod)
+            logging.info("embedded pod (CPU ComfyUI) at %s", pod.url)
+            pods.append(PodConfig(pod.url))
+        if not pods:
+            raise SystemExit("lora-bridge serve: give --pod URL (repeatable) or --embedded-pod")
+        db_url = args.db or f"sqlite:///{cache_root() / 'bridge.sqlite3'}"
+        app = create_app(Database(db_url), PodPool(pods), Path(args.outputs), keys,
+                         FetchPolicy.from_env(), float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0))
+        web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-bridge", description="Fetch, cache and apply LoRAs on ComfyUI pods.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     pods.add_argument("--pod", action="append", required=True)
     pods.add_argument("--token")
     pods.set_defaults(func=_pods)
+    serve = sub.add_parser("serve", help="run the bridge HTTP service")
+    serve.add_argument("--pod", action="append", default=[], help="ComfyUI pod URL (repeatable)")
+    serve.add_argument("--embedded-pod", action="store_true", help="also start a local CPU ComfyUI as a pod")
+    serve.add_argument("--db", help="database URL (default sqlite:///<cache>/bridge.sqlite3)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188 + 100)
+    serve.add_argument("--outputs", default="out/generations", help="folder for job outputs")
+    serve.add_argument("--token", help="bearer token for the pods (or LORA_BRIDGE_POD_TOKEN)")
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -186,20 +186,25 @@ class PodClient:
             raise PodUnavailable(f"WebSocket to {self.url} failed: {type(exc).__name__}") from None
 
     async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None,
-                  prompt_id: str | None = None) -> JobResult:
-        """Submit ``graph`` (or follow ``prompt_id``, already submitted) and stream its events.
+                  prompt_id: str | None = None, client_id: str | None = None) -> JobResult:
+        """Submit ``graph``, or follow ``prompt_id`` (already submitted by ``client_id``: ComfyUI
+        sends a job's events to the client that submitted it), and stream its events.
 
         Returns the output files; raises ``JobFailed`` (error, interruption), ``PromptRejected``
         or ``PodUnavailable`` (the pod stayed unreachable through every reconnect).
         """
-        client_id = uuid.uuid4().hex
+        following = prompt_id is not None
+        client_id = client_id or uuid.uuid4().hex
         ws = await self._connect(client_id)
         job = _Job(self, on_event)
         try:
             if prompt_id is None:
                 prompt_id = await self.submit(graph, client_id)
             job.result.prompt_id = prompt_id
-            await job.emit("queued", {"prompt_id": prompt_id, "position": await self.queue_position(prompt_id)})
+            await job.emit("queued", {"prompt_id": prompt_id, "client_id": client_id,
+                                      "position": await self.queue_position(prompt_id)})
+            if following:
+                await job.reconcile()  # it may have finished while nobody listened
             while job.terminal is None:
                 try:
                     await job.consume(ws)

@@ -1,0 +1,170 @@
+"""The bridge's database (SQLite): the LoRA registry, and jobs with their events.
+
+Everything a restarted bridge needs lives here: LoRA records, each job's request, state,
+pod and prompt id, applied LoRAs, warnings, outputs, and every event in order (the SSE
+``id`` is the event's sequence number, so ``Last-Event-ID`` resumes without gaps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError, LoraBridgeError
+
+LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loras (id TEXT PRIMARY KEY, owner_kind TEXT, owner_id TEXT, name TEXT, version INTEGER,
+    status TEXT, family TEXT, trigger_word TEXT, fallback_style TEXT, source TEXT, sha256 TEXT, size INTEGER,
+    rank INTEGER, metadata TEXT, created REAL, updated REAL);
+CREATE INDEX IF NOT EXISTS loras_owner ON loras (owner_kind, owner_id, family, status);
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, request TEXT, pod TEXT, prompt_id TEXT,
+    result TEXT, created REAL, updated REAL);
+CREATE TABLE IF NOT EXISTS events (job_id TEXT, seq INTEGER, type TEXT, data TEXT, at REAL, PRIMARY KEY (job_id, seq));
+"""
+LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
+               "source", "sha256", "size", "rank", "metadata")
+
+
+class NotFound(LoraBridgeError):
+    """No record with that id."""
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///path`` (or a plain path) -> path; other database URLs are not supported yet."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):]
+    if "://" in url:
+        raise ConfigError(f"database URL {url.split('://')[0]}:// is not supported; use sqlite:///path")
+    return url
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # -- LoRAs ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _lora(row: sqlite3.Row | tuple) -> dict[str, Any]:
+        keys = ("id", *LORA_FIELDS, "created", "updated")
+        rec = dict(zip(keys, row))
+        rec["metadata"] = json.loads(rec["metadata"] or "{}")
+        return rec
+
+    def add_lora(self, fields: dict[str, Any]) -> dict[str, Any]:
+        lora_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        values = {k: fields.get(k) for k in LORA_FIELDS}
+        values["metadata"] = json.dumps(values["metadata"] or {})
+        values["status"] = values["status"] or "pending"
+        values["version"] = values["version"] or 1
+        with self.tx() as db:
+            db.execute(f"INSERT INTO loras VALUES (?, {', '.join('?' * len(LORA_FIELDS))}, ?, ?)",
+                       (lora_id, *values.values(), now, now))
+        return self.get_lora(lora_id)
+
+    def get_lora(self, lora_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM loras WHERE id = ?", (lora_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no LoRA with id {lora_id!r}")
+        return self._lora(row)
+
+    def update_lora(self, lora_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        self.get_lora(lora_id)
+        changes = {k: (json.dumps(v) if k == "metadata" else v) for k, v in fields.items() if k in LORA_FIELDS}
+        if changes:
+            with self.tx() as db:
+                db.execute(f"UPDATE loras SET {', '.join(f'{k} = ?' for k in changes)}, updated = ? WHERE id = ?",
+                           (*changes.values(), time.time(), lora_id))
+        return self.get_lora(lora_id)
+
+    def delete_lora(self, lora_id: str) -> None:
+        with self.tx() as db:
+            if db.execute("DELETE FROM loras WHERE id = ?", (lora_id,)).rowcount == 0:
+                raise NotFound(f"no LoRA with id {lora_id!r}")
+
+    def list_loras(self, **filters: Any) -> list[dict[str, Any]]:
+        where = [(k, v) for k, v in filters.items() if v is not None and k in LORA_FIELDS]
+        sql = "SELECT * FROM loras" + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
+        return [self._lora(r) for r in rows]
+
+    def latest_for_owner(self, owner_kind: str, owner_id: str, family: str | None) -> dict[str, Any] | None:
+        """The most recent LoRA of an owner (of ``family`` when given), whatever its status."""
+        sql = "SELECT * FROM loras WHERE owner_kind = ? AND owner_id = ?"
+        args: list[Any] = [owner_kind, owner_id]
+        if family:
+            sql += " AND family = ?"
+            args.append(family)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY (status = 'ready') DESC, version DESC, created DESC", args).fetchall()
+        return self._lora(rows[0]) if rows else None
+
+    # -- jobs and events --------------------------------------------------------------------
+
+    def add_job(self, request: dict[str, Any]) -> str:
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        with self.tx() as db:
+            db.execute("INSERT INTO jobs VALUES (?, 'queued', ?, NULL, NULL, '{}', ?, ?)", (job_id, json.dumps(request), now, now))
+        return job_id
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if "result" in fields:
+            fields["result"] = json.dumps(fields["result"])
+        with self.tx() as db:
+            db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)}, updated = ? WHERE id = ?",
+                       (*fields.values(), time.time(), job_id))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no generation with id {job_id!r}")
+        keys = ("id", "status", "request", "pod", "prompt_id", "result", "created", "updated")
+        job = dict(zip(keys, row))
+        job["request"], job["result"] = json.loads(job["request"]), json.loads(job["result"] or "{}")
+        return job
+
+    def unfinished_jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            ids = [r[0] for r in self._conn.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')").fetchall()]
+        return [self.get_job(i) for i in ids]
+
+    def add_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+        with self.tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job_id, seq, type, json.dumps(data, default=str), time.time()))
+        return seq
+
+    def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                                      (job_id, after)).fetchall()
+        return [(seq, type, json.loads(data)) for seq, type, data in rows]

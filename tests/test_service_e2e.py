@@ -1,0 +1,172 @@
+"""The bridge HTTP service against a real pod: registry, generations with SSE, fallback, auth, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from comfyui_lora_bridge.bridge.localpod.server import free_port
+from support import CHECKPOINT, POD_TOKEN, S3_ENV
+
+pytestmark = pytest.mark.comfy
+KEY = "test-api-key"
+PARAMS = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 3, "seed": 51}
+
+
+class Service:
+    def __init__(self, comfy, s3, tmp: Path) -> None:
+        self.port, self.tmp = free_port(), tmp
+        self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint,
+                    "LORA_BRIDGE_COST_PER_HOUR": "3.6"}
+        self.args = [str(Path(sys.executable).with_name("lora-bridge")), "serve", "--pod", comfy.url, "--token", POD_TOKEN,
+                     "--db", f"sqlite:///{tmp / 'bridge.sqlite3'}", "--port", str(self.port), "--outputs", str(tmp / "out")]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Service":
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=open(self.tmp / "service.log", "ab"), stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError((self.tmp / "service.log").read_text()[-3000:])
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def call(self, method: str, path: str, body=None, key: str | None = KEY, raw: bytes | None = None, headers=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if key:
+            hdrs["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                content = resp.read()
+                return resp.status, (json.loads(content) if resp.headers.get_content_type() == "application/json" else content)
+        except urllib.error.HTTPError as err:
+            content = err.read()
+            return err.code, json.loads(content) if content else None
+
+    def events(self, job_id: str, last: int = 0) -> list[tuple[int, str, dict]]:
+        status, raw = self.call("GET", f"/v1/generations/{job_id}/events", headers={"Last-Event-ID": str(last)})
+        out = []
+        for block in raw.decode().strip().split("\n\n"):
+            lines = dict(line.split(": ", 1) for line in block.splitlines())
+            out.append((int(lines["id"]), lines["event"], json.loads(lines["data"])))
+        return out
+
+
+@pytest.fixture(scope="module")
+def service(comfy, s3, weights, tmp_path_factory):
+    s3.client.put_object(Bucket="loras", Key="svc/char42.safetensors", Body=Path(weights.loras["kohya"]).read_bytes())
+    svc = Service(comfy, s3, tmp_path_factory.mktemp("svc")).start()
+    yield svc
+    svc.kill()
+
+
+def test_generation_for_a_character_streams_progress(service) -> None:
+    status, lora = service.call("POST", "/v1/loras", {"name": "character 42 v3", "character_id": 42, "status": "ready",
+                                                      "source": "s3://loras/svc/char42.safetensors"})
+    assert status == 201 and lora["family"] == "sd15" and lora["trigger_word"] == "ohwx" and lora["rank"] == 8
+    status, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "prompt": "a portrait"},
+                                                           "character_id": 42, "lora_strength": 0.9})
+    assert status == 202
+    events = service.events(job["id"])
+    types = [t for _, t, _ in events]
+    assert types[-1] == "success" and types.count("success") == 1
+    assert [d["value"] for _, t, d in events if t == "progress" and d.get("node") == "3"] == [1, 2, 3]
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    middle = events[len(events) // 2][0]
+    assert service.events(job["id"], last=middle) == events[middle:]  # Last-Event-ID resumes without gaps
+    status, record = service.call("GET", f"/v1/generations/{job['id']}")
+    assert record["status"] == "succeeded" and record["trigger_words"] == ["ohwx"]
+    assert record["applied"][0]["name"] == f"lora-{lora['id']}" and record["applied"][0]["strength_model"] == 0.9
+    assert record["pod"] and record["gpu_seconds"] > 0 and record["cost"] == pytest.approx(record["gpu_seconds"] / 1000, rel=0.01)
+    status, png = service.call("GET", f"/v1/generations/{job['id']}/outputs/0")
+    assert status == 200 and png[:4] == b"\x89PNG"
+
+
+def test_fallback_and_strict(service) -> None:
+    _, lora = service.call("POST", "/v1/loras", {"name": "character 43", "character_id": 43, "status": "training",
+                                                 "family": "sd15", "source": "s3://loras/svc/char42.safetensors",
+                                                 "trigger_word": "zzq", "fallback_style": "watercolor style"})
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "character_id": 43})
+    assert status == 200 and rec["status"] == "succeeded" and rec["applied"] == [] and rec["trigger_words"] == []
+    assert any("is training, not ready" in w for w in rec["warnings"])
+    assert any("watercolor style" in w for w in rec["warnings"])
+    status, err = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": PARAMS, "character_id": 43,
+                                                           "lora_policy": "strict"})
+    assert status == 422 and "not ready" in err["error"]["message"]
+    service.call("POST", "/v1/loras", {"name": "sdxl brand", "brand_id": "abc", "status": "ready", "family": "sdxl",
+                                       "source": "s3://loras/svc/x.safetensors"})
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "brand_id": "abc",
+                                                                     "loras": [{"lora_id": "nope", "strength_model": 0.5}]})
+    assert rec["status"] == "succeeded" and len(rec["warnings"]) == 2
+    assert any("LoRA nope not found" in w for w in rec["warnings"]) and any("brand abc not found for base model sd15" in w for w in rec["warnings"])
+
+
+def test_auth_and_hostile_input(service) -> None:
+    assert service.call("GET", "/v1/loras", key=None)[0] == 401
+    assert service.call("GET", "/v1/loras", key="wrong")[0] == 401
+    cases = [
+        (dict(raw=b"{not json"), 400),
+        (dict(body={"template": "nope"}), 400),
+        (dict(body={"template": "../etc/passwd"}), 400),
+        (dict(body={"template": "sd15_txt2img", "params": {"steps": 100000}}), 400),
+        (dict(body={"template": "sd15_txt2img", "params": {"width": "64; rm"}}), 400),
+        (dict(raw=b'{"template": "sd15_txt2img", "params": {"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}}'), 413),
+    ]
+    for kwargs, expected in cases:
+        status, err = service.call("POST", "/v1/generations", **kwargs)
+        assert status == expected, (kwargs.get("body"), status, err)
+        assert set(err["error"]) == {"type", "message"}
+    assert service.call("GET", "/v1/loras/unknown")[0] == 404
+    assert service.call("POST", "/v1/loras", {"name": 5})[0] == 400
+    evil = 'x", "99": {"class_type": "SaveImage"}, "y": "'
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": {**PARAMS, "prompt": evil}})
+    assert status == 200 and rec["status"] == "succeeded" and len(rec["outputs"]) == 1
+    assert service.call("GET", "/healthz", key=None)[0] == 200
+    status, spec = service.call("GET", "/openapi.json", key=None)
+    assert status == 200 and "/v1/generations" in spec["paths"]
+
+
+def test_restart_mid_job_finishes_the_job(service) -> None:
+    status, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 25, "seed": 52}})
+    for _ in range(300):
+        if any(t == "progress" for _, t, _ in _peek(service, job["id"])):
+            break
+        time.sleep(0.05)
+    service.kill()
+    service.start()
+    for _ in range(600):
+        status, rec = service.call("GET", f"/v1/generations/{job['id']}")
+        if rec["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert rec["status"] == "succeeded" and rec["outputs"]
+    types = [t for _, t, _ in service.events(job["id"])]
+    assert "resumed" in types and types[-1] == "success" and types.index("progress") < types.index("resumed")
+
+
+def _peek(service, job_id: str) -> list[tuple[int, str, dict]]:
+    """Events so far, without waiting for the end (reads the job's database directly)."""
+    from comfyui_lora_bridge.bridge.registry import Database
+
+    return Database(str(service.tmp / "bridge.sqlite3")).events(job_id)

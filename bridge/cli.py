@@ -189,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .pod_pool import PodConfig, PodPool
     from .registry import Database
     from .service import create_app
+    from .uploads import LoraUploads
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     keys = [k for k in os.environ.get("LORA_BRIDGE_API_KEYS", "").split(",") if k.strip()]
@@ -205,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
             from .localpod.server import LocalComfy
             from .localpod.weights import cached_checkpoint
 
-            store = cache_root() / "bridge-local-store"
+            store = Path(os.environ.get("LORA_BRIDGE_UPLOAD_DIR") or cache_root() / "bridge-local-store")
             store.mkdir(parents=True, exist_ok=True)
             pod = LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)})
             (pod.models_dir("checkpoints") / "sd15-tiny.safetensors").symlink_to(cached_checkpoint("tiny"))
@@ -215,9 +216,81 @@ def _serve(args: argparse.Namespace) -> int:
         if not pods:
             raise SystemExit("lora-bridge serve: give --pod URL (repeatable) or --embedded-pod")
         db_url = args.db or f"sqlite:///{cache_root() / 'bridge.sqlite3'}"
-        app = create_app(Database(db_url), PodPool(pods), Path(args.outputs), keys,
-                         FetchPolicy.from_env(), float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0))
+        policy = FetchPolicy.from_env()
+        uploads = LoraUploads(Path(os.environ.get("LORA_BRIDGE_UPLOAD_DIR") or cache_root() / "bridge-local-store"),
+                              os.environ.get("LORA_BRIDGE_UPLOAD_BUCKET") or None, limits=policy.limits,
+                              s3_endpoint=policy.s3_endpoint)
+        app = create_app(Database(db_url), PodPool(pods), Path(args.outputs), keys, policy, uploads,
+                         float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0), os.environ.get("LORA_BRIDGE_WEBHOOK_SECRET"))
         web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a))
+    return 0
+
+
+def _api(method: str, path: str, body: dict | None = None) -> object:
+    """Call the bridge service at LORA_BRIDGE_URL with LORA_BRIDGE_API_KEY."""
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("LORA_BRIDGE_URL", "http://127.0.0.1:8288").rstrip("/") + path
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("LORA_BRIDGE_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['LORA_BRIDGE_API_KEY']}"
+    req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        detail = json.loads(err.read() or b"{}").get("error", {})
+        raise LoraBridgeError(f"{method} {path}: {err.code} {detail.get('message', '')}") from None
+    except urllib.error.URLError as err:
+        raise LoraBridgeError(f"bridge service at {url} unreachable: {err.reason}") from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    request: dict = {"template": args.template, "params": dict(args.param), "lora_policy": args.policy}
+    if args.character_id:
+        request["character_id"] = args.character_id
+    if args.brand_id:
+        request["brand_id"] = args.brand_id
+    if args.lora_id:
+        request["loras"] = [{"lora_id": i} for i in args.lora_id]
+    job = _api("POST", "/v1/generations", request)
+    base = os.environ.get("LORA_BRIDGE_URL", "http://127.0.0.1:8288").rstrip("/")
+    req = urllib.request.Request(f"{base}/v1/generations/{job['id']}/events")
+    if os.environ.get("LORA_BRIDGE_API_KEY"):
+        req.add_header("Authorization", f"Bearer {os.environ['LORA_BRIDGE_API_KEY']}")
+    show = JobProgress()
+    from .pod_client import PodEvent
+
+    with urllib.request.urlopen(req, timeout=3600) as stream:
+        event_type = None
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event_type = line[7:]
+            elif line.startswith("data: ") and event_type:
+                show(PodEvent(event_type, json.loads(line[6:])))
+    print(json.dumps(_api("GET", f"/v1/generations/{job['id']}"), indent=2))
+    return 0
+
+
+def _loras(args: argparse.Namespace) -> int:
+    if args.action == "add":
+        fields = {"name": args.name, "source": args.source, "status": args.status}
+        if args.character_id:
+            fields["character_id"] = args.character_id
+        if args.brand_id:
+            fields["brand_id"] = args.brand_id
+        if args.trigger_word:
+            fields["trigger_word"] = args.trigger_word
+        print(json.dumps(_api("POST", "/v1/loras", fields), indent=2))
+    elif args.action == "ls":
+        for item in _api("GET", "/v1/loras")["loras"]:
+            print(f"{item['id']}  {item['status']:<10} {item['family'] or '-':<12} {item['owner_kind'] or '-'}:{item['owner_id'] or '-':<10} {item['name']}")
+    else:
+        print(json.dumps(_api("GET", f"/v1/loras/{args.id}"), indent=2))
     return 0
 
 
@@ -272,10 +345,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--embedded-pod", action="store_true", help="also start a local CPU ComfyUI as a pod")
     serve.add_argument("--db", help="database URL (default sqlite:///<cache>/bridge.sqlite3)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8188 + 100)
+    serve.add_argument("--port", type=int, default=8288)
     serve.add_argument("--outputs", default="out/generations", help="folder for job outputs")
     serve.add_argument("--token", help="bearer token for the pods (or LORA_BRIDGE_POD_TOKEN)")
     serve.set_defaults(func=_serve)
+
+    gen = sub.add_parser("generate", help="ask the bridge service (LORA_BRIDGE_URL) for a generation, with live progress")
+    gen.add_argument("--template", required=True)
+    gen.add_argument("--param", action="append", type=_param, default=[])
+    gen.add_argument("--character-id")
+    gen.add_argument("--brand-id")
+    gen.add_argument("--lora-id", action="append", default=[])
+    gen.add_argument("--policy", choices=["fallback", "strict"], default="fallback")
+    gen.set_defaults(func=_generate)
+
+    loras = sub.add_parser("loras", help="the bridge service's LoRA registry: add, ls, show")
+    loras.add_argument("action", choices=["add", "ls", "show"])
+    loras.add_argument("--id", help="show: the LoRA id")
+    loras.add_argument("--name")
+    loras.add_argument("--source", help="add: s3://… or https://… (header inspected for family, rank, trigger word)")
+    loras.add_argument("--status", default="ready", choices=["pending", "training", "validating", "ready", "failed"])
+    loras.add_argument("--character-id")
+    loras.add_argument("--brand-id")
+    loras.add_argument("--trigger-word")
+    loras.set_defaults(func=_loras)
     return parser
 
 

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import webhooks
 from .errors import LoraBridgeError, PodError
 from .lora_insertion import LoraRequest
+from .lorafiles.sources import FetchPolicy, check_source, parse_source
 from .pod_client import PodEvent, PodUnavailable
 from .pod_pool import PodPool
 from .registry import Database, NotFound
@@ -25,13 +27,22 @@ from .templates import load_template
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
+def job_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the API shows it (no internal fields)."""
+    result = {k: v for k, v in job["result"].items() if k != "client_id"}
+    return {"id": job["id"], "status": job["status"], "pod": job["pod"], "prompt_id": job["prompt_id"],
+            "created": job["created"], "updated": job["updated"], **result}
+
+
 class GenerationRefused(LoraBridgeError):
     """A ``strict`` job whose LoRA cannot be applied, or a request that cannot run at all."""
 
 
 class Generations:
-    def __init__(self, db: Database, pool: PodPool, outputs_dir: Path, rate_per_hour: float = 0.0) -> None:
+    def __init__(self, db: Database, pool: PodPool, outputs_dir: Path, rate_per_hour: float = 0.0,
+                 webhook_secret: str | None = None, policy: FetchPolicy | None = None) -> None:
         self.db, self.pool, self.outputs_dir, self.rate = db, pool, outputs_dir, rate_per_hour
+        self.webhook_secret, self.policy = webhook_secret, policy or FetchPolicy.from_env()
         self.changed: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -92,6 +103,10 @@ class Generations:
 
     def prepare(self, request: dict[str, Any]) -> dict[str, Any]:
         """Validate a request before it becomes a job (raises ``LoraBridgeError`` -> 4xx)."""
+        if request.get("webhook_url"):
+            if not self.webhook_secret:
+                raise GenerationRefused("webhooks need LORA_BRIDGE_WEBHOOK_SECRET to be configured (they are signed)")
+            check_source(parse_source(str(request["webhook_url"])), self.policy)
         template = request.get("template")
         if template is None and not isinstance(request.get("workflow"), dict):
             raise GenerationRefused("give a 'template' (with 'params') or a 'workflow'")
@@ -156,6 +171,15 @@ class Generations:
         finally:
             self._signal(job_id)
             self.tasks.pop(job_id, None)
+            await self._notify(job_id)
+
+    async def _notify(self, job_id: str) -> None:
+        """Send the job's signed completion webhook, if it asked for one."""
+        job = self.db.get_job(job_id)
+        url = job["request"].get("webhook_url")
+        if url and self.webhook_secret:
+            delivered = await webhooks.deliver(url, self.webhook_secret, job_view(job))
+            self.record(job_id, "webhook", {"delivered": delivered})
 
     async def cancel(self, job_id: str) -> None:
         job = self.db.get_job(job_id)
@@ -203,3 +227,4 @@ class Generations:
         finally:
             self._signal(job["id"])
             self.tasks.pop(job["id"], None)
+            await self._notify(job["id"])

@@ -17,12 +17,13 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .errors import LoraBridgeError
-from .generations import TERMINAL_STATUSES, GenerationRefused, Generations
+from .generations import TERMINAL_STATUSES, GenerationRefused, Generations, job_view
 from .lorafiles.inspect import inspect_source
 from .lorafiles.sources import FetchPolicy
 from .lorafiles.validate import LoraValidationError
 from .pod_pool import PodPool
 from .registry import LORA_FIELDS, LORA_STATUSES, Database, NotFound
+from .uploads import LoraUploads
 
 log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
@@ -123,23 +124,18 @@ async def delete_lora(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _job_view(job: dict[str, Any]) -> dict[str, Any]:
-    return {"id": job["id"], "status": job["status"], "pod": job["pod"], "prompt_id": job["prompt_id"],
-            "created": job["created"], "updated": job["updated"], **job["result"]}
-
-
 async def create_generation(request: web.Request) -> web.Response:
     gens: Generations = request.app["generations"]
     job_id = gens.start(await body(request))
     if request.query.get("wait") in ("1", "true"):
         while gens.db.get_job(job_id)["status"] not in TERMINAL_STATUSES:
             await gens.wait_change(job_id, 1.0)
-        return web.json_response(_job_view(gens.db.get_job(job_id)))
+        return web.json_response(job_view(gens.db.get_job(job_id)))
     return web.json_response({"id": job_id, "status": "queued"}, status=202)
 
 
 async def get_generation(request: web.Request) -> web.Response:
-    return web.json_response(_job_view(request.app["db"].get_job(request.match_info["id"])))
+    return web.json_response(job_view(request.app["db"].get_job(request.match_info["id"])))
 
 
 async def generation_events(request: web.Request) -> web.StreamResponse:
@@ -160,6 +156,81 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def generation_ws(request: web.Request) -> web.WebSocketResponse:
+    """The WebSocket twin of the SSE stream: ``{"id", "event", "data"}`` messages."""
+    gens: Generations = request.app["generations"]
+    job_id = request.match_info["id"]
+    gens.db.get_job(job_id)
+    last = int(request.query.get("last_event_id") or 0)
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    while not ws.closed:
+        for seq, type, data in gens.db.events(job_id, last):
+            await ws.send_json({"id": seq, "event": type, "data": data}, dumps=lambda o: json.dumps(o, default=str))
+            last = seq
+        if gens.db.get_job(job_id)["status"] in TERMINAL_STATUSES and not gens.db.events(job_id, last):
+            break
+        await gens.wait_change(job_id, 15.0)
+    await ws.close()
+    return ws
+
+
+async def upload_lora(request: web.Request) -> web.Response:
+    """Multipart ``file`` (+ registry fields): stored in the local store (or S3), inspected, registered."""
+    reader = await request.multipart()
+    fields: dict[str, Any] = {}
+    stored = None
+    async for part in reader:
+        if part.name == "file":
+            stored = await request.app["uploads"].save(part)
+        elif part.name:
+            fields[part.name] = (await part.text()).strip()
+    if stored is None:
+        raise ValueError("multipart field 'file' is required")
+    fields = _lora_fields({k: v for k, v in fields.items() if v}, partial=False) if fields.get("name") else \
+        _lora_fields({**fields, "name": stored["filename"]}, partial=False)
+    info = stored["info"]
+    record = {**fields, "source": stored["source"], "sha256": info.sha256, "size": info.size, "rank": info.rank,
+              "family": fields.get("family") or info.family, "metadata": info.metadata,
+              "trigger_word": fields.get("trigger_word") or (info.trigger_words[0] if info.trigger_words else None)}
+    return web.json_response(request.app["db"].add_lora(record), status=201)
+
+
+def _pod(request: web.Request):
+    pool: PodPool = request.app["pool"]
+    pods = list(pool.status.values())
+    try:
+        return pods[int(request.match_info["id"])]
+    except (ValueError, IndexError):
+        raise NotFound(f"no pod {request.match_info['id']!r}; pods are numbered 0..{len(pods) - 1}") from None
+
+
+async def clear_pod_cache(request: web.Request) -> web.Response:
+    pod = _pod(request)
+    data = await body(request)
+    async with request.app["pool"].client(pod) as client:
+        result = await client.post_json("/lora_bridge/cache/clear", {"memory": data.get("memory", True), "disk": data.get("disk", False)})
+    return web.json_response({"pod": pod.config.name, **result})
+
+
+async def cache_stats(request: web.Request) -> web.Response:
+    """Disk and memory cache statistics of every pack pod, and their totals."""
+    pool: PodPool = request.app["pool"]
+    per_pod, totals = [], {"hits": 0, "misses": 0, "evictions": 0, "entries": 0, "bytes": 0}
+    for pod in await pool.refresh(force=True):
+        if not (pod.healthy and pod.pack):
+            continue
+        async with pool.client(pod) as client:
+            cache = await client.get_json("/lora_bridge/cache")
+        stats = {part: {k: v for k, v in cache[part].items() if k != "items"} for part in ("disk", "memory")}
+        per_pod.append({"pod": pod.config.name, **stats})
+        for part in ("disk", "memory"):
+            for key in totals:
+                totals[key] += stats[part].get(key, 0)
+    lookups = totals["hits"] + totals["misses"]
+    return web.json_response({"pods": per_pod, "total": {**totals, "hit_rate": round(totals["hits"] / lookups, 4) if lookups else 0.0}})
+
+
 async def generation_output(request: web.Request) -> web.StreamResponse:
     job = request.app["db"].get_job(request.match_info["id"])
     outputs = job["result"].get("outputs") or []
@@ -171,7 +242,7 @@ async def generation_output(request: web.Request) -> web.StreamResponse:
 
 async def cancel_generation(request: web.Request) -> web.Response:
     await request.app["generations"].cancel(request.match_info["id"])
-    return web.json_response(_job_view(request.app["db"].get_job(request.match_info["id"])))
+    return web.json_response(job_view(request.app["db"].get_job(request.match_info["id"])))
 
 
 async def list_pods(request: web.Request) -> web.Response:
@@ -210,6 +281,10 @@ OPENAPI = {
         "/v1/generations/{id}": {"get": {"summary": "Job status, applied LoRAs, warnings, pod, timings, cost, outputs", "responses": {"200": {"description": "job"}}},
                                  "delete": {"summary": "Cancel", "responses": {"200": {"description": "job"}}}},
         "/v1/generations/{id}/events": {"get": {"summary": "Server-Sent Events (Last-Event-ID resumes)", "responses": {"200": {"description": "text/event-stream"}}}},
+        "/v1/generations/{id}/ws": {"get": {"summary": "WebSocket twin of the events", "responses": {"101": {"description": "upgrade"}}}},
+        "/v1/loras/upload": {"post": {"summary": "Upload a .safetensors LoRA (multipart 'file' + fields) and register it", "responses": {"201": {"description": "created"}}}},
+        "/v1/pods/{id}/cache/clear": {"post": {"summary": "Clear a pod's memory and/or disk cache", "responses": {"200": {"description": "cleared"}}}},
+        "/v1/cache/stats": {"get": {"summary": "Cache statistics across pods", "responses": {"200": {"description": "stats"}}}},
         "/v1/generations/{id}/outputs/{n}": {"get": {"summary": "Output file n", "responses": {"200": {"description": "file"}}}},
         "/v1/pods": {"get": {"summary": "Pods: health, queue, mode, cache", "responses": {"200": {"description": "pods"}}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
@@ -223,10 +298,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(db: Database, pool: PodPool, outputs_dir: Path, api_keys: list[str], policy: FetchPolicy,
-               rate_per_hour: float = 0.0) -> web.Application:
+               uploads: "LoraUploads", rate_per_hour: float = 0.0, webhook_secret: str | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
-    app["db"], app["pool"], app["api_keys"], app["policy"] = db, pool, api_keys, policy
-    app["generations"] = Generations(db, pool, outputs_dir, rate_per_hour)
+    app["db"], app["pool"], app["api_keys"], app["policy"], app["uploads"] = db, pool, api_keys, policy, uploads
+    app["generations"] = Generations(db, pool, outputs_dir, rate_per_hour, webhook_secret, policy)
 
     async def on_startup(app: web.Application) -> None:
         app["generations"].resume_unfinished()
@@ -243,6 +318,10 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, api_keys: list[st
     r.add_get("/v1/generations/{id}", get_generation)
     r.add_delete("/v1/generations/{id}", cancel_generation)
     r.add_get("/v1/generations/{id}/events", generation_events)
+    r.add_get("/v1/generations/{id}/ws", generation_ws)
+    r.add_post("/v1/loras/upload", upload_lora)
+    r.add_post("/v1/pods/{id}/cache/clear", clear_pod_cache)
+    r.add_get("/v1/cache/stats", cache_stats)
     r.add_get(r"/v1/generations/{id}/outputs/{n:\d+}", generation_output)
     r.add_get("/v1/pods", list_pods)
     r.add_get("/healthz", healthz)

@@ -18,6 +18,7 @@ from support import CHECKPOINT, POD_TOKEN, S3_ENV
 
 pytestmark = pytest.mark.comfy
 KEY = "test-api-key"
+SECRET = "webhook-secret"
 PARAMS = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 3, "seed": 51}
 
 
@@ -25,7 +26,9 @@ class Service:
     def __init__(self, comfy, s3, tmp: Path) -> None:
         self.port, self.tmp = free_port(), tmp
         self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint,
-                    "LORA_BRIDGE_COST_PER_HOUR": "3.6"}
+                    "LORA_BRIDGE_COST_PER_HOUR": "3.6", "LORA_BRIDGE_WEBHOOK_SECRET": SECRET,
+                    "LORA_BRIDGE_UPLOAD_BUCKET": "loras", "LORA_BRIDGE_UPLOAD_DIR": str(tmp / "uploads"),
+                    "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1"}
         self.args = [str(Path(sys.executable).with_name("lora-bridge")), "serve", "--pod", comfy.url, "--token", POD_TOKEN,
                      "--db", f"sqlite:///{tmp / 'bridge.sqlite3'}", "--port", str(self.port), "--outputs", str(tmp / "out")]
         self.proc: subprocess.Popen | None = None
@@ -170,3 +173,108 @@ def _peek(service, job_id: str) -> list[tuple[int, str, dict]]:
     from comfyui_lora_bridge.bridge.registry import Database
 
     return Database(str(service.tmp / "bridge.sqlite3")).events(job_id)
+
+
+class Receiver:
+    """A loopback webhook receiver that answers 500 first (to exercise retries), then 200."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.calls: list[tuple[dict, bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.calls.append((dict(self.headers), body))
+                self.send_response(500 if len(outer.calls) == 1 else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+
+def test_signed_webhook_with_retries_and_ws_twin(service) -> None:
+    from comfyui_lora_bridge.bridge.webhooks import (
+        SIGNATURE_HEADER,
+        TIMESTAMP_HEADER,
+        verify_signature,
+    )
+
+    receiver = Receiver()
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS,
+                                                                     "webhook_url": receiver.url})
+    assert rec["status"] == "succeeded"
+    for _ in range(100):
+        if len(receiver.calls) >= 2:
+            break
+        time.sleep(0.05)
+    headers, body = receiver.calls[-1]
+    assert json.loads(body)["id"] == rec["id"]
+    assert verify_signature(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert not verify_signature(SECRET, headers[TIMESTAMP_HEADER], body.replace(b"succeeded", b"failed"), headers[SIGNATURE_HEADER])
+    assert not verify_signature("other", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert not verify_signature(SECRET, str(int(headers[TIMESTAMP_HEADER]) - 3600), body, headers[SIGNATURE_HEADER])  # replay
+    # the WebSocket twin delivers the same events as SSE
+    import asyncio
+
+    import aiohttp
+
+    async def ws_events():
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+            async with session.ws_connect(f"{service.url}/v1/generations/{rec['id']}/ws") as ws:
+                return [(m["id"], m["event"], m["data"]) async for m in _json_messages(ws)]
+    assert asyncio.run(ws_events()) == service.events(rec["id"])
+    assert service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": PARAMS,
+                                                    "webhook_url": "http://169.254.169.254/x"})[0] == 400
+
+
+async def _json_messages(ws):
+    async for msg in ws:
+        yield json.loads(msg.data)
+
+
+def test_upload_registers_and_generates(service, weights) -> None:
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    data = Path(weights.loras["kohya_b"]).read_bytes()
+    parts = [(b'name="name"', b"brand xyz style"), (b'name="brand_id"', b"xyz"), (b'name="status"', b"ready"),
+             (b'name="file"; filename="xyz.safetensors"', data)]
+    raw = b"".join(b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + h + b"\r\n\r\n" + v + b"\r\n" for h, v in parts)
+    raw += b"--" + boundary.encode() + b"--\r\n"
+    status, lora = service.call("POST", "/v1/loras/upload", raw=raw, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 201, lora
+    assert lora["source"].startswith("s3://loras/") and lora["family"] == "sd15" and lora["trigger_word"] == "zwx"
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "brand_id": "xyz"})
+    assert rec["status"] == "succeeded" and rec["trigger_words"] == ["zwx"] and rec["applied"]
+    status, stats = service.call("GET", "/v1/cache/stats")
+    assert status == 200 and stats["pods"] and stats["total"]["entries"] >= 1
+    status, cleared = service.call("POST", "/v1/pods/0/cache/clear", {"memory": True})
+    assert status == 200 and "memory" in cleared["cleared"]
+    assert service.call("POST", "/v1/pods/7/cache/clear", {})[0] == 404
+
+
+def test_cli_against_the_service(service) -> None:
+    env = {"PATH": "/usr/bin:/bin", "LORA_BRIDGE_URL": service.url, "LORA_BRIDGE_API_KEY": KEY}
+    exe = str(Path(sys.executable).with_name("lora-bridge"))
+    added = subprocess.run([exe, "loras", "add", "--name", "char 77", "--character-id", "77",
+                            "--source", "s3://loras/svc/char42.safetensors"], env=env, capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    lora_id = json.loads(added.stdout)["id"]
+    assert lora_id in subprocess.run([exe, "loras", "ls"], env=env, capture_output=True, text=True).stdout
+    gen = subprocess.run([exe, "generate", "--template", "sd15_txt2img", "--character-id", "77",
+                          *sum((["--param", f"{k}={v}"] for k, v in PARAMS.items()), [])],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    assert "step 3/3" in gen.stderr and json.loads(gen.stdout)["trigger_words"] == ["ohwx"]
+    bad = subprocess.run([exe, "loras", "show", "--id", "nope"], env={**env, "LORA_BRIDGE_API_KEY": "wrong"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "401" in bad.stderr

@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-bridge", description="Fetch, cache and apply LoRAs on ComfyUI pods.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="render one prompt with and without a LoRA on a local CPU ComfyUI")
+    demo = sub.add_parser("demo", help="the bridge service with an embedded CPU pod: register a LoRA for a character, "
+                                       "generate with and without it, stream progress, print the job records")
     demo.add_argument("--out", default="out/demo", help="folder for the two PNGs (default: out/demo)")
     demo.add_argument("--steps", type=int, default=4, help="sampling steps (default: 4)")
     demo.add_argument("--size", type=int, default=64, help="image width and height in pixels (default: 64)")

@@ -293,8 +293,39 @@ OPENAPI = {
 }
 
 
+_LORA_BODY = {"type": "object", "additionalProperties": False, "properties": {
+    "name": {"type": "string"}, "character_id": {"type": "string"}, "brand_id": {"type": "string"},
+    "owner_kind": {"type": "string"}, "owner_id": {"type": "string"}, "version": {"type": "integer"},
+    "status": {"type": "string", "enum": list(LORA_STATUSES)}, "family": {"type": "string"},
+    "trigger_word": {"type": "string"}, "fallback_style": {"type": "string"}, "source": {"type": "string"},
+    "sha256": {"type": "string"}, "size": {"type": "integer"}, "rank": {"type": "integer"}, "metadata": {"type": "object"}}}
+_GENERATION_BODY = {"type": "object", "properties": {
+    "template": {"type": "string"}, "params": {"type": "object"}, "workflow": {"type": "object"},
+    "character_id": {"type": ["string", "integer"]}, "brand_id": {"type": ["string", "integer"]},
+    "loras": {"type": "array", "items": {"type": "object", "required": ["lora_id"], "properties": {
+        "lora_id": {"type": "string"}, "strength_model": {"type": "number"}, "strength_clip": {"type": "number"}}}},
+    "lora_policy": {"type": "string", "enum": ["fallback", "strict"]}, "lora_strength": {"type": "number"},
+    "apply_mode": {"type": "string", "enum": ["hotswap", "merge"]}, "webhook_url": {"type": "string"}}}
+
+
+def _spec() -> dict[str, Any]:
+    """OPENAPI with path parameters and request bodies filled in."""
+    spec = json.loads(json.dumps(OPENAPI))
+    for path, ops in spec["paths"].items():
+        names = [p[1:-1] for p in path.split("/") if p.startswith("{")]
+        for method, op in ops.items():
+            if names:
+                op["parameters"] = [{"name": n, "in": "path", "required": True,
+                                     "schema": {"type": "integer" if n == "n" else "string"}} for n in names]
+            schema = {("/v1/loras", "post"): _LORA_BODY, ("/v1/loras/{id}", "patch"): _LORA_BODY,
+                      ("/v1/generations", "post"): _GENERATION_BODY}.get((path, method))
+            if schema:
+                op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return spec
+
+
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    return web.json_response(_spec())
 
 
 def create_app(db: Database, pool: PodPool, outputs_dir: Path, api_keys: list[str], policy: FetchPolicy,

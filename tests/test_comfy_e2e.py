@@ -102,3 +102,16 @@ def test_stop_leaves_no_process_behind(tmp_path) -> None:
         os.kill(pid, 0)
     group = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.strip()
     assert group == ""
+
+
+def test_demo_command_writes_two_different_images(tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("lora-bridge"))
+    res = subprocess.run([exe, "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with_lora, without = (tmp_path / "with_lora.png").read_bytes(), (tmp_path / "without_lora.png").read_bytes()
+    assert with_lora[:4] == without[:4] == b"\x89PNG" and with_lora != without
+    assert f"with_lora: {tmp_path / 'with_lora.png'}" in res.stdout and "the LoRA changed the image" in res.stdout
+    assert '"trigger_words": [\n    "ohwx"\n  ]' in res.stdout and "step 4/4" in res.stdout

@@ -278,3 +278,27 @@ def test_cli_against_the_service(service) -> None:
     bad = subprocess.run([exe, "loras", "show", "--id", "nope"], env={**env, "LORA_BRIDGE_API_KEY": "wrong"},
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+def test_openapi_document_and_fuzzing_find_no_server_error(tmp_path) -> None:
+    port = free_port()
+    env = {**os.environ, "LORA_BRIDGE_API_KEYS": KEY}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("lora-bridge")), "serve", "--pod", "http://127.0.0.1:9",
+                             "--db", f"sqlite:///{tmp_path / 'db.sqlite3'}", "--port", str(port), "--outputs", str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        st = str(Path(sys.executable).with_name("st"))
+        run = subprocess.run([st, "run", f"http://127.0.0.1:{port}/openapi.json", "-H", f"Authorization: Bearer {KEY}",
+                              "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "1"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert "passed" in run.stdout and "Schema Error" not in run.stdout
+    finally:
+        proc.kill()
+        proc.wait()

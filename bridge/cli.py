@@ -221,7 +221,8 @@ def _serve(args: argparse.Namespace) -> int:
                               os.environ.get("LORA_BRIDGE_UPLOAD_BUCKET") or None, limits=policy.limits,
                               s3_endpoint=policy.s3_endpoint)
         app = create_app(Database(db_url), PodPool(pods), Path(args.outputs), keys, policy, uploads,
-                         float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0), os.environ.get("LORA_BRIDGE_WEBHOOK_SECRET"))
+                         float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0), os.environ.get("LORA_BRIDGE_WEBHOOK_SECRET"),
+                         os.environ.get("LORA_BRIDGE_OUTPUT_BUCKET") or None)
         web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a))
     return 0
 

@@ -40,11 +40,26 @@ class GenerationRefused(LoraBridgeError):
 
 class Generations:
     def __init__(self, db: Database, pool: PodPool, outputs_dir: Path, rate_per_hour: float = 0.0,
-                 webhook_secret: str | None = None, policy: FetchPolicy | None = None) -> None:
+                 webhook_secret: str | None = None, policy: FetchPolicy | None = None,
+                 output_bucket: str | None = None) -> None:
         self.db, self.pool, self.outputs_dir, self.rate = db, pool, outputs_dir, rate_per_hour
         self.webhook_secret, self.policy = webhook_secret, policy or FetchPolicy.from_env()
+        self.output_bucket = output_bucket
         self.changed: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _upload_outputs(self, job_id: str, files: list[Path], expires: int = 24 * 3600) -> list[str]:
+        """Copy a job's outputs to S3 (``s3://bucket/generations/<job>/<file>``); presigned GET URLs."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.policy.s3_endpoint)
+        urls = []
+        for path in files:
+            key = f"generations/{job_id}/{path.name}"
+            s3.upload_file(str(path), self.output_bucket, key)
+            urls.append(s3.generate_presigned_url("get_object", Params={"Bucket": self.output_bucket, "Key": key},
+                                                  ExpiresIn=expires))
+        return urls
 
     def _signal(self, job_id: str) -> None:
         event = self.changed.pop(job_id, None)
@@ -157,6 +172,9 @@ class Generations:
                           trigger_words=outcome.report.trigger_words, pod=outcome.pod,
                           outputs=[p.name for p in outcome.saved], gpu_seconds=round(seconds, 3),
                           cost=round(seconds * self.rate / 3600, 6))
+            if self.output_bucket:
+                result["output_urls"] = await asyncio.get_running_loop().run_in_executor(
+                    None, self._upload_outputs, job_id, outcome.saved)
             result["warnings"] = plan["warnings"] + outcome.report.warnings
             self.db.update_job(job_id, status="succeeded", result=result)
         except asyncio.CancelledError:

@@ -329,10 +329,11 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(db: Database, pool: PodPool, outputs_dir: Path, api_keys: list[str], policy: FetchPolicy,
-               uploads: "LoraUploads", rate_per_hour: float = 0.0, webhook_secret: str | None = None) -> web.Application:
+               uploads: LoraUploads, rate_per_hour: float = 0.0, webhook_secret: str | None = None,
+               output_bucket: str | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app["db"], app["pool"], app["api_keys"], app["policy"], app["uploads"] = db, pool, api_keys, policy, uploads
-    app["generations"] = Generations(db, pool, outputs_dir, rate_per_hour, webhook_secret, policy)
+    app["generations"] = Generations(db, pool, outputs_dir, rate_per_hour, webhook_secret, policy, output_bucket)
 
     async def on_startup(app: web.Application) -> None:
         app["generations"].resume_unfinished()

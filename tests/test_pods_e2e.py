@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed, PromptRejected
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
@@ -19,6 +20,7 @@ from comfyui_lora_bridge.bridge.run_job import (
     parse_lora_arg,
     run_generation,
 )
+from comfyui_lora_bridge.bridge.templates import load_template
 from support import (
     CHECKPOINT,
     LORA_FILES,
@@ -40,6 +42,7 @@ LOOPBACK = FetchPolicy(allowed_hosts=("127.0.0.1",))
 def second_pod(weights, s3):
     """Another pod like the session's one (for routing and failover)."""
     pod = configured_pod(weights, s3.endpoint)
+    pod.env["LORA_BRIDGE_PRELOAD"] = LORA_FILES["loha"]  # loaded into memory at start-up
     with pod:
         yield pod
 
@@ -49,6 +52,41 @@ def run_events(url: str, graph: dict, on_event=None):
         async with PodClient(url, token=POD_TOKEN, reconnects=4, backoff=0.2) as client:
             return await client.run(graph, on_event)
     return asyncio.run(go())
+
+
+def test_preload_at_start_up(second_pod) -> None:
+    async def cache():
+        async with PodClient(second_pod.url, token=POD_TOKEN) as client:
+            for _ in range(100):
+                memory = (await client.get_json("/lora_bridge/cache"))["memory"]
+                if memory["items"]:
+                    return memory, (await client.get_json("/lora_bridge/cache"))["disk"]
+                await asyncio.sleep(0.1)
+    memory, disk = asyncio.run(cache())
+    assert [item["name"] for item in memory["items"]] == [LORA_FILES["loha"]]
+
+
+def test_upload_image_then_img2img(comfy) -> None:
+    import io
+
+    from PIL import Image
+
+    def png(seed: int) -> bytes:  # textured images: the random-weight VAE normalises flat colours away
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    async def img2img(data: bytes, name: str):
+        async with PodClient(comfy.url, token=POD_TOKEN) as client:
+            uploaded = await client.upload_image(data, name)
+            graph = load_template("sd15_img2img").render(checkpoint=CHECKPOINT, image=uploaded, steps=2, denoise=0.3, seed=1)
+            return uploaded, await client.run(graph)
+    name, first = asyncio.run(img2img(png(1), "upload-a.png"))
+    _, again = asyncio.run(img2img(png(1), "upload-a2.png"))
+    _, other = asyncio.run(img2img(png(2), "upload-b.png"))
+    assert name == "upload-a.png" and (comfy.base_dir / "input" / "upload-a.png").exists()
+    # the uploaded image is what gets encoded: same upload, same image; another upload, another image
+    assert (image_of(first) == image_of(again)).all() and np.abs(image_of(first) - image_of(other)).mean() > 0.3
 
 
 def test_events_arrive_in_order_with_step_progress(comfy) -> None:

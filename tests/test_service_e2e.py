@@ -28,7 +28,7 @@ class Service:
         self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_S3_ENDPOINT": s3.endpoint,
                     "LORA_BRIDGE_COST_PER_HOUR": "3.6", "LORA_BRIDGE_WEBHOOK_SECRET": SECRET,
                     "LORA_BRIDGE_UPLOAD_BUCKET": "loras", "LORA_BRIDGE_UPLOAD_DIR": str(tmp / "uploads"),
-                    "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1"}
+                    "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1", "LORA_BRIDGE_OUTPUT_BUCKET": "loras"}
         self.args = [str(Path(sys.executable).with_name("lora-bridge")), "serve", "--pod", comfy.url, "--token", POD_TOKEN,
                      "--db", f"sqlite:///{tmp / 'bridge.sqlite3'}", "--port", str(self.port), "--outputs", str(tmp / "out")]
         self.proc: subprocess.Popen | None = None
@@ -104,6 +104,8 @@ def test_generation_for_a_character_streams_progress(service) -> None:
     assert record["pod"] and record["gpu_seconds"] > 0 and record["cost"] == pytest.approx(record["gpu_seconds"] / 1000, rel=0.01)
     status, png = service.call("GET", f"/v1/generations/{job['id']}/outputs/0")
     assert status == 200 and png[:4] == b"\x89PNG"
+    with urllib.request.urlopen(record["output_urls"][0]) as resp:  # presigned S3 URL of the same file
+        assert resp.read() == png
 
 
 def test_fallback_and_strict(service) -> None:

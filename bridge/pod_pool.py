@@ -33,7 +33,6 @@ class PodConfig:
     url: str
     token: str | None = None
     labels: frozenset[str] = frozenset()
-    cost_per_hour: float = 0.0
 
     @property
     def name(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from ..bridge.errors import LoraBridgeError
+from ..bridge.lorafiles.fetch import FetchError, IntegrityError
 from ..bridge.lorafiles.inspect import inspect_file
 from .lora_loading import load_into_memory
 from .pod_state import disk_store, fetch_handle, memory_cache
@@ -109,8 +110,12 @@ async def prefetch(request: web.Request) -> web.Response:
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(None, work)
-    except LoraBridgeError as exc:
-        return _error(400 if not isinstance(exc, OSError) else 502, str(exc))
+    except IntegrityError as exc:  # not the bytes the caller said (hash, size, header)
+        return _error(422, str(exc))
+    except FetchError as exc:  # the download failed for good
+        return _error(502, str(exc))
+    except LoraBridgeError as exc:  # refused, invalid, not found
+        return _error(400, str(exc))
     return web.json_response(result)
 
 

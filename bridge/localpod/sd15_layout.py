@@ -125,9 +125,6 @@ def unet_layers(spec: UNetSpec) -> list[Layer]:
     return b.layers
 
 
-CLIP_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
-
-
 def clip_layers() -> list[Layer]:
     """CLIP-L text encoder layers under ``cond_stage_model.transformer.text_model.``."""
     b = _Builder()

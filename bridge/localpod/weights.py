@@ -28,7 +28,6 @@ from .sd15_layout import (
 )
 
 LoraLayout = Literal["kohya", "peft", "loha"]
-LORA_LAYOUTS: tuple[LoraLayout, ...] = ("kohya", "peft", "loha")
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:

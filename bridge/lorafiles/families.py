@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-FAMILIES = ("sd15", "sd2", "sdxl", "sd3", "flux", "qwen_image", "wan", "hunyuan_video", "lumina2")
 UNKNOWN = "unknown"
 FAMILY_NAMES = {
     "sd15": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import LoraBridgeError
 
@@ -125,11 +125,3 @@ def parse_header(data: bytes, file_size: int | None = None, max_header: int = DE
             f"tensor data needs {header.data_start + header.data_size} bytes but the file has {file_size} (truncated?)"
         )
     return header
-
-
-def read_header(f: BinaryIO, file_size: int, max_header: int = DEFAULT_MAX_HEADER) -> Header:
-    """Read and parse the header of an open file, reading only the header's bytes."""
-    f.seek(0)
-    prefix = f.read(8)
-    n = header_length(prefix, max_header, file_size)
-    return parse_header(prefix + f.read(n), file_size, max_header)

@@ -34,6 +34,12 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
             "created": job["created"], "updated": job["updated"], **result}
 
 
+def _strength(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+        raise ValueError(f"{name} must be a number between -100 and 100, got {value!r}")
+    return float(value)
+
+
 class GenerationRefused(LoraBridgeError):
     """A ``strict`` job whose LoRA cannot be applied, or a request that cannot run at all."""
 
@@ -81,17 +87,24 @@ class Generations:
         """The LoRAs to apply, the warnings, and the fallback style words of those dropped."""
         strict = request.get("lora_policy", "fallback") == "strict"
         wanted: list[tuple[dict[str, Any] | None, str, float, float]] = []
-        for item in request.get("loras") or request.get("lora_configs") or []:
+        items = request.get("loras") or request.get("lora_configs") or []
+        if not isinstance(items, list):
+            raise ValueError("'loras' must be a list of {lora_id, strength_model, strength_clip}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("lora_id"), str):
+                raise ValueError(f"loras[{i}] needs a string 'lora_id'")
+            sm = _strength(item.get("strength_model", 1.0), f"loras[{i}].strength_model")
+            sc = _strength(item.get("strength_clip", sm), f"loras[{i}].strength_clip")
             try:
                 rec = self.db.get_lora(item["lora_id"])
             except NotFound:
                 rec = None
-            wanted.append((rec, item["lora_id"], item.get("strength_model", 1.0), item.get("strength_clip", item.get("strength_model", 1.0))))
+            wanted.append((rec, item["lora_id"], sm, sc))
         for kind in ("character", "brand"):
             owner = request.get(f"{kind}_id")
             if owner is not None:
                 rec = self.db.latest_for_owner(kind, str(owner), family)
-                strength = request.get("lora_strength", 1.0)
+                strength = _strength(request.get("lora_strength", 1.0), "lora_strength")
                 wanted.append((rec, f"{kind} {owner}", strength, strength))
         loras, warnings, styles = [], [], []
         for rec, label, sm, sc in wanted:

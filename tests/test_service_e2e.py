@@ -136,6 +136,8 @@ def test_auth_and_hostile_input(service) -> None:
         (dict(body={"template": "../etc/passwd"}), 400),
         (dict(body={"template": "sd15_txt2img", "params": {"steps": 100000}}), 400),
         (dict(body={"template": "sd15_txt2img", "params": {"width": "64; rm"}}), 400),
+        (dict(body={"template": "sd15_txt2img", "loras": [{"lora_id": "x", "strength_model": 500}]}), 400),
+        (dict(body={"template": "sd15_txt2img", "loras": [{"strength_model": 1}]}), 400),
         (dict(raw=b'{"template": "sd15_txt2img", "params": {"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}}'), 413),
     ]
     for kwargs, expected in cases:

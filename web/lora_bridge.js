@@ -16,6 +16,9 @@ function showSummary(node, lines) {
 
 app.registerExtension({
   name: "comfyui-lora-bridge.summary",
+  setup() {
+    console.info("[lora-bridge] front-end extension ready");
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("LoraBridge")) return;
     const onExecuted = nodeType.prototype.onExecuted;

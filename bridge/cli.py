@@ -98,9 +98,7 @@ def _cache(args: argparse.Namespace) -> int:
         if not entries:
             print("(empty)")
     elif args.action == "stats":
-        s = store.stats()
-        print(json.dumps({"entries": s.entries, "bytes": s.bytes, "budget_bytes": s.budget_bytes, "hits": s.hits,
-                          "misses": s.misses, "evictions": s.evictions, "hit_rate": round(s.hit_rate, 4)}, indent=2))
+        print(json.dumps(store.stats().to_dict(), indent=2))
     else:
         evicted = store.evict(args.sha256, include_pinned=args.include_pinned) if args.sha256 or args.all else store.enforce_budget(strict=False)
         print(f"evicted {len(evicted)} file(s)")

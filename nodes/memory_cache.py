@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..bridge.lorafiles.store import CacheCounters
+
 
 @dataclass
 class CachedLora:
@@ -24,22 +26,9 @@ class CachedLora:
 
 
 @dataclass(frozen=True)
-class MemoryStats:
-    entries: int
-    bytes: int
-    max_entries: int
-    max_bytes: int
-    hits: int
-    misses: int
-    evictions: int
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "hit_rate": round(self.hit_rate, 4)}
+class MemoryStats(CacheCounters):
+    max_entries: int = 0
+    max_bytes: int = 0
 
 
 class MemoryCache:
@@ -102,5 +91,6 @@ class MemoryCache:
 
     def stats(self) -> MemoryStats:
         with self._lock:
-            return MemoryStats(len(self._entries), sum(e.nbytes for e in self._entries.values()), self.max_entries,
-                               self.max_bytes, self.hits, self.misses, self.evictions)
+            return MemoryStats(entries=len(self._entries), bytes=sum(e.nbytes for e in self._entries.values()),
+                               hits=self.hits, misses=self.misses, evictions=self.evictions,
+                               max_entries=self.max_entries, max_bytes=self.max_bytes)

@@ -47,7 +47,7 @@ def _disk_report() -> dict[str, Any]:
     stats = store.stats()
     entries = [{"sha256": e.sha256, "size": e.size, "names": e.names, "source": e.source, "pinned": e.pinned,
                 "in_use": e.in_use, "last_used": e.last_used} for e in store.entries()]
-    return {**stats.__dict__, "hit_rate": round(stats.hit_rate, 4), "items": entries}
+    return {**stats.to_dict(), "items": entries}
 
 
 async def get_cache(request: web.Request) -> web.Response:

@@ -15,9 +15,9 @@ import hashlib
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import LoraBridgeError
 from .validate import safe_name
@@ -48,10 +48,11 @@ class CacheEntry:
 
 
 @dataclass(frozen=True)
-class CacheStats:
+class CacheCounters:
+    """What every cache reports: size, hits, misses, evictions (the disk and the memory cache)."""
+
     entries: int
     bytes: int
-    budget_bytes: int | None
     hits: int
     misses: int
     evictions: int
@@ -60,6 +61,14 @@ class CacheStats:
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hit_rate": round(self.hit_rate, 4)}
+
+
+@dataclass(frozen=True)
+class CacheStats(CacheCounters):
+    budget_bytes: int | None = None
 
 
 def _identity_key(identity: str) -> str:
@@ -279,7 +288,8 @@ class LoraStore:
         with self._db() as db:
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-        return CacheStats(n, total, self.budget_bytes, counters.get("hits", 0), counters.get("misses", 0), counters.get("evictions", 0))
+        return CacheStats(entries=n, bytes=total, hits=counters.get("hits", 0), misses=counters.get("misses", 0),
+                          evictions=counters.get("evictions", 0), budget_bytes=self.budget_bytes)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,7 +19,7 @@ from .errors import LoraBridgeError, PodError
 from .lora_insertion import LoraRequest
 from .lorafiles.sources import FetchPolicy, check_source, parse_source
 from .pod_client import PodEvent, PodUnavailable
-from .pod_pool import PodPool
+from .pod_pool import PodPool, PrefetchFailed
 from .registry import Database, NotFound
 from .run_job import run_generation
 from .templates import load_template
@@ -175,11 +175,21 @@ class Generations:
                 self.record(job_id, event.type, data)
 
         result: dict[str, Any] = {"warnings": plan["warnings"]}
+        loras = list(plan["loras"])
         try:
-            outcome = await run_generation(self.pool, plan["loras"], template=request.get("template"),
-                                           params=plan["params"], workflow=request.get("workflow"),
-                                           out_dir=self.outputs_dir / job_id, on_event=on_event,
-                                           apply_mode=request.get("apply_mode", "hotswap"))
+            while True:
+                try:
+                    outcome = await run_generation(self.pool, loras, template=request.get("template"),
+                                                   params=plan["params"], workflow=request.get("workflow"),
+                                                   out_dir=self.outputs_dir / job_id, on_event=on_event,
+                                                   apply_mode=request.get("apply_mode", "hotswap"))
+                    break
+                except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
+                    if request.get("lora_policy") == "strict":
+                        raise
+                    loras = [lora for lora in loras if lora is not exc.lora]
+                    plan["warnings"].append(f"{exc}; generating without it")
+                    self.record(job_id, "warning", {"message": plan["warnings"][-1]})
             seconds = time.monotonic() - started
             result.update(applied=outcome.report.applied, skipped=outcome.report.skipped,
                           trigger_words=outcome.report.trigger_words, pod=outcome.pod,

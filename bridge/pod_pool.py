@@ -24,6 +24,14 @@ from .pod_client import EventCallback, JobResult, PodClient, PodEvent, PodUnavai
 PACK_NODE = "LoraBridgeApplyStack"
 
 
+class PrefetchFailed(PodError):
+    """The pod could not fetch one of the job's LoRAs (after its own retries)."""
+
+    def __init__(self, lora: LoraRequest, reason: str) -> None:
+        super().__init__(f"LoRA {lora.name} could not be fetched: {reason}")
+        self.lora = lora
+
+
 class NoPodAvailable(PodError):
     """No healthy pod (with the requested labels) is left to run the job."""
 
@@ -108,9 +116,17 @@ class PodPool:
         if not pod.pack or not wanted:
             return
         async with self.client(pod, timeout=900) as client:
-            results = await asyncio.gather(*(client.post_json("/lora_bridge/prefetch", {
-                "source": lora.source, "sha256": lora.sha256, "name": lora.name}) for lora in wanted))
-        pod.cached |= {r["sha256"] for r in results}
+            async def one(lora: LoraRequest) -> str:
+                try:
+                    result = await client.post_json("/lora_bridge/prefetch", {"source": lora.source, "sha256": lora.sha256,
+                                                                              "name": lora.name})
+                except PodUnavailable:
+                    raise
+                except PodError as exc:  # the pod answered: the LoRA itself is the problem
+                    raise PrefetchFailed(lora, str(exc)) from None
+                return result["sha256"]
+
+            pod.cached |= set(await asyncio.gather(*(one(lora) for lora in wanted)))
 
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
                   labels: frozenset[str] = frozenset(), attempts: int = 3) -> tuple[JobResult, PodStatus]:

@@ -127,6 +127,35 @@ def test_fallback_and_strict(service) -> None:
     assert any("LoRA nope not found" in w for w in rec["warnings"]) and any("brand abc not found for base model sd15" in w for w in rec["warnings"])
 
 
+def test_lora_that_fails_to_fetch(service) -> None:
+    service.call("POST", "/v1/loras", {"name": "broken", "character_id": 88, "status": "ready", "family": "sd15",
+                                       "source": "s3://loras/svc/missing.safetensors", "trigger_word": "brk"})
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "character_id": 88})
+    assert rec["status"] == "succeeded" and rec["applied"] == [] and rec["trigger_words"] == []
+    assert any("could not be fetched" in w and "not found" in w for w in rec["warnings"])
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "character_id": 88,
+                                                                     "lora_policy": "strict"})
+    assert rec["status"] == "failed" and "could not be fetched" in rec["error"]
+
+
+def test_cancel_a_running_generation(service) -> None:
+    _, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 60, "seed": 53}})
+    for _ in range(300):
+        if any(t == "progress" for _, t, _ in _peek(service, job["id"])):
+            break
+        time.sleep(0.05)
+    status, _ = service.call("DELETE", f"/v1/generations/{job['id']}")
+    assert status == 200
+    for _ in range(200):
+        _, rec = service.call("GET", f"/v1/generations/{job['id']}")
+        if rec["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert rec["status"] == "cancelled"
+    steps = [d["value"] for _, t, d in service.events(job["id"]) if t == "progress"]
+    assert max(steps) < 60
+
+
 def test_auth_and_hostile_input(service) -> None:
     assert service.call("GET", "/v1/loras", key=None)[0] == 401
     assert service.call("GET", "/v1/loras", key="wrong")[0] == 401

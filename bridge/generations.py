@@ -165,14 +165,7 @@ class Generations:
         self.db.update_job(job_id, status="running")
 
         def on_event(event: PodEvent) -> None:
-            data = {k: v for k, v in event.data.items() if k != "image"}
-            if event.type == "queued" and "prompt_id" in data:
-                self.db.update_job(job_id, prompt_id=data["prompt_id"])
-                self.db.update_job(job_id, result={**self.db.get_job(job_id)["result"], "client_id": data["client_id"]})
-            if event.type == "assigned":
-                self.db.update_job(job_id, pod=data["pod"])
-            if event.type != "preview":
-                self.record(job_id, event.type, data)
+            self._on_pod_event(job_id, event)
 
         result: dict[str, Any] = {"warnings": plan["warnings"]}
         loras = list(plan["loras"])
@@ -222,6 +215,18 @@ class Generations:
             delivered = await webhooks.deliver(url, self.webhook_secret, job_view(job))
             self.record(job_id, "webhook", {"delivered": delivered})
 
+    def _on_pod_event(self, job_id: str, event: PodEvent) -> None:
+        """Persist a pod event (previews are not kept) and the job's pod, prompt id and client id."""
+        if event.type == "preview":
+            return
+        data = event.data
+        if event.type == "queued" and "prompt_id" in data:
+            self.db.update_job(job_id, prompt_id=data["prompt_id"])
+            self.db.update_job(job_id, result={**self.db.get_job(job_id)["result"], "client_id": data["client_id"]})
+        if event.type == "assigned":
+            self.db.update_job(job_id, pod=data["pod"])
+        self.record(job_id, event.type, data)
+
     async def cancel(self, job_id: str) -> None:
         job = self.db.get_job(job_id)
         if job["status"] in TERMINAL_STATUSES:
@@ -251,8 +256,7 @@ class Generations:
         result = job["result"]
         try:
             async with self.pool.client(pod, timeout=300) as client:
-                out = await client.run({}, lambda e: self.record(job["id"], e.type, {k: v for k, v in e.data.items() if k != "image"})
-                                       if e.type != "preview" else None, prompt_id=job["prompt_id"],
+                out = await client.run({}, lambda e: self._on_pod_event(job["id"], e), prompt_id=job["prompt_id"],
                                        client_id=result.get("client_id"))
             out_dir = self.outputs_dir / job["id"]
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -230,6 +230,13 @@ class PodClient:
         raise PodUnavailable(f"lost {self.url}: WebSocket did not come back after {self.reconnects} attempts")
 
 
+def _error_data(data: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's ``execution_error`` as our ``error`` event: node, class, message, exception type."""
+    return {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
+            "message": str(data.get("exception_message", "")).strip(),
+            "exception_type": data.get("exception_type"), "prompt_id": data.get("prompt_id")}
+
+
 class _Job:
     """Event bookkeeping of one job: dedupe after reconnects, terminal state, results."""
 
@@ -269,11 +276,7 @@ class _Job:
             kind = EVENT_TYPES.get(payload.get("type", ""))
             if kind is None or (kind == "executing" and data.get("node") is None):
                 continue
-            if kind == "error":
-                data = {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
-                        "message": str(data.get("exception_message", "")).strip(),
-                        "exception_type": data.get("exception_type"), "prompt_id": data.get("prompt_id")}
-            await self.emit(kind, data)
+            await self.emit(kind, _error_data(data) if kind == "error" else data)
             if self.terminal is not None:
                 return
         raise ConnectionError("WebSocket closed")
@@ -287,11 +290,7 @@ class _Job:
         for msg_type, data in status.get("messages", []):
             kind = EVENT_TYPES.get(msg_type)
             if kind in TERMINAL:
-                if kind == "error":
-                    data = {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
-                            "message": str(data.get("exception_message", "")).strip(),
-                            "exception_type": data.get("exception_type"), "prompt_id": data.get("prompt_id")}
-                await self.emit(kind, data)
+                await self.emit(kind, _error_data(data) if kind == "error" else data)
                 return
 
     async def finish(self) -> JobResult:

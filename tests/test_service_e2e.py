@@ -140,10 +140,7 @@ def test_lora_that_fails_to_fetch(service) -> None:
 
 def test_cancel_a_running_generation(service) -> None:
     _, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 60, "seed": 53}})
-    for _ in range(300):
-        if any(t == "progress" for _, t, _ in _peek(service, job["id"])):
-            break
-        time.sleep(0.05)
+    wait_for_progress(service, job["id"])
     status, _ = service.call("DELETE", f"/v1/generations/{job['id']}")
     assert status == 200
     for _ in range(200):
@@ -185,10 +182,7 @@ def test_auth_and_hostile_input(service) -> None:
 
 def test_restart_mid_job_finishes_the_job(service) -> None:
     status, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 25, "seed": 52}})
-    for _ in range(300):
-        if any(t == "progress" for _, t, _ in _peek(service, job["id"])):
-            break
-        time.sleep(0.05)
+    wait_for_progress(service, job["id"])
     service.kill()
     service.start()
     for _ in range(600):
@@ -199,6 +193,15 @@ def test_restart_mid_job_finishes_the_job(service) -> None:
     assert rec["status"] == "succeeded" and rec["outputs"]
     types = [t for _, t, _ in service.events(job["id"])]
     assert "resumed" in types and types[-1] == "success" and types.index("progress") < types.index("resumed")
+
+
+def wait_for_progress(service, job_id: str) -> None:
+    """Until the job has reported a sampling step (it is running on the pod)."""
+    for _ in range(300):
+        if any(t == "progress" for _, t, _ in _peek(service, job_id)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reported progress")
 
 
 def _peek(service, job_id: str) -> list[tuple[int, str, dict]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed, PromptRejected
+from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pod_client import PodClient
 from comfyui_lora_bridge.bridge.pod_pool import PodConfig, PodPool
@@ -172,8 +173,9 @@ def test_lora_argument_parsing() -> None:
     assert parse_lora_arg("char42.safetensors:-1") == ("char42.safetensors", -1.0, -1.0)
 
 
-def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, second_pod, weights, file_server) -> None:
-    data = Path(weights.loras["kohya_b"]).read_bytes()
+def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, second_pod, file_server, tmp_path) -> None:
+    # a LoRA no other test uses, so only the prefetch below puts it in a pod's cache
+    data = write_lora(tmp_path / "char9.safetensors", LoraSpec(seed=99, trigger="zwx")).read_bytes()
     file_server.add("/pool/char9.safetensors", data)
     url = file_server.url("/pool/char9.safetensors")
     sha = hashlib.sha256(data).hexdigest()
@@ -183,6 +185,14 @@ def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, 
     asyncio.run(prefetch())
     # the session pod is configured first: only the cache can send the job to the second one
     pool = PodPool([PodConfig(comfy.url, POD_TOKEN), PodConfig(second_pod.url, POD_TOKEN)], reconnects=2, backoff=0.2)
+    async def idle(url: str) -> None:  # earlier tests' jobs must not tilt the queue-length comparison
+        async with PodClient(url, token=POD_TOKEN) as client:
+            for _ in range(600):
+                queue = await client.get_json("/queue")
+                if not queue["queue_running"] and not queue["queue_pending"]:
+                    return
+                await asyncio.sleep(0.05)
+    asyncio.run(idle(comfy.url))
     asyncio.run(pool.refresh(force=True))
     assert pool.choose(set()).config.url == comfy.url and pool.choose({sha}).config.url == second_pod.url
     lora = describe_lora(url, 1.0, 1.0, sha256=sha, policy=LOOPBACK)

@@ -20,10 +20,10 @@ import urllib.request
 import comfyui_workflow_templates_media_image as image
 import comfyui_workflow_templates_media_video as video
 from comfyui_lora_bridge.bridge.errors import LoraBridgeError
-from comfyui_lora_bridge.bridge.graph_convert import is_ui_workflow, ui_to_api
-from comfyui_lora_bridge.bridge.graph_validate import GraphInvalid, validate_graph
+from comfyui_lora_bridge.bridge.graphs.convert import is_ui_workflow, ui_to_api
+from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest, insert_loras
+from comfyui_lora_bridge.bridge.graphs.validate import GraphInvalid, validate_graph
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.lora_insertion import LoraRequest, insert_loras
 
 LORAS = [LoraRequest("a.safetensors", 0.8, 0.6, trigger_words=("ohwx",)), LoraRequest("b.safetensors", 0.5, 0.5)]
 

@@ -23,14 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from comfyui_lora_bridge.bridge.localpod.file_server import (
-    FaultyFileServer,
-    write_random_file,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test file server
+
 from comfyui_lora_bridge.bridge.lorafiles.fetch import RetryPolicy, fetch_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
 from comfyui_lora_bridge.bridge.lorafiles.validate import SizeLimits
+from file_server import FaultyFileServer, write_random_file  # noqa: E402
 
 POLICY = FetchPolicy(allowed_hosts=("127.0.0.1",), limits=SizeLimits(warn_bytes=1 << 40, max_bytes=1 << 40))
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from .errors import LoraBridgeError
+from .settings import cache_root, settings
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _cli_policy():  # the person at the keyboard may name their own local files
     from .lorafiles.sources import FetchPolicy
 
-    return FetchPolicy.from_env(local_roots=(Path("/"),))
+    return FetchPolicy.configured(local_roots=(Path("/"),))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -69,10 +69,10 @@ class ByteProgress:
 
 
 def _store():
-    from .config import disk_budget_bytes, store_root
     from .lorafiles.store import LoraStore
 
-    return LoraStore(store_root(), os.environ.get("LORA_BRIDGE_LINK_DIR") or None, disk_budget_bytes())
+    configured = settings()
+    return LoraStore(configured.store_path(), configured.link_dir, configured.disk_budget_bytes)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -106,10 +106,9 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _pool(args: argparse.Namespace):
-    from .pod_pool import PodConfig, PodPool
+    from .pods.pool import PodConfig, PodPool
 
-    token = args.token or os.environ.get("LORA_BRIDGE_POD_TOKEN")
-    return PodPool([PodConfig(url, token) for url in args.pod])
+    return PodPool([PodConfig(url, settings().pod_token) for url in args.pod])
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -122,43 +121,18 @@ def _param(text: str) -> tuple[str, object]:
         return key, value
 
 
-class JobProgress:
-    """Live job progress on stderr: pod, node, sampling steps."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, event) -> None:
-        d = event.data
-        text = {
-            "assigned": lambda: f"pod {d['pod']} ({d['mode']} mode, attempt {d['attempt']})",
-            "failover": lambda: f"pod {d['pod']} failed ({d['reason']}); moving the job",
-            "queued": lambda: f"queued (position {d.get('position')})",
-            "started": lambda: "started",
-            "executing": lambda: f"node {d.get('node')}",
-            "progress": lambda: f"node {d.get('node')} step {d.get('value')}/{d.get('max')} [{'#' * int(20 * d['value'] / max(d['max'], 1)):<20}]",
-            "reconnected": lambda: f"reconnected (attempt {d['attempt']})",
-            "success": lambda: "done",
-        }.get(event.type)
-        if text is None:
-            return
-        line = text()
-        if self.tty and event.type in ("progress", "executing"):
-            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
-        else:
-            print(("\r\033[K" if self.tty else "") + line, file=sys.stderr, flush=True)
-
-
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .run_job import describe_lora, parse_lora_arg, run_generation
+    from .api_client import ProgressPrinter
+    from .pods.generation import describe_lora, parse_lora_arg, run_generation
 
     policy = _cli_policy()
     loras = [describe_lora(*parse_lora_arg(text), policy=policy) for text in args.lora]
     workflow = json.loads(Path(args.workflow).read_text()) if args.workflow else None
+    show = ProgressPrinter()
     outcome = asyncio.run(run_generation(_pool(args), loras, template=args.template, params=dict(args.param),
-                                         workflow=workflow, out_dir=Path(args.out), on_event=JobProgress(),
+                                         workflow=workflow, out_dir=Path(args.out), on_event=lambda e: show(e.type, e.data),
                                          apply_mode=args.mode))
     report = outcome.report
     print(json.dumps({"prompt_id": outcome.prompt_id, "pod": outcome.pod, "outputs": [str(p) for p in outcome.saved],
@@ -182,71 +156,54 @@ def _serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from .config import cache_root
     from .lorafiles.sources import FetchPolicy
-    from .pod_pool import PodConfig, PodPool
-    from .registry import Database
-    from .service import create_app
-    from .uploads import LoraUploads
+    from .pods.pool import PodConfig, PodPool
+    from .service.app import create_app
+    from .service.database import Database
+    from .service.uploads import LoraUploads
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    keys = [k for k in os.environ.get("LORA_BRIDGE_API_KEYS", "").split(",") if k.strip()]
+    configured = settings()
     host = args.host
-    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+    if not configured.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         logging.warning("no API key configured (LORA_BRIDGE_API_KEYS): binding to 127.0.0.1 only, not %s", host)
         host = "127.0.0.1"
-    elif not keys:
+    elif not configured.api_keys:
         logging.warning("no API key configured (LORA_BRIDGE_API_KEYS): the API is open, on loopback only")
-    token = args.token or os.environ.get("LORA_BRIDGE_POD_TOKEN")
-    pods = [PodConfig(url, token) for url in args.pod]
+    pods = [PodConfig(url, configured.pod_token) for url in args.pod]
     with contextlib.ExitStack() as stack:
         if args.embedded_pod:
             from .localpod.server import LocalComfy
             from .localpod.weights import cached_checkpoint
 
-            store = Path(os.environ.get("LORA_BRIDGE_UPLOAD_DIR") or cache_root() / "bridge-local-store")
+            store = configured.local_store_dir
             store.mkdir(parents=True, exist_ok=True)
             pod = LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)})
             (pod.models_dir("checkpoints") / "sd15-tiny.safetensors").symlink_to(cached_checkpoint("tiny"))
             stack.enter_context(pod)
             logging.info("embedded pod (CPU ComfyUI) at %s", pod.url)
-            pods.append(PodConfig(pod.url))
+            # it inherits LORA_BRIDGE_TOKEN, so that is what it requires from us
+            pods.append(PodConfig(pod.url, configured.pod_route_token or configured.pod_token))
         if not pods:
             raise SystemExit("lora-bridge serve: give --pod URL (repeatable) or --embedded-pod")
         db_url = args.db or f"sqlite:///{cache_root() / 'bridge.sqlite3'}"
-        policy = FetchPolicy.from_env()
-        uploads = LoraUploads(Path(os.environ.get("LORA_BRIDGE_UPLOAD_DIR") or cache_root() / "bridge-local-store"),
-                              os.environ.get("LORA_BRIDGE_UPLOAD_BUCKET") or None, limits=policy.limits,
+        policy = FetchPolicy.from_settings(configured)
+        uploads = LoraUploads(configured.local_store_dir, configured.upload_bucket, limits=policy.limits,
                               s3_endpoint=policy.s3_endpoint)
-        app = create_app(Database(db_url), PodPool(pods), Path(args.outputs), keys, policy, uploads,
-                         float(os.environ.get("LORA_BRIDGE_COST_PER_HOUR") or 0), os.environ.get("LORA_BRIDGE_WEBHOOK_SECRET"),
-                         os.environ.get("LORA_BRIDGE_OUTPUT_BUCKET") or None)
-        web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a))
+        app = create_app(Database(db_url), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s), Path(args.outputs),
+                         configured, policy, uploads)
+        web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10)
     return 0
 
 
-def _api(method: str, path: str, body: dict | None = None) -> object:
-    """Call the bridge service at LORA_BRIDGE_URL with LORA_BRIDGE_API_KEY."""
-    import urllib.error
-    import urllib.request
+def _client():
+    from .api_client import BridgeClient
 
-    url = os.environ.get("LORA_BRIDGE_URL", "http://127.0.0.1:8288").rstrip("/") + path
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("LORA_BRIDGE_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['LORA_BRIDGE_API_KEY']}"
-    req = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        detail = json.loads(err.read() or b"{}").get("error", {})
-        raise LoraBridgeError(f"{method} {path}: {err.code} {detail.get('message', '')}") from None
-    except urllib.error.URLError as err:
-        raise LoraBridgeError(f"bridge service at {url} unreachable: {err.reason}") from None
+    return BridgeClient.from_settings(settings())
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import urllib.request
+    from .api_client import ProgressPrinter
 
     request: dict = {"template": args.template, "params": dict(args.param), "lora_policy": args.policy}
     if args.character_id:
@@ -255,24 +212,14 @@ def _generate(args: argparse.Namespace) -> int:
         request["brand_id"] = args.brand_id
     if args.lora_id:
         request["loras"] = [{"lora_id": i} for i in args.lora_id]
-    job = _api("POST", "/v1/generations", request)
-    base = os.environ.get("LORA_BRIDGE_URL", "http://127.0.0.1:8288").rstrip("/")
-    req = urllib.request.Request(f"{base}/v1/generations/{job['id']}/events")
-    if os.environ.get("LORA_BRIDGE_API_KEY"):
-        req.add_header("Authorization", f"Bearer {os.environ['LORA_BRIDGE_API_KEY']}")
-    show = JobProgress()
-    from .pod_client import PodEvent
-
-    with urllib.request.urlopen(req, timeout=3600) as stream:
-        event_type = None
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event_type = line[7:]
-            elif line.startswith("data: ") and event_type:
-                show(PodEvent(event_type, json.loads(line[6:])))
-    print(json.dumps(_api("GET", f"/v1/generations/{job['id']}"), indent=2))
-    return 0
+    client = _client()
+    job = client.json("POST", "/v1/generations", request)
+    show = ProgressPrinter()
+    for event in client.events(job["id"]):
+        show(event.event, event.data)
+    record = client.json("GET", f"/v1/generations/{job['id']}")
+    print(json.dumps(record, indent=2))
+    return 0 if record["status"] == "succeeded" else 1
 
 
 def _loras(args: argparse.Namespace) -> int:
@@ -284,12 +231,12 @@ def _loras(args: argparse.Namespace) -> int:
             fields["brand_id"] = args.brand_id
         if args.trigger_word:
             fields["trigger_word"] = args.trigger_word
-        print(json.dumps(_api("POST", "/v1/loras", fields), indent=2))
+        print(json.dumps(_client().json("POST", "/v1/loras", fields), indent=2))
     elif args.action == "ls":
-        for item in _api("GET", "/v1/loras")["loras"]:
+        for item in _client().json("GET", "/v1/loras")["loras"]:
             print(f"{item['id']}  {item['status']:<10} {item['family'] or '-':<12} {item['owner_kind'] or '-'}:{item['owner_id'] or '-':<10} {item['name']}")
     else:
-        print(json.dumps(_api("GET", f"/v1/loras/{args.id}"), indent=2))
+        print(json.dumps(_client().json("GET", f"/v1/loras/{args.id}"), indent=2))
     return 0
 
 
@@ -326,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=_cache)
     run = sub.add_parser("run", help="build a graph, run it on a pod (of several), save the outputs")
     run.add_argument("--pod", action="append", required=True, help="ComfyUI pod URL (repeat for several)")
-    run.add_argument("--token", help="bearer token for the pods (or LORA_BRIDGE_POD_TOKEN)")
     what = run.add_mutually_exclusive_group(required=True)
     what.add_argument("--template", help="a template in workflows/ (e.g. sd15_txt2img)")
     what.add_argument("--workflow", help="a workflow JSON file (API format or saved from the graph editor)")
@@ -338,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     pods = sub.add_parser("pods", help="show the pods' health, queue, mode and cache")
     pods.add_argument("--pod", action="append", required=True)
-    pods.add_argument("--token")
     pods.set_defaults(func=_pods)
     serve = sub.add_parser("serve", help="run the bridge HTTP service")
     serve.add_argument("--pod", action="append", default=[], help="ComfyUI pod URL (repeatable)")
@@ -347,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8288)
     serve.add_argument("--outputs", default="out/generations", help="folder for job outputs")
-    serve.add_argument("--token", help="bearer token for the pods (or LORA_BRIDGE_POD_TOKEN)")
     serve.set_defaults(func=_serve)
 
     gen = sub.add_parser("generate", help="ask the bridge service (LORA_BRIDGE_URL) for a generation, with live progress")

@@ -9,86 +9,43 @@ then prints both job records and writes both images.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from .config import cache_root
+from .api_client import BridgeClient, ProgressPrinter
 from .localpod.server import LocalComfy, free_port
 from .localpod.weights import LoraSpec, cached_checkpoint, cached_lora
 from .lorafiles.sources import FetchPolicy
-from .pod_pool import PodConfig, PodPool
-from .registry import Database
-from .service import create_app
-from .uploads import LoraUploads
+from .pods.pool import PodConfig, PodPool
+from .service.app import create_app
+from .service.database import Database
+from .service.uploads import LoraUploads
+from .settings import settings
 
 
-class ProgressPrinter:
-    """Prints a job's node and step progress on one line (a new line per node on non-TTYs)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stdout.isatty()
-
-    def _show(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            print(f"\r\033[K[{self.label}] {text}", end="\n" if final else "", flush=True)
-        else:
-            print(f"[{self.label}] {text}", flush=True)
-
-    def __call__(self, event: str, d: dict[str, Any]) -> None:
-        if event == "warning":
-            self._show(f"warning: {d['message']}", final=True)
-        elif event == "started":
-            self._show("started")
-        elif event == "executing":
-            self._show(f"node {d.get('node')}")
-        elif event == "progress":
-            bar = "#" * int(20 * d["value"] / max(d["max"], 1))
-            if self.tty or d["value"] == d["max"]:
-                self._show(f"node {d.get('node')} step {d['value']}/{d['max']} [{bar:<20}]")
-        elif event == "success":
-            self._show("done", final=True)
-
-
-async def _sse(session: aiohttp.ClientSession, url: str, show: ProgressPrinter) -> None:
-    async with session.get(url) as resp:
-        event = None
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event:
-                show(event, json.loads(line[6:]))
-
-
-async def _scenario(api: str, lora_file: Path, out_dir: Path, params: dict[str, Any], strength: float) -> dict[str, dict[str, Any]]:
+def _scenario(client: BridgeClient, lora_file: Path, out_dir: Path, params: dict[str, Any],
+              strength: float) -> dict[str, dict[str, Any]]:
+    lora = client.upload("demo_character.safetensors", lora_file.read_bytes(),
+                         {"name": "demo character 1", "character_id": "1", "status": "ready",
+                          "fallback_style": "soft portrait lighting"})
+    print(f"registered LoRA {lora['id']} for character 1: {lora['family']}, rank {lora['rank']}, "
+          f"trigger word {lora['trigger_word']!r}", flush=True)
     records = {}
-    async with aiohttp.ClientSession() as session:
-        form = aiohttp.FormData()
-        for key, value in (("name", "demo character 1"), ("character_id", "1"), ("status", "ready"),
-                           ("fallback_style", "soft portrait lighting")):
-            form.add_field(key, value)
-        form.add_field("file", lora_file.read_bytes(), filename="demo_character.safetensors")
-        async with session.post(f"{api}/v1/loras/upload", data=form) as resp:
-            lora = await resp.json()
-            if resp.status != 201:
-                raise SystemExit(f"registering the demo LoRA failed: {lora}")
-        print(f"registered LoRA {lora['id']} for character 1: {lora['family']}, rank {lora['rank']}, "
-              f"trigger word {lora['trigger_word']!r}", flush=True)
-        for label, extra in (("with_lora", {"character_id": 1, "lora_strength": strength}), ("without_lora", {})):
-            async with session.post(f"{api}/v1/generations", json={"template": "sd15_txt2img", "params": params, **extra}) as resp:
-                job = await resp.json()
-            await _sse(session, f"{api}/v1/generations/{job['id']}/events", ProgressPrinter(label))
-            async with session.get(f"{api}/v1/generations/{job['id']}") as resp:
-                records[label] = await resp.json()
-            async with session.get(f"{api}/v1/generations/{job['id']}/outputs/0") as resp:
-                (out_dir / f"{label}.png").write_bytes(await resp.read())
+    for label, extra in (("with_lora", {"character_id": 1, "lora_strength": strength}), ("without_lora", {})):
+        job = client.json("POST", "/v1/generations", {"template": "sd15_txt2img", "params": params, **extra})
+        show = ProgressPrinter(label, sys.stdout)
+        for event in client.events(job["id"]):
+            show(event.event, event.data)
+        records[label] = client.json("GET", f"/v1/generations/{job['id']}")
+        if records[label]["status"] != "succeeded":
+            raise SystemExit(f"the {label} job {records[label]['status']}: {records[label].get('reason')}")
+        (out_dir / f"{label}.png").write_bytes(client.request("GET", f"/v1/generations/{job['id']}/outputs/0").body)
     return records
 
 
@@ -98,7 +55,7 @@ def run_demo(out_dir: Path, steps: int = 4, size: int = 64, strength: float = 1.
     print("preparing the tiny SD1.5-layout checkpoint and a demo LoRA (generated once, cached) ...", flush=True)
     ckpt = cached_checkpoint("tiny")
     lora = cached_lora(LoraSpec(layout="kohya", output_name="demo_character"))
-    store = cache_root() / "bridge-local-store"
+    store = settings().local_store_dir
     started = time.monotonic()
     print("starting a local ComfyUI on the CPU (the embedded pod) ...", flush=True)
     with LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)}) as pod:
@@ -109,15 +66,17 @@ def run_demo(out_dir: Path, steps: int = 4, size: int = 64, strength: float = 1.
 
         async def main() -> dict[str, dict[str, Any]]:
             db = Database(str(out_dir / "bridge.sqlite3"))
-            app = create_app(db, PodPool([PodConfig(pod.url)]), out_dir / "generations", [], FetchPolicy.from_env(),
-                             LoraUploads(store))
+            configured = dataclasses.replace(settings(), api_keys=())
+            app = create_app(db, PodPool([PodConfig(pod.url, configured.pod_route_token)]), out_dir / "generations",
+                             configured, FetchPolicy.configured(), LoraUploads(store))
             runner = web.AppRunner(app)
             await runner.setup()
             port = free_port()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             print(f"bridge service at http://127.0.0.1:{port} (embedded defaults: SQLite, local files)", flush=True)
             try:
-                return await _scenario(f"http://127.0.0.1:{port}", lora, out_dir, params, strength)
+                client = BridgeClient(f"http://127.0.0.1:{port}")
+                return await asyncio.to_thread(_scenario, client, lora, out_dir, params, strength)
             finally:
                 await runner.cleanup()
 

@@ -11,8 +11,28 @@ class ConfigError(LoraBridgeError):
     """The environment or configuration is missing something or is inconsistent."""
 
 
+class FetchError(LoraBridgeError):
+    """A LoRA download failed for good (after retries) or could not start."""
+
+
+class IntegrityError(FetchError):
+    """The downloaded bytes are not what was expected (size, SHA-256 or safetensors header)."""
+
+
+class FetchCancelled(FetchError):
+    """The caller cancelled a download; the partial file is kept (hidden) so a later fetch resumes it."""
+
+
 class PodError(LoraBridgeError):
     """A ComfyUI pod could not be started, reached, or did not answer as expected."""
+
+
+class PodUnavailable(PodError):
+    """The pod stopped answering (HTTP and WebSocket), or no pod is healthy enough to take a job."""
+
+
+class NoPodAvailable(PodUnavailable):
+    """No healthy pod (with the requested labels) is left to run the job."""
 
 
 class PodStartError(PodError):
@@ -31,6 +51,10 @@ class PromptRejected(PodError):
         self.node_errors = node_errors or {}
 
 
+class PromptLost(PodError):
+    """A prompt the bridge submitted is neither in the pod's queue nor in its history."""
+
+
 class JobFailed(PodError):
     """A graph was accepted but failed (or was interrupted) while running on the pod."""
 
@@ -38,3 +62,19 @@ class JobFailed(PodError):
         super().__init__(message)
         self.node_id = node_id
         self.node_type = node_type
+
+
+class JobInterrupted(JobFailed):
+    """The pod stopped the job (ComfyUI's interrupt) before it finished."""
+
+
+class RequestInvalid(LoraBridgeError):
+    """A request to the service does not match its schema; the message names the field."""
+
+
+class NotFound(LoraBridgeError):
+    """No record with that id."""
+
+
+class GenerationRefused(LoraBridgeError):
+    """A request that cannot run as asked (a ``strict`` job whose LoRA cannot be applied, a webhook without a secret)."""

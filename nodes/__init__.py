@@ -20,9 +20,9 @@ def start_in_comfyui() -> None:
     server = sys.modules.get("server")
     if server is None or getattr(getattr(server, "PromptServer", None), "instance", None) is None:
         return
-    from .pod_state import preload_from_env
+    from .lora_loading import preload_configured
     from .routes import register_routes
 
     register_routes()
-    threading.Thread(target=preload_from_env, name="lora-bridge-preload", daemon=True).start()
+    threading.Thread(target=preload_configured, name="lora-bridge-preload", daemon=True).start()
     logging.getLogger("lora_bridge").info("lora_bridge: routes under /lora_bridge/ ready")

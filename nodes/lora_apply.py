@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from ..bridge.pack_protocol import (
+    APPLY_MODES,
+    NODE_APPLY,
+    NODE_APPLY_STACK,
+    ON_MISMATCH,
+    STRENGTH_MAX,
+    STRENGTH_MIN,
+    STRENGTH_STEP,
+    ProtocolError,
+    parse_stack,
+)
 from .lora_handle import LORA_TYPE, LoraHandle
-from .lora_loading import MODES, ON_MISMATCH, ApplyReport, apply_lora
+from .lora_loading import ApplyReport, apply_lora
 from .pod_state import fetch_handle
 
 CATEGORY = "LoRA Bridge"
-STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+STRENGTH = {"default": 1.0, "min": STRENGTH_MIN, "max": STRENGTH_MAX, "step": STRENGTH_STEP}
 MISMATCH_TIP = ("What to do when the LoRA was made for another base model or none of its keys fit: "
                 "error (stop with the reason), skip (go on without it), apply anyway.")
 MODE_TIP = ("merge: patch the weights like ComfyUI's loader (bit-identical). hotswap: add the LoRA at run time "
@@ -37,7 +47,7 @@ class ApplyLora:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRA is applied to (optional)."}),
-                "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TIP}),
+                "mode": (list(APPLY_MODES), {"default": "merge", "tooltip": MODE_TIP}),
             },
         }
 
@@ -53,35 +63,6 @@ class ApplyLora:
         return _result(model, clip, [report])
 
 
-def parse_stack(text: str) -> list[dict[str, Any]]:
-    """Validate the stack JSON; raises ``ValueError`` naming the entry and field at fault."""
-    try:
-        items = json.loads(text) if text.strip() else []
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"loras is not valid JSON: {exc}") from None
-    if not isinstance(items, list):
-        raise ValueError("loras must be a JSON list of objects")
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"loras[{i}] must be an object")
-        unknown = set(item) - {"source", "name", "sha256", "strength_model", "strength_clip"}
-        if unknown:
-            raise ValueError(f"loras[{i}] has unknown field(s) {sorted(unknown)}")
-        source = item.get("source") or item.get("name")
-        if not isinstance(source, str) or not source.strip():
-            raise ValueError(f"loras[{i}] needs a 'source' (s3://, https://) or a 'name' (file in the loras folders)")
-        entry = {"source": source.strip(), "name": item.get("name") if item.get("source") else None,
-                 "sha256": item.get("sha256") or None}
-        for key in ("strength_model", "strength_clip"):
-            value = item.get(key, 1.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
-                raise ValueError(f"loras[{i}].{key} must be a number between -100 and 100, got {value!r}")
-            entry[key] = float(value)
-        out.append(entry)
-    return out
-
-
 class ApplyLoraStack:
     """Fetch what is missing and apply several LoRAs in order: the node the bridge inserts."""
 
@@ -95,7 +76,7 @@ class ApplyLoraStack:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRAs are applied to (optional)."}),
-                "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TIP}),
+                "mode": (list(APPLY_MODES), {"default": "merge", "tooltip": MODE_TIP}),
             },
         }
 
@@ -109,21 +90,21 @@ class ApplyLoraStack:
     def VALIDATE_INPUTS(cls, loras: str) -> bool | str:
         try:
             parse_stack(loras)
-        except ValueError as exc:
+        except ProtocolError as exc:
             return str(exc)
         return True
 
     def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
         reports = []
         for entry in parse_stack(loras):
-            if entry["strength_model"] == 0 and entry["strength_clip"] == 0:
+            if entry.strength_model == 0 and entry.strength_clip == 0:
                 continue
-            handle = fetch_handle(entry["source"], entry["sha256"], entry["name"])
-            model, clip, report = apply_lora(model, clip, handle, entry["strength_model"], entry["strength_clip"],
+            handle = fetch_handle(entry.fetch_source, entry.sha256, entry.link_name)
+            model, clip, report = apply_lora(model, clip, handle, entry.strength_model, entry.strength_clip,
                                              on_mismatch, mode)
             reports.append(report)
         return _result(model, clip, reports)
 
 
-NODE_CLASS_MAPPINGS = {"LoraBridgeApply": ApplyLora, "LoraBridgeApplyStack": ApplyLoraStack}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeApply": "Apply LoRA (Bridge)", "LoraBridgeApplyStack": "Apply LoRA Stack (Bridge)"}
+NODE_CLASS_MAPPINGS = {NODE_APPLY: ApplyLora, NODE_APPLY_STACK: ApplyLoraStack}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE_APPLY: "Apply LoRA (Bridge)", NODE_APPLY_STACK: "Apply LoRA Stack (Bridge)"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bridge.pack_protocol import NODE_FETCH, NODE_LOAD
 from .lora_handle import LORA_TYPE, LoraHandle
 from .pod_state import fetch_handle, handle_for_name
 
@@ -81,5 +82,5 @@ class FetchLora:
         return {"ui": _ui(handle, "fetched"), "result": (handle,)}
 
 
-NODE_CLASS_MAPPINGS = {"LoraBridgeLoadFile": LoadLoraFile, "LoraBridgeFetch": FetchLora}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeLoadFile": "Load LoRA File (Bridge)", "LoraBridgeFetch": "Fetch LoRA (Bridge)"}
+NODE_CLASS_MAPPINGS = {NODE_LOAD: LoadLoraFile, NODE_FETCH: FetchLora}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE_LOAD: "Load LoRA File (Bridge)", NODE_FETCH: "Fetch LoRA (Bridge)"}

@@ -14,13 +14,13 @@ from typing import Any
 
 from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.families import COMFY_MODEL_FAMILIES, FAMILY_NAMES, split_key
+from ..bridge.lorafiles.sources import parse_source
+from ..bridge.pack_protocol import APPLY_MODES, ON_MISMATCH
+from ..bridge.settings import settings
 from . import hotswap
 from .lora_handle import LoraHandle
 from .memory_cache import CachedLora
-from .pod_state import memory_cache
-
-ON_MISMATCH = ("error", "skip", "apply anyway")
-MODES = ("merge", "hotswap")
+from .pod_state import fetch_handle, is_loras_name, log, memory_cache
 
 
 class LoraMismatch(LoraBridgeError):
@@ -79,8 +79,6 @@ def _read(handle: LoraHandle) -> CachedLora:
     if not handle.path.exists():
         if not handle.source:
             raise LoraBridgeError(f"LoRA file {handle.path} is gone")
-        from .pod_state import fetch_handle
-
         handle = fetch_handle(handle.source, handle.sha256)
     state_dict = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(handle.path), safe_load=True))
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values() if hasattr(t, "numel"))
@@ -135,8 +133,8 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
     ``hotswap`` adds the LoRA at run time; returns new clones and a report."""
     if on_mismatch not in ON_MISMATCH:
         raise LoraBridgeError(f"on_mismatch must be one of {ON_MISMATCH}, got {on_mismatch!r}")
-    if mode not in MODES:
-        raise LoraBridgeError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode not in APPLY_MODES:
+        raise LoraBridgeError(f"mode must be one of {APPLY_MODES}, got {mode!r}")
     m_family = model_family(model)
     report = ApplyReport(handle.name, handle.family, m_family, max(handle.info.get("ranks") or [0]) or None, 0, 0,
                          strength_model, strength_clip, handle.trigger_words, False)
@@ -176,3 +174,14 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
             new_clip.add_patches(patches, strength_clip)
     report.applied, report.mode = True, mode
     return new_model, new_clip, report
+
+
+def preload_configured() -> None:
+    """Fetch, pin and load into memory what ``LORA_BRIDGE_PRELOAD`` names (sources or ``loras`` names)."""
+    for item in settings().preload:
+        shown = item if is_loras_name(item) else parse_source(item).display
+        try:
+            load_into_memory(fetch_handle(item, pin=True))
+            log.info("lora_bridge: preloaded %s", shown)
+        except Exception as exc:  # start-up must go on; the error is logged with its reason
+            log.error("lora_bridge: could not preload %s: %s", shown, exc)

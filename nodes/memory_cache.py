@@ -7,13 +7,13 @@ re-converts the file. Thread-safe; counts hits, misses and evictions.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..bridge.lorafiles.store import CacheCounters
+from ..bridge.settings import settings
 
 
 @dataclass
@@ -35,8 +35,9 @@ class MemoryCache:
     """LRU of ``CachedLora`` (default: 5 entries, 4 GiB; ``LORA_BRIDGE_MEMORY_ENTRIES``/``_MB``)."""
 
     def __init__(self, max_entries: int | None = None, max_bytes: int | None = None) -> None:
-        self.max_entries = max_entries or int(os.environ.get("LORA_BRIDGE_MEMORY_ENTRIES") or 5)
-        self.max_bytes = max_bytes or int(float(os.environ.get("LORA_BRIDGE_MEMORY_MB") or 4096) * 2**20)
+        configured = settings()
+        self.max_entries = max_entries or configured.memory_entries
+        self.max_bytes = max_bytes or configured.memory_bytes
         self._entries: OrderedDict[str, CachedLora] = OrderedDict()
         self._lock = threading.RLock()
         self.hits = self.misses = self.evictions = 0

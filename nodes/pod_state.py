@@ -8,17 +8,16 @@ files by name into the first ``loras`` folder, where the stock loader can see th
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from ..bridge.config import disk_budget_bytes
 from ..bridge.lorafiles.fetch import FetchCancelled, IntegrityError, fetch_lora
 from ..bridge.lorafiles.inspect import inspect_file, sha256_file
 from ..bridge.lorafiles.sources import FetchPolicy, parse_source
 from ..bridge.lorafiles.store import LoraStore
 from ..bridge.lorafiles.validate import check_extension, resolve_name
+from ..bridge.settings import settings
 from .lora_handle import LoraHandle
 from .memory_cache import MemoryCache
 
@@ -41,8 +40,9 @@ def disk_store() -> LoraStore:
         if _store is None:
             import folder_paths
 
-            root = os.environ.get("LORA_BRIDGE_STORE") or os.path.join(folder_paths.models_dir, "lora_bridge_store")
-            _store = LoraStore(root, loras_folders()[0], disk_budget_bytes())
+            configured = settings()
+            _store = LoraStore(configured.store_path(Path(folder_paths.models_dir)), loras_folders()[0],
+                               configured.disk_budget_bytes)
         return _store
 
 
@@ -56,7 +56,7 @@ def memory_cache() -> MemoryCache:
 
 def fetch_policy() -> FetchPolicy:
     """The environment's policy; local files may also come from the ``loras`` folders."""
-    policy = FetchPolicy.from_env()
+    policy = FetchPolicy.configured()
     return FetchPolicy(**{**policy.__dict__, "local_roots": (*policy.local_roots, *loras_folders())})
 
 
@@ -82,7 +82,7 @@ def handle_for_name(name: str) -> LoraHandle:
     """A file in the ``loras`` folders by name (``.safetensors`` may be left out)."""
     import folder_paths
 
-    policy = FetchPolicy.from_env()
+    policy = FetchPolicy.configured()
     resolved = resolve_name(name, folder_paths.get_filename_list("loras"), allow_pickle=policy.allow_pickle)
     check_extension(resolved, policy.allow_pickle)
     path = Path(folder_paths.get_full_path_or_raise("loras", resolved))
@@ -96,43 +96,37 @@ def is_loras_name(source: str) -> bool:
 
 
 def fetch_handle(source: str, sha256: str | None = None, name: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, pin: bool = False) -> LoraHandle:
-    """Fetch ``source`` into the disk cache (or use a ``loras`` file by name) and return its handle."""
+                 progress: Callable[[int, int], None] | None = None, pin: bool = False,
+                 cancel: Callable[[], bool] | None = None) -> LoraHandle:
+    """Fetch ``source`` into the disk cache (or use a ``loras`` file by name) and return its handle.
+
+    ``cancel`` stops the download (default: ComfyUI's interrupt, so *Cancel* in the editor stops it);
+    a stopped download raises ``FetchCancelled`` (or ComfyUI's interrupt exception) and keeps its
+    partial file hidden for a later resume.
+    """
     if is_loras_name(source):
         handle = handle_for_name(source)
         if sha256 and handle.sha256 != sha256.strip().lower():
             raise IntegrityError(f"{handle.name}: SHA-256 is {handle.sha256}, expected {sha256.strip().lower()}")
         return handle
-    cancel = None
+    interrupted: Callable[[], bool] | None = None
     try:
         import comfy.model_management
 
-        cancel = comfy.model_management.processing_interrupted
+        interrupted = comfy.model_management.processing_interrupted
     except ImportError:
         pass
     src = parse_source(source)
     try:
         result = fetch_lora(src, disk_store(), sha256=sha256, name=name, policy=fetch_policy(), progress=progress,
-                            cancel=cancel, pin=pin)
+                            cancel=cancel or interrupted, pin=pin)
     except FetchCancelled:
-        import comfy.model_management
+        if cancel is None and interrupted is not None:
+            import comfy.model_management
 
-        comfy.model_management.throw_exception_if_processing_interrupted()
+            comfy.model_management.throw_exception_if_processing_interrupted()
         raise
     info = _summary(result.info) if result.info else {}
     shown = result.link.name if result.link else (name or src.filename or result.sha256[:12])
     return LoraHandle(path=result.path, name=shown, sha256=result.sha256, info=info, source=source)
 
-
-def preload_from_env() -> None:
-    """Fetch and load into memory what ``LORA_BRIDGE_PRELOAD`` names (comma-separated sources or names)."""
-    from .lora_loading import load_into_memory
-
-    for item in (s.strip() for s in os.environ.get("LORA_BRIDGE_PRELOAD", "").split(",")):
-        if not item:
-            continue
-        try:
-            load_into_memory(fetch_handle(item, pin=True))
-            log.info("lora_bridge: preloaded %s", parse_source(item).display if not is_loras_name(item) else item)
-        except Exception as exc:  # start-up must go on; the error is logged with its reason
-            log.error("lora_bridge: could not preload %s: %s", item if is_loras_name(item) else parse_source(item).display, exc)

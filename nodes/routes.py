@@ -1,7 +1,8 @@
 """HTTP routes for the bridge, under ``/lora_bridge/`` on the pod's ComfyUI server.
 
-``GET /lora_bridge/cache``, ``POST /lora_bridge/cache/clear``, ``POST /lora_bridge/prefetch``,
-``GET /lora_bridge/loras``. When ``LORA_BRIDGE_TOKEN`` is set, every route needs
+Paths and payloads come from ``bridge/pack_protocol.py``; every body is parsed by its model
+before anything reaches ComfyUI's server, and errors have the service's shape
+``{"error": {"type", "message"}}``. When ``LORA_BRIDGE_TOKEN`` is set, every route needs
 ``Authorization: Bearer <token>`` (compared in constant time).
 """
 
@@ -9,45 +10,98 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
-import os
+import logging
+import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ..bridge.errors import LoraBridgeError
-from ..bridge.lorafiles.fetch import FetchError, IntegrityError
+from ..bridge import pack_protocol as protocol
+from ..bridge.errors import FetchCancelled, FetchError, IntegrityError, LoraBridgeError
 from ..bridge.lorafiles.inspect import inspect_file
+from ..bridge.openapi import RouteSpec, openapi_document
+from ..bridge.settings import settings
 from .lora_loading import load_into_memory
 from .pod_state import disk_store, fetch_handle, memory_cache
 
+log = logging.getLogger("lora_bridge")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+MAX_BODY = 64 * 1024
 _summaries: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+class Downloads:
+    """Prefetches under way, by request id: progress for ``GET``, a stop flag for ``cancel``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, dict[str, Any]] = {}
+
+    def start(self, request_id: str, source: str) -> threading.Event:
+        stop = threading.Event()
+        with self._lock:
+            self._active[request_id] = {"source": source, "done": 0, "total": 0, "stop": stop}
+        return stop
+
+    def progress(self, request_id: str, done: int, total: int) -> None:
+        with self._lock:
+            if request_id in self._active:
+                self._active[request_id].update(done=done, total=total)
+
+    def finish(self, request_id: str) -> None:
+        with self._lock:
+            self._active.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        with self._lock:
+            entry = self._active.get(request_id)
+        if entry is not None:
+            entry["stop"].set()
+        return entry is not None
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"request_id": rid, **{k: v for k, v in e.items() if k != "stop"}} for rid, e in self._active.items()]
 
 
-def _authorized(handler: Handler) -> Handler:
+downloads = Downloads()
+
+
+def _error(status: int, type: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": type, "message": message}}, status=status)
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Bearer check (when ``LORA_BRIDGE_TOKEN`` is set) and the error shape for refused input."""
     async def wrapped(request: web.Request) -> web.Response:
-        token = os.environ.get("LORA_BRIDGE_TOKEN")
+        token = settings().pod_route_token
         if token:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _error(401, "missing or wrong bearer token")
-        return await handler(request)
+                return _error(401, "unauthorized", "missing or wrong bearer token (LORA_BRIDGE_TOKEN)")
+        try:
+            return await handler(request)
+        except protocol.ProtocolError as exc:
+            return _error(400, "invalid_request", str(exc))
 
     return wrapped
 
 
+async def _body(request: web.Request, model: type[protocol._Closed]) -> Any:
+    if request.content_length and request.content_length > MAX_BODY:
+        raise protocol.ProtocolError(f"body over {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise protocol.ProtocolError(f"body over {MAX_BODY} bytes")
+    return protocol.parse_payload(model, raw)
+
+
 def _disk_report() -> dict[str, Any]:
     store = disk_store()
-    stats = store.stats()
     entries = [{"sha256": e.sha256, "size": e.size, "names": e.names, "source": e.source, "pinned": e.pinned,
                 "in_use": e.in_use, "last_used": e.last_used} for e in store.entries()]
-    return {**stats.to_dict(), "items": entries}
+    return {**store.stats().to_dict(), "items": entries}
 
 
 async def get_cache(request: web.Request) -> web.Response:
@@ -56,67 +110,59 @@ async def get_cache(request: web.Request) -> web.Response:
     return web.json_response({"disk": report, "memory": {**memory.stats().to_dict(), "items": memory.entries()}})
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length and request.content_length > 64 * 1024:
-        raise web.HTTPRequestEntityTooLarge(max_size=64 * 1024, actual_size=request.content_length)
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
-
-
 async def clear_cache(request: web.Request) -> web.Response:
-    try:
-        body = await _json_body(request)
-    except ValueError as exc:
-        return _error(400, str(exc))
+    body: protocol.CacheClear = await _body(request, protocol.CacheClear)
     cleared: dict[str, Any] = {}
-    if body.get("memory", True):
+    if body.memory:
         cleared["memory"] = memory_cache().clear()
-    if body.get("disk", False):
+    if body.disk:
         cleared["disk"] = len(await asyncio.get_running_loop().run_in_executor(None, disk_store().evict))
     return web.json_response({"cleared": cleared})
 
 
 async def prefetch(request: web.Request) -> web.Response:
     """Download into the disk cache (and optionally memory) ahead of a job; progress over the WebSocket."""
-    try:
-        body = await _json_body(request)
-        source = body.get("source")
-        if not isinstance(source, str) or not source.strip():
-            raise ValueError("'source' is required")
-        sha256, name = body.get("sha256") or None, body.get("name") or None
-    except ValueError as exc:
-        return _error(400, str(exc))
+    body: protocol.PrefetchRequest = await _body(request, protocol.PrefetchRequest)
     from server import PromptServer
 
-    client_id = body.get("client_id")
+    request_id = body.request_id or f"anonymous-{id(body)}"
+    stop = downloads.start(request_id, body.source if "://" not in body.source else body.source.split("?", 1)[0])
 
     def progress(done: int, total: int) -> None:
-        PromptServer.instance.send_sync("lora_bridge.prefetch", {"source": source if "://" not in source else None,
-                                                                 "sha256": sha256, "done": done, "total": total}, client_id)
+        downloads.progress(request_id, done, total)
+        if body.client_id:
+            PromptServer.instance.send_sync(protocol.PREFETCH_EVENT, {"request_id": body.request_id, "sha256": body.sha256,
+                                                                      "done": done, "total": total}, body.client_id)
 
     def work() -> dict[str, Any]:
-        handle = fetch_handle(source.strip(), sha256, name, progress)
-        in_memory = False
-        if body.get("memory"):
+        handle = fetch_handle(body.source, body.sha256, body.name, progress, cancel=stop.is_set)
+        if body.memory:
             load_into_memory(handle)
-            in_memory = True
         return {"sha256": handle.sha256, "name": handle.name, "size": handle.path.stat().st_size,
-                "family": handle.family, "trigger_words": handle.trigger_words, "in_memory": in_memory}
+                "family": handle.family, "trigger_words": handle.trigger_words, "in_memory": body.memory}
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(None, work)
+    except FetchCancelled as exc:
+        return _error(409, "cancelled", str(exc))
     except IntegrityError as exc:  # not the bytes the caller said (hash, size, header)
-        return _error(422, str(exc))
+        return _error(422, "integrity", str(exc))
     except FetchError as exc:  # the download failed for good
-        return _error(502, str(exc))
+        return _error(502, "fetch_failed", str(exc))
     except LoraBridgeError as exc:  # refused, invalid, not found
-        return _error(400, str(exc))
+        return _error(400, "refused", str(exc))
+    finally:
+        downloads.finish(request_id)
     return web.json_response(result)
+
+
+async def list_prefetches(request: web.Request) -> web.Response:
+    return web.json_response({"downloads": downloads.listing()})
+
+
+async def cancel_prefetch(request: web.Request) -> web.Response:
+    body: protocol.PrefetchCancel = await _body(request, protocol.PrefetchCancel)
+    return web.json_response({"request_id": body.request_id, "cancelled": downloads.cancel(body.request_id)})
 
 
 def _list_loras() -> list[dict[str, Any]]:
@@ -145,12 +191,48 @@ async def list_loras(request: web.Request) -> web.Response:
     return web.json_response({"loras": await asyncio.get_running_loop().run_in_executor(None, _list_loras)})
 
 
+ROUTES: list[tuple[RouteSpec, Handler]] = [
+    (RouteSpec("GET", protocol.ROUTE_CACHE, "Disk and memory caches: stats and items"), get_cache),
+    (RouteSpec("POST", protocol.ROUTE_CACHE_CLEAR, "Clear the memory and/or unpinned, unused disk files",
+               body=protocol.CacheClear), clear_cache),
+    (RouteSpec("POST", protocol.ROUTE_PREFETCH, "Download a LoRA ahead of a job (progress over the WebSocket)",
+               body=protocol.PrefetchRequest,
+               responses={200: "fetched", 409: "cancelled", 422: "wrong hash or not safetensors", 502: "download failed"}),
+     prefetch),
+    (RouteSpec("GET", protocol.ROUTE_PREFETCH, "Downloads under way, with progress"), list_prefetches),
+    (RouteSpec("POST", protocol.ROUTE_PREFETCH_CANCEL, "Stop the downloads started under a request id",
+               body=protocol.PrefetchCancel), cancel_prefetch),
+    (RouteSpec("GET", protocol.ROUTE_LORAS, "Files in the loras folders with their inspection summary"), list_loras),
+]
+
+
+def openapi() -> dict[str, Any]:
+    """The pod routes' OpenAPI document (from the protocol's models)."""
+    return openapi_document("comfyui-lora-bridge pod routes", "1", [spec for spec, _ in ROUTES])
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+def _warn_if_exposed() -> None:
+    """An open pod on a non-loopback address is reachable by anyone on its network: say so."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return
+    hosts = [h.strip() for h in str(getattr(args, "listen", "127.0.0.1")).split(",")]
+    if not settings().pod_route_token and any(h not in ("127.0.0.1", "localhost", "::1") for h in hosts):
+        log.warning("lora_bridge: ComfyUI listens on %s without LORA_BRIDGE_TOKEN: anyone who reaches it can use the "
+                    "/lora_bridge/ routes (set LORA_BRIDGE_TOKEN; see SECURITY.md)", ", ".join(hosts))
+
+
 def register_routes() -> None:
     """Add the routes to ComfyUI's server (called at node-pack import inside ComfyUI)."""
     from server import PromptServer
 
     routes = PromptServer.instance.routes
-    routes.get("/lora_bridge/cache")(_authorized(get_cache))
-    routes.post("/lora_bridge/cache/clear")(_authorized(clear_cache))
-    routes.post("/lora_bridge/prefetch")(_authorized(prefetch))
-    routes.get("/lora_bridge/loras")(_authorized(list_loras))
+    for spec, handler in ROUTES:
+        routes.route(spec.method, spec.path)(_guarded(handler))
+    routes.get(protocol.ROUTE_OPENAPI)(get_openapi)
+    _warn_if_exposed()

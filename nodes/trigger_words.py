@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..bridge.prompts import with_trigger_words
+from ..bridge.graphs.prompts import with_trigger_words
+from ..bridge.pack_protocol import NODE_TRIGGER_WORDS
 from .lora_handle import LORA_TYPE, LoraHandle
 
 CATEGORY = "LoRA Bridge"
@@ -30,5 +31,5 @@ class LoraTriggerWords:
         return {"ui": {"lora_bridge": [out]}, "result": (out,)}
 
 
-NODE_CLASS_MAPPINGS = {"LoraBridgeTriggerWords": LoraTriggerWords}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoraBridgeTriggerWords": "LoRA Trigger Words (Bridge)"}
+NODE_CLASS_MAPPINGS = {NODE_TRIGGER_WORDS: LoraTriggerWords}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE_TRIGGER_WORDS: "LoRA Trigger Words (Bridge)"}

@@ -31,7 +31,8 @@ def test_lora_graph_streams_progress_and_saves_a_png(comfy) -> None:
     assert graph["3"]["inputs"]["model"] == ["lora:4:0", 0]  # the sampler reads the LoRA's model
     result = run_graph(comfy, graph)
     types = [e.type for e in result.events]
-    assert types[0] == "queued" and types[-1] == "success"
+    assert types[:2] == ["submitting", "submitted"] and types[-1] == "success"
+    assert result.events[0].data["prompt_id"] == result.events[1].data["prompt_id"] == result.prompt_id  # ours, kept by the pod
     assert "started" in types
     executed = [e.data["node"] for e in result.events if e.type == "executing" and e.data.get("node")]
     assert "lora:4:0" in executed and executed.index("lora:4:0") < executed.index("3")
@@ -70,7 +71,7 @@ def test_other_lora_layouts_load_and_change_the_image(comfy, layout) -> None:
 def test_node_pack_is_loaded(comfy) -> None:
     import asyncio
 
-    from comfyui_lora_bridge.bridge.pod_client import PodClient
+    from comfyui_lora_bridge.bridge.pods.client import PodClient
 
     async def info():
         async with PodClient(comfy.url, token=POD_TOKEN) as pod:

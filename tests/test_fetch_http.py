@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.file_server import Faults, FaultyFileServer
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.fetch import (
     FetchCancelled,
@@ -26,6 +25,8 @@ from comfyui_lora_bridge.bridge.lorafiles.validate import (
     LoraValidationError,
     SizeLimits,
 )
+from comfyui_lora_bridge.bridge.settings import Settings
+from file_server import Faults, FaultyFileServer
 
 FAST = RetryPolicy(delays=(0.01, 0.02, 0.04), jitter=0.1, max_total=30)
 POLICY = FetchPolicy(allowed_hosts=("127.0.0.1",), read_timeout=0.5)
@@ -264,11 +265,12 @@ def test_private_hosts_need_an_explicit_allowlist(server, store, lora_bytes) -> 
     assert server.log == []
 
 
-def test_redirects_are_rechecked_and_auth_stays_on_its_host(server, store, lora_bytes, monkeypatch) -> None:
-    monkeypatch.setenv("LORA_BRIDGE_HTTP_AUTH", '{"127.0.0.1": "Bearer s3cr3t"}')
+def test_redirects_are_rechecked_and_auth_stays_on_its_host(server, store, lora_bytes, tmp_path) -> None:
+    configured = Settings.from_env({"LORA_BRIDGE_HTTP_AUTH": ' {"127.0.0.1": "Bearer s3cr3t"} ', "LORA_BRIDGE_CACHE": str(tmp_path)})
+    policy = FetchPolicy.from_settings(configured, allowed_hosts=POLICY.allowed_hosts, limits=POLICY.limits)
     server.add("/real.safetensors", lora_bytes)
     server.redirects["/moved.safetensors"] = server.url("/real.safetensors")
-    result = fetch_lora(server.url("/moved.safetensors?token=abc"), store, policy=POLICY, retry=FAST)
+    result = fetch_lora(server.url("/moved.safetensors?token=abc"), store, policy=policy, retry=FAST)
     assert_verified(result, lora_bytes)
     assert all(h.get("Authorization") == "Bearer s3cr3t" for _, h in server.headers_seen)
     assert "abc" not in result.info.source and "s3cr3t" not in str(store.entries())

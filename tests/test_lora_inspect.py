@@ -7,10 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.foreign_loras import (
-    KEYSETS,
-    write_foreign_lora,
-)
 from comfyui_lora_bridge.bridge.localpod.weights import (
     LoraSpec,
     write_lora,
@@ -25,6 +21,10 @@ from comfyui_lora_bridge.bridge.lorafiles.validate import (
     check_extension,
     resolve_name,
     safe_name,
+)
+from foreign_loras import (
+    KEYSETS,
+    write_foreign_lora,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

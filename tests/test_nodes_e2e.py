@@ -14,8 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed
-from comfyui_lora_bridge.bridge.localpod.file_server import Faults
-from comfyui_lora_bridge.bridge.prompts import with_trigger_words
+from comfyui_lora_bridge.bridge.graphs.prompts import with_trigger_words
+from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
+from file_server import Faults
 from support import (
     LORA_FILES,
     POD_TOKEN,
@@ -95,7 +96,7 @@ def test_broken_stack_json_is_refused_before_running(comfy) -> None:
     graph["40"] = {"class_type": "LoraBridgeApplyStack", "inputs": {"model": ["4", 0], "clip": ["4", 1], "on_mismatch": "error",
                    "loras": '[{"name": "x", "strength_model": 500}]'}}
     graph["3"]["inputs"]["model"] = ["40", 0]
-    with pytest.raises(Exception, match=r"strength_model must be a number between -100 and 100"):
+    with pytest.raises(Exception, match=r"loras\[0\]\.strength_model: Input should be less than or equal to 100"):
         run_graph(comfy, graph)
 
 
@@ -122,8 +123,8 @@ def test_fetch_from_url_and_s3_in_a_graph(comfy, weights, s3, file_server) -> No
     assert (comfy.models_dir("loras") / "char-7.safetensors").read_bytes() == data  # linked for the stock loader too
 
 
-def test_wrong_sha256_fails_the_node_and_leaves_no_file(comfy, weights, file_server) -> None:
-    data = Path(weights.loras["kohya_b"]).read_bytes()
+def test_wrong_sha256_fails_the_node_and_leaves_no_file(comfy, file_server) -> None:
+    data = cached_lora(LoraSpec(layout="kohya", seed=99, output_name="never_fetched_elsewhere")).read_bytes()
     file_server.add("/graph/wrong.safetensors", data)
     graph = ours(txt2img(), [{"source_node": fetch_node(file_server.url("/graph/wrong.safetensors"), "ab" * 32, "wrong"), "sm": 1, "sc": 1}])
     with pytest.raises(JobFailed, match="SHA-256 is .* expected abab") as err:
@@ -188,7 +189,7 @@ def test_prefetch_then_run_downloads_nothing(comfy, weights, file_server) -> Non
     assert file_server.bytes_sent("/pre/brand.safetensors") == sent
     assert "brand-abc.safetensors" in {n for e in call(comfy, "GET", "/lora_bridge/cache")[1]["disk"]["items"] for n in e["names"]}
     status, body = call(comfy, "POST", "/lora_bridge/prefetch", body={"source": "http://169.254.169.254/x"})
-    assert status == 400 and "169.254.169.254" in body["error"]
+    assert status == 400 and body["error"]["type"] == "refused" and "169.254.169.254" in body["error"]["message"]
     assert call(comfy, "POST", "/lora_bridge/prefetch", body={"nope": 1})[0] == 400
 
 

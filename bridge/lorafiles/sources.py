@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import json
-import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 from ..errors import LoraBridgeError
 from .validate import SizeLimits
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 _SECRET_PARAMS = ("x-amz-", "signature", "token", "sig", "key-pair-id", "policy", "expires", "se", "sp", "sv", "sr", "skoid")
 _METADATA_IPS = {ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")}
@@ -39,13 +40,9 @@ class RemoteChanged(SourceError):
     """The remote object changed (ETag or size) while we were reading it."""
 
 
-def _split_env(name: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
-
-
 @dataclass(frozen=True)
 class FetchPolicy:
-    """What sources may be read and how big files may be. ``from_env`` reads ``LORA_BRIDGE_*``."""
+    """What sources may be read, how big files may be, and which hosts get which credentials."""
 
     allowed_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any public host
     allowed_buckets: tuple[str, ...] = ()  # fnmatch patterns; empty: any bucket
@@ -55,24 +52,25 @@ class FetchPolicy:
     s3_endpoint: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    http_auth: Mapping[str, str] = field(default_factory=dict)  # host pattern -> Authorization value
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "FetchPolicy":
-        mb = 1024 * 1024
+    def from_settings(cls, settings: "Settings", **overrides: Any) -> "FetchPolicy":
         values: dict[str, Any] = dict(
-            allowed_hosts=_split_env("LORA_BRIDGE_ALLOWED_HOSTS"),
-            allowed_buckets=_split_env("LORA_BRIDGE_ALLOWED_BUCKETS"),
-            local_roots=tuple(Path(p) for p in _split_env("LORA_BRIDGE_LOCAL_ROOTS")),
-            allow_pickle=os.environ.get("LORA_BRIDGE_ALLOW_PICKLE", "").lower() in ("1", "true", "yes"),
-            limits=SizeLimits(
-                warn_bytes=int(float(os.environ.get("LORA_BRIDGE_WARN_MB", 500)) * mb),
-                max_bytes=int(float(os.environ.get("LORA_BRIDGE_MAX_MB", 4096)) * mb),
-            ),
-            s3_endpoint=os.environ.get("LORA_BRIDGE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL"),
+            allowed_hosts=settings.allowed_hosts, allowed_buckets=settings.allowed_buckets,
+            local_roots=settings.local_roots, allow_pickle=settings.allow_pickle,
+            limits=SizeLimits(warn_bytes=settings.warn_bytes, max_bytes=settings.max_bytes),
+            s3_endpoint=settings.s3_endpoint, http_auth=dict(settings.http_auth),
         )
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def configured(cls, **overrides: Any) -> "FetchPolicy":
+        """The policy of this process's settings (``LORA_BRIDGE_*``), with ``overrides``."""
+        from ..settings import settings
+
+        return cls.from_settings(settings(), **overrides)
 
     def host_allowed(self, host: str) -> bool:
         return any(fnmatch.fnmatch(host.lower(), p.lower()) for p in self.allowed_hosts)
@@ -180,25 +178,12 @@ def check_source(source: Source, policy: FetchPolicy) -> None:
             raise SourceRefused(f"local file {source.path} is outside the allowed folders (LORA_BRIDGE_LOCAL_ROOTS)")
 
 
-def auth_header(host: str) -> dict[str, str]:
-    """Authorization for ``host`` from the environment (never from the URL)."""
+def auth_header(host: str, policy: FetchPolicy) -> dict[str, str]:
+    """Authorization for ``host`` from the policy's table (never from the URL)."""
     host = host.lower()
-    configured = os.environ.get("LORA_BRIDGE_HTTP_AUTH")
-    if configured:
-        try:
-            table = json.loads(configured)
-        except ValueError:
-            raise SourceError("LORA_BRIDGE_HTTP_AUTH must be a JSON object {host: header value}") from None
-        for pattern, value in table.items():
-            if fnmatch.fnmatch(host, pattern.lower()):
-                return {"Authorization": value}
-    if host == "huggingface.co" or host.endswith(".huggingface.co"):
-        if os.environ.get("HF_TOKEN"):
-            return {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"}
-    if host == "civitai.com" or host.endswith(".civitai.com"):
-        token = os.environ.get("CIVITAI_TOKEN") or os.environ.get("CIVITAI_API_KEY")
-        if token:
-            return {"Authorization": f"Bearer {token}"}
+    for pattern, value in policy.http_auth.items():
+        if fnmatch.fnmatch(host, pattern.lower()):
+            return {"Authorization": value}
     return {}
 
 
@@ -256,7 +241,7 @@ class HttpTransport:
             host = urlsplit(url).hostname or ""
             hdrs = dict(headers)
             if host == origin:
-                hdrs.update(auth_header(host))
+                hdrs.update(auth_header(host, self.policy))
             try:
                 resp = self.pool.request("GET", url, headers=hdrs, preload_content=False, redirect=False,
                                          timeout=self.timeout, decode_content=False)

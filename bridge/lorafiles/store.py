@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import LoraBridgeError
+from ..errors import FetchCancelled, LoraBridgeError
 from .validate import safe_name
 
 _SCHEMA = """
@@ -127,8 +127,6 @@ class LoraStore:
                     break
                 except BlockingIOError:
                     if cancel is not None and cancel():
-                        from .fetch import FetchCancelled
-
                         raise FetchCancelled("cancelled while waiting for another download of the same LoRA") from None
                     time.sleep(0.05)
             try:

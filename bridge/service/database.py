@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError, LoraBridgeError
+from ..errors import ConfigError, NotFound
+from .job_states import TERMINAL, JobState, check_transition
 
 LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
 _SCHEMA = """
@@ -30,10 +31,6 @@ CREATE TABLE IF NOT EXISTS events (job_id TEXT, seq INTEGER, type TEXT, data TEX
 """
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
                "source", "sha256", "size", "rank", "metadata")
-
-
-class NotFound(LoraBridgeError):
-    """No record with that id."""
 
 
 def sqlite_path(url: str) -> str:
@@ -79,7 +76,7 @@ class Database:
         lora_id = uuid.uuid4().hex[:16]
         now = time.time()
         values = {k: fields.get(k) for k in LORA_FIELDS}
-        values["metadata"] = json.dumps(values["metadata"] or {})
+        values["metadata"] = _dumps(values["metadata"] or {})
         values["status"] = values["status"] or "pending"
         values["version"] = values["version"] or 1
         with self.tx() as db:
@@ -96,7 +93,7 @@ class Database:
 
     def update_lora(self, lora_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         self.get_lora(lora_id)
-        changes = {k: (json.dumps(v) if k == "metadata" else v) for k, v in fields.items() if k in LORA_FIELDS}
+        changes = {k: (_dumps(v) if k == "metadata" else v) for k, v in fields.items() if k in LORA_FIELDS}
         if changes:
             with self.tx() as db:
                 db.execute(f"UPDATE loras SET {', '.join(f'{k} = ?' for k in changes)}, updated = ? WHERE id = ?",
@@ -128,19 +125,48 @@ class Database:
 
     # -- jobs and events --------------------------------------------------------------------
 
-    def add_job(self, request: dict[str, Any]) -> str:
+    def add_job(self, request: dict[str, Any], result: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> str:
+        """Store a new ``queued`` job with its first events, in one transaction."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT INTO jobs VALUES (?, 'queued', ?, NULL, NULL, '{}', ?, ?)", (job_id, json.dumps(request), now, now))
+            db.execute("INSERT INTO jobs VALUES (?, ?, ?, NULL, NULL, ?, ?, ?)",
+                       (job_id, JobState.QUEUED.value, _dumps(request), _dumps(result), now, now))
+            for type, data in events:
+                self._insert_event(db, job_id, type, data)
         return job_id
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        if "result" in fields:
-            fields["result"] = json.dumps(fields["result"])
+    def transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
+                   result: dict[str, Any] | None = None, **columns: Any) -> None:
+        """Move a job to ``state`` (checked against the state machine), merge ``result`` into its
+        record, set ``pod``/``prompt_id``, and append the event: all in one transaction."""
         with self.tx() as db:
-            db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)}, updated = ? WHERE id = ?",
-                       (*fields.values(), time.time(), job_id))
+            row = db.execute("SELECT status, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no generation with id {job_id!r}")
+            check_transition(row[0], state)
+            self._update(db, job_id, row[1], result, status=state.value, **columns)
+            self._insert_event(db, job_id, event, data or {})
+
+    def patch_job(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,
+                  data: dict[str, Any] | None = None, **columns: Any) -> None:
+        """Merge fields into a job's record (state unchanged), with an optional event, in one transaction."""
+        with self.tx() as db:
+            row = db.execute("SELECT status, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no generation with id {job_id!r}")
+            self._update(db, job_id, row[1], result, **columns)
+            if event is not None:
+                self._insert_event(db, job_id, event, data or {})
+
+    @staticmethod
+    def _update(db: sqlite3.Connection, job_id: str, old_result: str, result: dict[str, Any] | None, **columns: Any) -> None:
+        unknown = set(columns) - {"status", "pod", "prompt_id"}
+        if unknown:
+            raise ValueError(f"not a job column: {sorted(unknown)}")
+        merged = {**json.loads(old_result or "{}"), **(result or {})}
+        fields = {**columns, "result": _dumps(merged), "updated": time.time()}
+        db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*fields.values(), job_id))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         with self._lock:
@@ -153,18 +179,29 @@ class Database:
         return job
 
     def unfinished_jobs(self) -> list[dict[str, Any]]:
+        terminal = [s.value for s in TERMINAL]
         with self._lock:
-            ids = [r[0] for r in self._conn.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')").fetchall()]
+            ids = [r[0] for r in self._conn.execute(
+                f"SELECT id FROM jobs WHERE status NOT IN ({', '.join('?' * len(terminal))}) ORDER BY created", terminal)]
         return [self.get_job(i) for i in ids]
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, job_id: str, type: str, data: dict[str, Any]) -> int:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job_id, seq, type, _dumps(data), time.time()))
+        return seq
 
     def add_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
         with self.tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
-            db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job_id, seq, type, json.dumps(data, default=str), time.time()))
-        return seq
+            return self._insert_event(db, job_id, type, data)
 
     def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
         with self._lock:
             rows = self._conn.execute("SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
                                       (job_id, after)).fetchall()
         return [(seq, type, json.loads(data)) for seq, type, data in rows]
+
+
+def _dumps(value: Any) -> str:
+    """JSON as RFC 8259 allows it (no NaN/Infinity: they would come back as non-standard JSON)."""
+    return json.dumps(value, default=str, allow_nan=False)

@@ -17,9 +17,9 @@ from typing import Any
 
 import jinja2
 
-from .errors import LoraBridgeError
+from ..errors import LoraBridgeError
 
-WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 _PARAMS_BLOCK = re.compile(r"\{#-?\s*params\s*(\{.*?\})\s*-?#\}", re.S)
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 

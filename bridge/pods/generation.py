@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from .lora_insertion import InsertionReport, LoraRequest
-from .lorafiles.inspect import inspect_source
-from .lorafiles.sources import FetchPolicy
-from .pod_client import EventCallback, OutputFile
-from .pod_pool import PodPool, PodStatus
-from .workflow_builder import build_graph
+from ..graphs.builder import build_graph
+from ..graphs.lora_insertion import InsertionReport, LoraRequest
+from ..lorafiles.inspect import inspect_source
+from ..lorafiles.sources import FetchPolicy
+from .client import EventCallback, OutputFile
+from .pool import PodPool, PodStatus
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -52,17 +52,25 @@ class JobOutcome:
 async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str | None = None,
                          params: dict[str, Any] | None = None, workflow: dict[str, Any] | None = None,
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
-                         apply_mode: Literal["merge", "hotswap"] = "hotswap") -> JobOutcome:
-    """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs."""
+                         apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,
+                         on_built: Callable[[InsertionReport], None] | None = None,
+                         request_id: str | None = None) -> JobOutcome:
+    """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
+
+    ``on_built`` sees what will be applied as soon as a pod's graph is built; ``request_id``
+    names the pod-side prefetches (so they can be cancelled).
+    """
     reports: dict[str, InsertionReport] = {}
 
     def build(pod: PodStatus) -> dict[str, Any]:
         built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=loras,
-                            mode="pack" if pod.pack else "stock", apply_mode=apply_mode)
+                            mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode)
         reports[pod.config.url] = built.report
+        if on_built is not None:
+            on_built(built.report)
         return built.graph
 
-    result, pod = await pool.run(build, loras, on_event)
+    result, pod = await pool.run(build, loras, on_event, request_id=request_id)
     outcome = JobOutcome(result.prompt_id, pod.config.name, result.files, reports[pod.config.url])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,12 @@ notes and groups (dropped), converted widgets fed by links, and subgraphs from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Union
 
-from .errors import LoraBridgeError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from ..errors import LoraBridgeError
+from ..pack_protocol import describe_validation_error
 
 Graph = dict[str, dict[str, Any]]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -23,6 +26,69 @@ SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 
 class WorkflowError(LoraBridgeError):
     """The workflow cannot be converted (unknown node type, broken link, malformed JSON)."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the editor saves much more than conversion reads
+
+
+NodeId = Union[StrictInt, StrictStr]
+
+
+class _Slot(_Open):
+    name: StrictStr
+    link: StrictInt | None = None
+    type: Any = None
+
+
+class _LinkObject(_Open):
+    id: StrictInt
+    origin_id: NodeId
+    origin_slot: StrictInt
+    target_id: NodeId
+    target_slot: StrictInt
+
+
+_LinkArray = Annotated[list[Any], Field(min_length=6)]
+
+
+class _EditorNode(_Open):
+    id: NodeId
+    type: StrictStr = ""
+    mode: StrictInt | None = 0
+    inputs: list[_Slot] | None = None
+    outputs: list[dict[str, Any]] | None = None
+    widgets_values: list[Any] | dict[str, Any] | None = None
+    title: StrictStr | None = None
+    properties: dict[str, Any] | None = None
+
+
+class _Scope(_Open):
+    nodes: list[_EditorNode]
+    links: list[_LinkObject | _LinkArray] | None = None
+
+
+class _Subgraph(_Scope):
+    id: StrictStr
+    inputs: list[dict[str, Any]] = []
+
+
+class _Definitions(_Open):
+    subgraphs: list[_Subgraph] = []
+
+
+class EditorWorkflow(_Scope):
+    """What conversion reads of an editor workflow, typed (everything else is kept and ignored)."""
+
+    definitions: _Definitions | None = None
+
+
+def check_editor_workflow(workflow: dict[str, Any]) -> None:
+    """Refuse an editor workflow whose structure conversion cannot read (``WorkflowError`` naming the place)."""
+    try:
+        EditorWorkflow.model_validate(workflow)
+    except ValidationError as exc:
+        raise WorkflowError(f"malformed workflow: {describe_validation_error(exc)}") from None
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -183,6 +249,7 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
     """Convert an editor workflow to API format (raises ``WorkflowError`` with the node at fault)."""
     if not is_ui_workflow(workflow):
         raise WorkflowError("not a graph-editor workflow (expected 'nodes' and 'links')")
+    check_editor_workflow(workflow)
     flat = _Flattener(workflow)
     flat.flatten(workflow["nodes"], workflow.get("links", []), "", [])
     nodes = flat.nodes

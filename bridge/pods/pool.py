@@ -16,12 +16,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import PodError
-from .lora_insertion import LoraRequest
-from .lorafiles.sources import redact_url
-from .pod_client import EventCallback, JobResult, PodClient, PodEvent, PodUnavailable
-
-PACK_NODE = "LoraBridgeApplyStack"
+from ..errors import NoPodAvailable, PodError, PodUnavailable
+from ..graphs.lora_insertion import LoraRequest
+from ..graphs.validate import GraphInvalid
+from ..lorafiles.sources import redact_url
+from ..pack_protocol import (
+    NODE_APPLY_STACK,
+    ROUTE_CACHE,
+    ROUTE_PREFETCH,
+    ROUTE_PREFETCH_CANCEL,
+    PrefetchCancel,
+    PrefetchRequest,
+)
+from .client import EventCallback, JobResult, PodClient, PodEvent
 
 
 class PrefetchFailed(PodError):
@@ -30,10 +37,6 @@ class PrefetchFailed(PodError):
     def __init__(self, lora: LoraRequest, reason: str) -> None:
         super().__init__(f"LoRA {lora.name} could not be fetched: {reason}")
         self.lora = lora
-
-
-class NoPodAvailable(PodError):
-    """No healthy pod (with the requested labels) is left to run the job."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class PodStatus:
     cached: set[str] = field(default_factory=set)
     object_info: dict[str, Any] = field(default_factory=dict)
     checked: float = 0.0
+    facts_checked: float = 0.0  # when object_info was last read
 
     def summary(self) -> dict[str, Any]:
         return {"pod": self.config.name, "healthy": self.healthy, "error": self.error, "queue": self.queue,
@@ -68,11 +72,16 @@ GraphBuilder = Callable[[PodStatus], dict[str, Any]]
 
 
 class PodPool:
-    def __init__(self, pods: list[PodConfig], health_ttl: float = 3.0, reconnects: int = 3, backoff: float = 0.3) -> None:
+    def __init__(self, pods: list[PodConfig], health_ttl: float = 3.0, facts_ttl: float = 60.0, reconnects: int = 3,
+                 backoff: float = 0.3) -> None:
         if not pods:
             raise PodError("configure at least one pod")
         self.status = {p.url: PodStatus(p) for p in pods}
-        self.health_ttl, self.reconnects, self.backoff = health_ttl, reconnects, backoff
+        self.health_ttl, self.facts_ttl, self.reconnects, self.backoff = health_ttl, facts_ttl, reconnects, backoff
+
+    def by_name(self, name: str | None) -> PodStatus | None:
+        """The configured pod shown as ``name`` (job records name their pod), if any."""
+        return next((s for s in self.status.values() if s.config.name == name), None)
 
     def client(self, pod: PodStatus, timeout: float = 30.0) -> PodClient:
         return PodClient(pod.config.url, pod.config.token, timeout=timeout, reconnects=self.reconnects, backoff=self.backoff)
@@ -83,16 +92,31 @@ class PodPool:
                 await client.get_json("/system_stats")
                 queue = await client.get_json("/queue")
                 pod.queue = len(queue.get("queue_running", [])) + len(queue.get("queue_pending", []))
-                if not pod.object_info:
-                    pod.object_info = await client.object_info()
-                pod.pack = PACK_NODE in pod.object_info
+                if not pod.object_info or time.monotonic() - pod.facts_checked > self.facts_ttl:
+                    pod.object_info, pod.facts_checked = await client.object_info(), time.monotonic()
+                pod.pack = NODE_APPLY_STACK in pod.object_info
                 if pod.pack:
-                    cache = await client.get_json("/lora_bridge/cache")
+                    cache = await client.get_json(ROUTE_CACHE)
                     pod.cached = {item["sha256"] for item in cache.get("disk", {}).get("items", [])}
             pod.healthy, pod.error = True, None
         except PodError as exc:
             pod.healthy, pod.error = False, str(exc)
         pod.checked = time.monotonic()
+
+    async def refresh_facts(self, pod: PodStatus) -> None:
+        """Re-read the pod's ``/object_info`` now (a file or node may have been added since)."""
+        pod.facts_checked = 0.0
+        await self._check(pod)
+
+    async def build(self, pod: PodStatus, build: "GraphBuilder") -> dict[str, Any]:
+        """``build(pod)``; a graph refused for what may be stale pod facts is rebuilt once after re-reading them."""
+        try:
+            return build(pod)
+        except GraphInvalid as exc:
+            if not exc.pod_facts:
+                raise
+        await self.refresh_facts(pod)
+        return build(pod)
 
     async def refresh(self, force: bool = False) -> list[PodStatus]:
         """Re-check pods whose health is older than ``health_ttl`` (all with ``force``)."""
@@ -110,16 +134,17 @@ class PodPool:
         order = list(self.status)
         return min(candidates, key=lambda p: (-len(shas & p.cached), p.queue, order.index(p.config.url)))
 
-    async def prefetch(self, pod: PodStatus, loras: list[LoraRequest]) -> None:
-        """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only)."""
+    async def prefetch(self, pod: PodStatus, loras: list[LoraRequest], request_id: str | None = None) -> None:
+        """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only); ``request_id``
+        names the downloads for ``cancel_prefetch``."""
         wanted = [lora for lora in loras if lora.source and (not lora.sha256 or lora.sha256 not in pod.cached)]
         if not pod.pack or not wanted:
             return
         async with self.client(pod, timeout=900) as client:
             async def one(lora: LoraRequest) -> str:
                 try:
-                    result = await client.post_json("/lora_bridge/prefetch", {"source": lora.source, "sha256": lora.sha256,
-                                                                              "name": lora.name})
+                    payload = PrefetchRequest(source=lora.source, sha256=lora.sha256, name=lora.name, request_id=request_id)
+                    result = await client.post_json(ROUTE_PREFETCH, payload.model_dump(exclude_none=True))
                 except PodUnavailable:
                     raise
                 except PodError as exc:  # the pod answered: the LoRA itself is the problem
@@ -128,9 +153,17 @@ class PodPool:
 
             pod.cached |= set(await asyncio.gather(*(one(lora) for lora in wanted)))
 
+    async def cancel_prefetch(self, pod: PodStatus, request_id: str) -> None:
+        """Stop the pod's downloads for ``request_id`` (a cancelled job's LoRAs)."""
+        if pod.pack:
+            async with self.client(pod, timeout=10) as client:
+                await client.post_json(ROUTE_PREFETCH_CANCEL, PrefetchCancel(request_id=request_id).model_dump())
+
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
-                  labels: frozenset[str] = frozenset(), attempts: int = 3) -> tuple[JobResult, PodStatus]:
-        """Run a job: choose a pod, prefetch, submit, stream; move to another pod if this one dies."""
+                  labels: frozenset[str] = frozenset(), attempts: int = 3,
+                  request_id: str | None = None) -> tuple[JobResult, PodStatus]:
+        """Run a job: choose a pod, build its graph, prefetch, submit, stream; move to another pod if
+        this one dies (``assigned`` and ``failover`` events). ``request_id`` names the prefetches."""
         failed: set[str] = set()
         shas = {lora.sha256 for lora in loras if lora.sha256}
 
@@ -145,8 +178,8 @@ class PodPool:
             pod = self.choose(shas, labels, failed)
             await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
             try:
-                graph = build(pod)
-                await self.prefetch(pod, loras)
+                graph = await self.build(pod, build)
+                await self.prefetch(pod, loras, request_id)
                 pod.queue += 1
                 async with self.client(pod, timeout=300) as client:
                     result = await client.run(graph, on_event)

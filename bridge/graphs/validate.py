@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import LoraBridgeError
+from ..errors import LoraBridgeError
 
 Graph = dict[str, dict[str, Any]]
 
 
 class GraphInvalid(LoraBridgeError):
-    """The graph would be refused; ``errors`` lists one line per problem."""
+    """The graph would be refused; ``errors`` lists one line per problem. ``pod_facts`` is true when
+    a problem may come from stale pod facts (a class or a choice, such as a file, the pod may have gained)."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], pod_facts: bool = False) -> None:
         super().__init__("invalid graph: " + "; ".join(errors[:20]) + (f"; … {len(errors) - 20} more" if len(errors) > 20 else ""))
         self.errors = errors
+        self.pod_facts = pod_facts
 
 
 def _types_match(out_type: str, in_type: Any) -> bool:
@@ -59,6 +61,7 @@ def _check_value(where: str, kind: Any, opts: dict[str, Any], value: Any) -> str
 def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
     """Raise ``GraphInvalid`` listing every problem found (nothing is raised for a valid graph)."""
     errors: list[str] = []
+    pod_facts = False
     if not isinstance(graph, dict) or not graph:
         raise GraphInvalid(["the graph is empty or not an object"])
     for node_id, node in graph.items():
@@ -69,6 +72,7 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
         info = object_info.get(cls)
         if info is None:
             errors.append(f"node {node_id}: class {cls!r} does not exist on the pod")
+            pod_facts = True
             continue
         inputs = node.get("inputs", {})
         sections = info.get("input", {})
@@ -97,5 +101,6 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
             problem = _check_value(where, kind, opts, value)
             if problem:
                 errors.append(problem)
+                pod_facts = pod_facts or isinstance(kind, list) or kind == "COMBO"
     if errors:
-        raise GraphInvalid(errors)
+        raise GraphInvalid(errors, pod_facts)

@@ -18,7 +18,14 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from .errors import JobFailed, PodError, PromptRejected
+from ..errors import (
+    JobFailed,
+    JobInterrupted,
+    PodError,
+    PodUnavailable,
+    PromptLost,
+    PromptRejected,
+)
 
 # ComfyUI message type -> our event type
 EVENT_TYPES = {
@@ -27,10 +34,6 @@ EVENT_TYPES = {
     "execution_interrupted": "interrupted",
 }
 TERMINAL = {"success", "error", "interrupted"}
-
-
-class PodUnavailable(PodError):
-    """The pod stopped answering (HTTP and WebSocket) before the job finished."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,17 @@ class JobResult:
 
 
 EventCallback = Callable[[PodEvent], Awaitable[None] | None]
+
+
+def _error_text(text: str) -> str:
+    """The message of an error answer (the pack's ``{"error": {"type", "message"}}``, else the text)."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return text[:300]
+    if isinstance(error, dict) and "message" in error:
+        return f"{error.get('type', 'error')}: {error['message']}"
+    return text[:300]
 
 
 def describe_node_errors(node_errors: dict[str, Any]) -> str:
@@ -107,7 +121,7 @@ class PodClient:
             async with self.session.request(method, self.url + path, **kwargs) as resp:
                 text = await resp.text()
                 if resp.status != 200:
-                    raise PodError(f"{method} {path} on {self.url} answered {resp.status}: {text[:300]}")
+                    raise PodError(f"{method} {path} on {self.url} answered {resp.status}: {_error_text(text)}")
                 return json.loads(text) if text else {}
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
@@ -121,10 +135,12 @@ class PodClient:
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         return await self.get_json("/object_info" + (f"/{node_class}" if node_class else ""))
 
-    async def submit(self, graph: dict[str, Any], client_id: str) -> str:
-        """``POST /prompt``; returns the prompt id or raises ``PromptRejected`` naming node, input and reason."""
+    async def submit(self, graph: dict[str, Any], client_id: str, prompt_id: str | None = None) -> str:
+        """``POST /prompt`` (under ``prompt_id`` where the pod takes one); returns the prompt id the pod
+        uses, or raises ``PromptRejected`` naming node, input and reason."""
+        body = {"prompt": graph, "client_id": client_id, **({"prompt_id": prompt_id} if prompt_id else {})}
         try:
-            async with self.session.post(self.url + "/prompt", json={"prompt": graph, "client_id": client_id}) as resp:
+            async with self.session.post(self.url + "/prompt", json=body) as resp:
                 body = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
@@ -186,25 +202,36 @@ class PodClient:
             raise PodUnavailable(f"WebSocket to {self.url} failed: {type(exc).__name__}") from None
 
     async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None,
-                  prompt_id: str | None = None, client_id: str | None = None) -> JobResult:
-        """Submit ``graph``, or follow ``prompt_id`` (already submitted by ``client_id``: ComfyUI
-        sends a job's events to the client that submitted it), and stream its events.
+                  prompt_id: str | None = None, client_id: str | None = None, follow: bool = False) -> JobResult:
+        """Submit ``graph`` and stream its events; with ``follow``, re-attach to ``prompt_id``
+        instead (submitted earlier by ``client_id``: ComfyUI sends a job's events to that client).
 
-        Returns the output files; raises ``JobFailed`` (error, interruption), ``PromptRejected``
-        or ``PodUnavailable`` (the pod stayed unreachable through every reconnect).
+        A submission first emits ``submitting`` with the prompt id it is about to use (callers
+        store it, so a crash right after the POST still finds the prompt), then ``submitted``
+        with the pod's queue position; a re-attachment emits ``reattached``. Returns the output
+        files; raises ``JobFailed`` (error, interruption), ``PromptRejected``, ``PromptLost``
+        (followed prompt unknown to the pod) or ``PodUnavailable`` (unreachable through every reconnect).
         """
-        following = prompt_id is not None
         client_id = client_id or uuid.uuid4().hex
         ws = await self._connect(client_id)
         job = _Job(self, on_event)
         try:
-            if prompt_id is None:
-                prompt_id = await self.submit(graph, client_id)
-            job.result.prompt_id = prompt_id
-            await job.emit("queued", {"prompt_id": prompt_id, "client_id": client_id,
-                                      "position": await self.queue_position(prompt_id)})
-            if following:
+            if follow:
+                if prompt_id is None:
+                    raise ValueError("follow needs the prompt id")
+                job.result.prompt_id = prompt_id
+                position = await self.queue_position(prompt_id)
+                if position is None and await self.history(prompt_id) is None:
+                    raise PromptLost(f"{self.url} does not know prompt {prompt_id} (the pod restarted, or it never arrived)")
+                await job.emit("reattached", {"prompt_id": prompt_id, "position": position})
                 await job.reconcile()  # it may have finished while nobody listened
+            else:
+                prompt_id = prompt_id or str(uuid.uuid4())
+                await job.emit("submitting", {"prompt_id": prompt_id, "client_id": client_id})
+                prompt_id = await self.submit(graph, client_id, prompt_id)
+                job.result.prompt_id = prompt_id
+                await job.emit("submitted", {"prompt_id": prompt_id, "client_id": client_id,
+                                             "position": await self.queue_position(prompt_id)})
             while job.terminal is None:
                 try:
                     await job.consume(ws)
@@ -300,7 +327,7 @@ class _Job:
             raise JobFailed(f"node {d.get('node_id')} ({d.get('node_type')}) failed: {d.get('exception_type')}: {d.get('message')}",
                             d.get("node_id"), d.get("node_type"))
         if self.terminal.type == "interrupted":
-            raise JobFailed(f"job {self.result.prompt_id} was interrupted")
+            raise JobInterrupted(f"job {self.result.prompt_id} was interrupted on the pod")
         entry = None
         for _ in range(100):  # outputs can reach /history after execution_success
             entry = await self.client.history(self.result.prompt_id)

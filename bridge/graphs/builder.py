@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .graph_convert import WorkflowError, is_ui_workflow, ui_to_api
-from .graph_validate import validate_graph
+from .convert import WorkflowError, is_ui_workflow, ui_to_api
 from .lora_insertion import InsertionReport, LoraRequest, insert_loras
 from .templates import load_template
+from .validate import validate_graph
 
 Graph = dict[str, dict[str, Any]]
 

@@ -13,25 +13,25 @@ went through here replaces the earlier insertion, so building twice gives the sa
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import LoraBridgeError
-from .lorafiles.families import FAMILY_NAMES
+from ..errors import LoraBridgeError
+from ..lorafiles.families import FAMILY_NAMES
+from ..pack_protocol import NODE_APPLY, NODE_APPLY_STACK, StackEntry, encode_stack
 from .prompts import with_trigger_words
 
 Graph = dict[str, dict[str, Any]]
 ObjectInfo = dict[str, Any]
 PREFIX = "lora:"
-LORA_LOADERS = {"LoraLoader", "LoraLoaderModelOnly", "LoraBridgeApply", "LoraBridgeApplyStack"}
+LORA_LOADERS = {"LoraLoader", "LoraLoaderModelOnly", NODE_APPLY, NODE_APPLY_STACK}
 PROMPT_INPUTS = ("text", "prompt", "clip_l", "t5xxl", "text_g", "text_l")
 # used when no /object_info is at hand: class -> output types
 KNOWN_OUTPUTS: dict[str, list[str]] = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CheckpointLoader": ["MODEL", "CLIP", "VAE"],
     "UNETLoader": ["MODEL"], "CLIPLoader": ["CLIP"], "DualCLIPLoader": ["CLIP"], "TripleCLIPLoader": ["CLIP"],
     "ImageOnlyCheckpointLoader": ["MODEL", "CLIP_VISION", "VAE"], "LoraLoader": ["MODEL", "CLIP"],
-    "LoraLoaderModelOnly": ["MODEL"], "LoraBridgeApply": ["MODEL", "CLIP"], "LoraBridgeApplyStack": ["MODEL", "CLIP"],
+    "LoraLoaderModelOnly": ["MODEL"], NODE_APPLY: ["MODEL", "CLIP"], NODE_APPLY_STACK: ["MODEL", "CLIP"],
 }
 
 
@@ -163,16 +163,9 @@ def _family_ok(lora: LoraRequest, graph_family: str | None) -> str | None:
 
 
 def _stack_json(loras: list[LoraRequest]) -> str:
-    items = []
-    for lora in loras:
-        item: dict[str, Any] = {"source": lora.source or lora.name}
-        if lora.source:
-            item["name"] = lora.name
-        if lora.sha256:
-            item["sha256"] = lora.sha256
-        item["strength_model"], item["strength_clip"] = lora.strength_model, lora.strength_clip
-        items.append(item)
-    return json.dumps(items, separators=(",", ":"))
+    return encode_stack([StackEntry(source=lora.source or lora.name, name=lora.name if lora.source else None,
+                                    sha256=lora.sha256, strength_model=lora.strength_model,
+                                    strength_clip=lora.strength_clip) for lora in loras])
 
 
 def insert_loras(
@@ -216,7 +209,7 @@ def insert_loras(
             inputs: dict[str, Any] = {"model": model, "loras": _stack_json(chosen), "on_mismatch": "error", "mode": apply_mode}
             if clip is not None:
                 inputs["clip"] = clip
-            out[nid] = {"class_type": "LoraBridgeApplyStack", "inputs": inputs}
+            out[nid] = {"class_type": NODE_APPLY_STACK, "inputs": inputs}
             added.add(nid)
             new_model, new_clip = [nid, 0], ([nid, 1] if clip is not None else None)
         else:

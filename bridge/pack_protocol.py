@@ -1,0 +1,201 @@
+"""The contract between the bridge and the node pack, written once (torch-free).
+
+Node class names, the LoRA-stack JSON that ``Apply LoRA Stack`` takes (encoder and parser),
+strength bounds, mismatch policies and apply modes, and the pod routes with their request
+payloads. The bridge (graph insertion, pool, service) and the nodes (inputs, routes) both
+import from here, so a change to the contract is made and tested in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import LoraBridgeError
+
+# -- nodes -------------------------------------------------------------------------------------
+
+NODE_FETCH = "LoraBridgeFetch"
+NODE_LOAD = "LoraBridgeLoadFile"
+NODE_APPLY = "LoraBridgeApply"
+NODE_APPLY_STACK = "LoraBridgeApplyStack"
+NODE_TRIGGER_WORDS = "LoraBridgeTriggerWords"
+
+STRENGTH_MIN, STRENGTH_MAX, STRENGTH_STEP = -100.0, 100.0, 0.01
+ON_MISMATCH = ("error", "skip", "apply anyway")
+APPLY_MODES = ("merge", "hotswap")
+OnMismatch = Literal["error", "skip", "apply anyway"]
+ApplyMode = Literal["merge", "hotswap"]
+
+Strength = Annotated[float, Field(ge=STRENGTH_MIN, le=STRENGTH_MAX, allow_inf_nan=False, strict=False)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+SourceText = Annotated[str, Field(min_length=1, max_length=4096)]
+FileName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\\\x00]+$")]
+ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ProtocolError(LoraBridgeError):
+    """A payload of the bridge/pack contract is malformed; the message names the field."""
+
+
+class _Closed(BaseModel):
+    """Closed objects: unknown fields are refused, strings are not coerced from numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _finite_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+class StackEntry(_Closed):
+    """One LoRA of a stack: a ``source`` (s3://, https://) or a ``name`` in the pod's ``loras`` folders."""
+
+    source: SourceText | None = None
+    name: FileName | None = None
+    sha256: Sha256 | None = None
+    strength_model: Strength = 1.0
+    strength_clip: Strength = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checks(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("strength_model", "strength_clip"):
+                if key in data:
+                    _finite_number(data[key])
+            if data.get("sha256") == "":
+                data = {**data, "sha256": None}
+        return data
+
+    @model_validator(mode="after")
+    def _has_source(self) -> "StackEntry":
+        if not self.source and not self.name:
+            raise ValueError("needs a 'source' (s3://, https://) or a 'name' (file in the loras folders)")
+        return self
+
+    @property
+    def fetch_source(self) -> str:
+        """What the pod fetches: the source, else the ``loras`` file name."""
+        return self.source or self.name or ""
+
+    @property
+    def link_name(self) -> str | None:
+        """The name to link a fetched source under (a bare name needs no link)."""
+        return self.name if self.source else None
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """Pydantic's errors as one line naming each place: ``loras[1].strength_model: Input should be <= 100``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = prefix
+        for loc in err["loc"]:
+            where += f"[{loc}]" if isinstance(loc, int) else (f".{loc}" if where else str(loc))
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses what RFC 8259 does not allow (``NaN``, ``Infinity``)."""
+    def refuse(constant: str) -> Any:
+        raise ProtocolError(f"{constant} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not valid JSON: {exc}") from None
+
+
+def parse_stack(text: str) -> list[StackEntry]:
+    """The ``loras`` input of ``Apply LoRA Stack``; ``ProtocolError`` names the entry and field at fault."""
+    items = strict_json(text) if text.strip() else []
+    if not isinstance(items, list):
+        raise ProtocolError("loras must be a JSON list of objects")
+    entries = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"loras[{i}] must be an object")
+        try:
+            entries.append(StackEntry.model_validate(item))
+        except ValidationError as exc:
+            raise ProtocolError(describe_validation_error(exc, f"loras[{i}]")) from None
+    return entries
+
+
+def encode_stack(entries: list[StackEntry]) -> str:
+    """The compact JSON that ``parse_stack`` reads back (fields at their defaults are left out)."""
+    return json.dumps([e.model_dump(exclude_none=True) for e in entries], separators=(",", ":"))
+
+
+def check_strength(value: Any, name: str) -> float:
+    """A strength within the nodes' bounds (finite, not a boolean), or ``ProtocolError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not STRENGTH_MIN <= value <= STRENGTH_MAX:
+        raise ProtocolError(f"{name} must be a number between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}, got {value!r}")
+    return float(value)
+
+
+# -- pod routes ---------------------------------------------------------------------------------
+
+ROUTE_PREFIX = "/lora_bridge"
+ROUTE_CACHE = f"{ROUTE_PREFIX}/cache"
+ROUTE_CACHE_CLEAR = f"{ROUTE_PREFIX}/cache/clear"
+ROUTE_PREFETCH = f"{ROUTE_PREFIX}/prefetch"
+ROUTE_PREFETCH_CANCEL = f"{ROUTE_PREFIX}/prefetch/cancel"
+ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
+ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
+PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}
+
+
+class PrefetchRequest(_Closed):
+    """``POST /lora_bridge/prefetch``: download a LoRA into the pod's caches ahead of a job."""
+
+    source: SourceText
+    sha256: Sha256 | None = None
+    name: FileName | None = None
+    memory: StrictBool = False
+    client_id: ClientId | None = Field(None, description="WebSocket client that receives progress messages")
+    request_id: ClientId | None = Field(None, description="names this download for prefetch/cancel")
+
+
+class PrefetchCancel(_Closed):
+    """``POST /lora_bridge/prefetch/cancel``: stop the downloads started under ``request_id``."""
+
+    request_id: ClientId
+
+
+class CacheClear(_Closed):
+    """``POST /lora_bridge/cache/clear``: ``memory`` (default) and/or unpinned, unused ``disk`` files."""
+
+    memory: StrictBool = True
+    disk: StrictBool = False
+
+
+def parse_payload(model: type[_Closed], raw: bytes) -> Any:
+    """A pod route's JSON body as ``model`` (an empty body means all defaults); ``ProtocolError`` otherwise."""
+    data = strict_json(raw) if raw.strip() else {}
+    if not isinstance(data, dict):
+        raise ProtocolError("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc)) from None
+
+
+POD_ROUTE_MODELS: dict[str, type[_Closed]] = {
+    ROUTE_PREFETCH: PrefetchRequest, ROUTE_PREFETCH_CANCEL: PrefetchCancel, ROUTE_CACHE_CLEAR: CacheClear,
+}

@@ -1,0 +1,405 @@
+"""The bridge HTTP service (aiohttp): LoRA registry, generations with live progress, pods.
+
+Each route is declared once in ``ROUTES`` with the models of its inputs (``schemas.py``):
+the request is parsed into those models before the handler runs, and ``/openapi.json`` is
+generated from the same declarations. Errors have one shape, ``{"error": {"type",
+"message"}}``, chosen by the table in ``http_errors.py``. With API keys configured
+(``LORA_BRIDGE_API_KEYS``) every ``/v1`` route needs ``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import BaseModel, ValidationError
+
+from ..errors import NotFound, RequestInvalid
+from ..lorafiles.inspect import inspect_source
+from ..lorafiles.sources import FetchPolicy
+from ..openapi import RouteSpec, openapi_document
+from ..pack_protocol import (
+    ROUTE_CACHE,
+    ROUTE_CACHE_CLEAR,
+    CacheClear,
+    describe_validation_error,
+    strict_json,
+)
+from ..pods.pool import PodPool, PodStatus
+from ..settings import Settings
+from . import schemas as s
+from .database import Database
+from .http_errors import answer, error_response
+from .job_states import is_terminal
+from .jobs import Generations, job_view
+from .uploads import LoraUploads
+
+log = logging.getLogger("lora_bridge.service")
+MAX_BODY = 1024 * 1024
+DB = web.AppKey("db", Database)
+POOL = web.AppKey("pool", PodPool)
+SETTINGS = web.AppKey("settings", Settings)
+POLICY = web.AppKey("policy", FetchPolicy)
+UPLOADS = web.AppKey("uploads", LoraUploads)
+GENERATIONS = web.AppKey("generations", Generations)
+OPENAPI = web.AppKey("openapi", dict)
+VERSION = "0.2.0"
+
+
+@dataclass
+class Inputs:
+    """A request's inputs, parsed: ``body``, ``query``, ``path`` and ``headers`` models (or None)."""
+
+    body: Any = None
+    query: Any = None
+    path: Any = None
+    headers: Any = None
+
+
+Handler = Callable[[web.Request, Inputs], Awaitable[web.StreamResponse]]
+
+
+def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestInvalid(describe_validation_error(exc, where)) from None
+
+
+async def parse(request: web.Request, spec: RouteSpec) -> Inputs:
+    """Parse every input of ``request`` against ``spec``'s models (``RequestInvalid`` names the field)."""
+    inputs = Inputs()
+    if spec.path_params is not None:
+        inputs.path = _validate(spec.path_params, dict(request.match_info), "path")
+    if spec.query is not None:
+        inputs.query = _validate(spec.query, dict(request.query), "query")
+    elif request.query:
+        raise RequestInvalid(f"query: unknown parameter(s) {sorted(request.query)}")
+    if spec.headers is not None:
+        inputs.headers = _validate(spec.headers, dict(request.headers), "header")
+    if spec.body is not None and spec.content_type == "application/json":
+        raw = await request.read()
+        data = strict_json(raw) if raw.strip() else {}
+        if not isinstance(data, dict):
+            raise RequestInvalid("body: must be a JSON object")
+        inputs.body = _validate(spec.body, data, "body")
+    return inputs
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    keys: tuple[str, ...] = request.app[SETTINGS].api_keys
+    if keys and request.path.startswith("/v1"):
+        given = request.headers.get("Authorization", "").encode()
+        if not any(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in keys):
+            return error_response(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # mapped by the one error table; unknown ones are logged as bugs
+        return answer(exc)
+
+
+def _gens(request: web.Request) -> Generations:
+    return request.app[GENERATIONS]
+
+
+# -- LoRA registry ---------------------------------------------------------------------------------
+
+
+async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
+    body: s.LoraCreate = inputs.body
+    fields = body.registry_fields()
+    source = fields.get("source")
+    if source and not fields.get("family"):  # fill family, rank, trigger word from the header (ranged reads)
+        policy: FetchPolicy = request.app[POLICY]
+        info = await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
+        fields.setdefault("family", info.family)
+        fields.setdefault("rank", info.rank)
+        fields.setdefault("size", info.size)
+        if not fields.get("trigger_word") and info.trigger_words:
+            fields["trigger_word"] = info.trigger_words[0]
+        fields["metadata"] = {**info.metadata, **(fields.get("metadata") or {})}
+    return web.json_response(request.app[DB].add_lora(fields), status=201)
+
+
+async def list_loras(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response({"loras": request.app[DB].list_loras(**inputs.query.filters())})
+
+
+async def get_lora(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(request.app[DB].get_lora(inputs.path.id))
+
+
+async def lora_metadata(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(request.app[DB].get_lora(inputs.path.id)["metadata"])
+
+
+async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(request.app[DB].update_lora(inputs.path.id, inputs.body.registry_fields()))
+
+
+async def delete_lora(request: web.Request, inputs: Inputs) -> web.Response:
+    request.app[DB].delete_lora(inputs.path.id)
+    return web.Response(status=204)
+
+
+async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
+    """Multipart ``file`` + ``UploadFields``: staged, checked whole, then kept and registered."""
+    if not request.content_type.startswith("multipart/"):
+        raise RequestInvalid("body: send multipart/form-data with a 'file' part (a .safetensors LoRA)")
+    uploads: LoraUploads = request.app[UPLOADS]
+    texts: dict[str, str] = {}
+    staged = None
+    try:
+        try:
+            async for part in await request.multipart():
+                if not isinstance(part, BodyPartReader):
+                    raise RequestInvalid("body: nested multipart parts are not accepted")
+                if part.name == "file" and staged is None:
+                    staged = await uploads.stage(part)
+                elif part.name and part.name != "file" and part.name not in texts:
+                    texts[part.name] = (await part.text()).strip()
+                else:
+                    raise RequestInvalid(f"body: unexpected or repeated form part {part.name!r}")
+        except (ValueError, RuntimeError, HttpProcessingError) as exc:  # what aiohttp raises for a malformed body
+            raise RequestInvalid(f"body: malformed multipart/form-data ({exc})") from None
+        if staged is None:
+            raise RequestInvalid("body: multipart field 'file' is required")
+        lora = _validate(s.UploadFields, {k: v for k, v in texts.items() if v}, "form").lora(staged.filename)
+        source = await uploads.commit(staged)
+    except BaseException:
+        if staged is not None:
+            uploads.discard(staged)
+        raise
+    info = staged.info
+    record = {**lora.registry_fields(), "source": source, "sha256": info.sha256, "size": info.size, "rank": info.rank,
+              "family": lora.family or info.family, "metadata": info.metadata,
+              "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)}
+    return web.json_response(request.app[DB].add_lora(record), status=201)
+
+
+# -- generations ---------------------------------------------------------------------------------
+
+
+async def create_generation(request: web.Request, inputs: Inputs) -> web.Response:
+    gens = _gens(request)
+    job_id = gens.start(inputs.body)
+    if not inputs.query.waits:
+        return web.json_response({"id": job_id, "status": "queued"}, status=202)
+    while not is_terminal(gens.db.get_job(job_id)["status"]) and not gens.stopping:
+        await gens.wait_change(job_id, 1.0)
+    return web.json_response(job_view(gens.db.get_job(job_id)))
+
+
+async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(job_view(request.app[DB].get_job(inputs.path.id)))
+
+
+def _resume_point(inputs: Inputs) -> int:
+    header = inputs.headers.last_event_id if inputs.headers is not None else None
+    return header if header is not None else inputs.query.last_event_id
+
+
+async def _job_events(gens: Generations, job_id: str, last: int, heartbeat: float,
+                      send: Callable[[int, str, dict[str, Any]], Awaitable[None]],
+                      beat: Callable[[], Awaitable[None]]) -> None:
+    """Send the job's events after ``last`` until it has ended (a heartbeat while nothing happens)."""
+    while True:
+        for seq, type, data in gens.db.events(job_id, last):
+            await send(seq, type, data)
+            last = seq
+        if is_terminal(gens.db.get_job(job_id)["status"]) and not gens.db.events(job_id, last) or gens.stopping:
+            return
+        if not await gens.wait_change(job_id, heartbeat):
+            await beat()
+
+
+async def generation_events(request: web.Request, inputs: Inputs) -> web.StreamResponse:
+    """Server-Sent Events; resumable with ``Last-Event-ID`` (or ``?last_event_id=``); ``: heartbeat`` comments."""
+    gens = _gens(request)
+    job_id = inputs.path.id
+    gens.db.get_job(job_id)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+
+    async def send(seq: int, type: str, data: dict[str, Any]) -> None:
+        await resp.write(f"id: {seq}\nevent: {type}\ndata: {json.dumps(data, default=str)}\n\n".encode())
+
+    async def beat() -> None:
+        await resp.write(b": heartbeat\n\n")
+
+    await _job_events(gens, job_id, _resume_point(inputs), request.app[SETTINGS].stream_heartbeat_s, send, beat)
+    return resp
+
+
+async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketResponse:
+    """The WebSocket twin of the SSE stream: ``{"id", "event", "data"}`` messages (pings keep it alive)."""
+    gens = _gens(request)
+    job_id = inputs.path.id
+    gens.db.get_job(job_id)
+    heartbeat = request.app[SETTINGS].stream_heartbeat_s
+    ws = web.WebSocketResponse(heartbeat=heartbeat)
+    await ws.prepare(request)
+
+    async def send(seq: int, type: str, data: dict[str, Any]) -> None:
+        await ws.send_json({"id": seq, "event": type, "data": data}, dumps=lambda o: json.dumps(o, default=str))
+
+    async def beat() -> None:
+        if ws.closed:
+            raise ConnectionResetError("client went away")
+
+    try:
+        await _job_events(gens, job_id, _resume_point(inputs), heartbeat, send, beat)
+    except ConnectionResetError:
+        pass
+    await ws.close()
+    return ws
+
+
+async def generation_output(request: web.Request, inputs: Inputs) -> web.StreamResponse:
+    job = request.app[DB].get_job(inputs.path.id)
+    outputs = job["result"].get("outputs") or []
+    if not inputs.path.n < len(outputs):
+        raise NotFound(f"generation {job['id']} has {len(outputs)} output(s)")
+    return web.FileResponse(_gens(request).outputs_dir / job["id"] / outputs[inputs.path.n])
+
+
+async def cancel_generation(request: web.Request, inputs: Inputs) -> web.Response:
+    await _gens(request).cancel(inputs.path.id)
+    return web.json_response(job_view(request.app[DB].get_job(inputs.path.id)))
+
+
+# -- pods ----------------------------------------------------------------------------------------
+
+
+def _pod(request: web.Request, index: int) -> PodStatus:
+    pods = list(request.app[POOL].status.values())
+    if index >= len(pods):
+        raise NotFound(f"no pod {index}; pods are numbered 0..{len(pods) - 1}")
+    return pods[index]
+
+
+async def clear_pod_cache(request: web.Request, inputs: Inputs) -> web.Response:
+    pod = _pod(request, inputs.path.id)
+    body: CacheClear = inputs.body
+    async with request.app[POOL].client(pod) as client:
+        result = await client.post_json(ROUTE_CACHE_CLEAR, body.model_dump())
+    return web.json_response({"pod": pod.config.name, **result})
+
+
+async def cache_stats(request: web.Request, inputs: Inputs) -> web.Response:
+    """Disk and memory cache statistics of every pack pod, and their totals."""
+    pool: PodPool = request.app[POOL]
+    per_pod, totals = [], {"hits": 0, "misses": 0, "evictions": 0, "entries": 0, "bytes": 0}
+    for pod in await pool.refresh(force=True):
+        if not (pod.healthy and pod.pack):
+            continue
+        async with pool.client(pod) as client:
+            cache = await client.get_json(ROUTE_CACHE)
+        stats = {part: {k: v for k, v in cache[part].items() if k != "items"} for part in ("disk", "memory")}
+        per_pod.append({"pod": pod.config.name, **stats})
+        for part in ("disk", "memory"):
+            for key in totals:
+                totals[key] += stats[part].get(key, 0)
+    lookups = totals["hits"] + totals["misses"]
+    return web.json_response({"pods": per_pod, "total": {**totals, "hit_rate": round(totals["hits"] / lookups, 4) if lookups else 0.0}})
+
+
+async def list_pods(request: web.Request, inputs: Inputs) -> web.Response:
+    pool: PodPool = request.app[POOL]
+    return web.json_response({"pods": [p.summary() for p in await pool.refresh(force=True)]})
+
+
+async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
+    pool: PodPool = request.app[POOL]
+    lines = ["# TYPE lora_bridge_pod_healthy gauge"]
+    lines += [f'lora_bridge_pod_healthy{{pod="{p.config.name}"}} {int(p.healthy)}' for p in pool.status.values()]
+    lines.append("# TYPE lora_bridge_pod_queue gauge")
+    lines += [f'lora_bridge_pod_queue{{pod="{p.config.name}"}} {p.queue}' for p in pool.status.values()]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def openapi(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+R = RouteSpec
+ROUTES: list[tuple[RouteSpec, Handler]] = [
+    (R("POST", "/v1/loras", "Register a LoRA (S3 key or URL; header inspected for what is left out)", body=s.LoraCreate,
+       responses={201: "created", 422: "the source cannot be used"}), create_lora),
+    (R("GET", "/v1/loras", "List LoRAs", query=s.LoraQuery), list_loras),
+    (R("POST", "/v1/loras/upload", "Upload a .safetensors LoRA (multipart 'file' + fields) and register it",
+       body=s.UploadForm, content_type="multipart/form-data", responses={201: "created", 422: "not a usable LoRA"}),
+     upload_lora),
+    (R("GET", "/v1/loras/{id}", "One LoRA", path_params=s.JobPath, responses={200: "LoRA", 404: "unknown"}), get_lora),
+    (R("PATCH", "/v1/loras/{id}", "Update a LoRA", path_params=s.JobPath, body=s.LoraPatch,
+       responses={200: "LoRA", 404: "unknown"}), patch_lora),
+    (R("DELETE", "/v1/loras/{id}", "Delete a LoRA", path_params=s.JobPath, responses={204: "deleted", 404: "unknown"}),
+     delete_lora),
+    (R("GET", "/v1/loras/{id}/metadata", "The LoRA file's metadata", path_params=s.JobPath,
+       responses={200: "metadata", 404: "unknown"}), lora_metadata),
+    (R("POST", "/v1/generations", "Start a generation (template + params or workflow; LoRAs by id, owner or "
+       "lora_configs; lora_policy strict|fallback; ?wait=true)", body=s.GenerationCreate, query=s.WaitQuery,
+       responses={202: "job id", 200: "the ended job (wait=true)", 422: "refused (strict policy, graph)"}),
+     create_generation),
+    (R("GET", "/v1/generations/{id}", "Job state, applied LoRAs, warnings, pod, timings, cost, outputs",
+       path_params=s.JobPath, responses={200: "job", 404: "unknown"}), get_generation),
+    (R("DELETE", "/v1/generations/{id}", "Cancel (in any state; an ended job is returned as it is)",
+       path_params=s.JobPath, responses={200: "job", 404: "unknown"}), cancel_generation),
+    (R("GET", "/v1/generations/{id}/events", "Server-Sent Events (Last-Event-ID resumes; ': heartbeat' comments)",
+       path_params=s.JobPath, query=s.EventsQuery, headers=s.EventsHeaders,
+       responses={200: "text/event-stream", 404: "unknown"}), generation_events),
+    (R("GET", "/v1/generations/{id}/ws", "WebSocket twin of the events", path_params=s.JobPath, query=s.EventsQuery,
+       responses={101: "upgrade", 404: "unknown"}), generation_ws),
+    (R("GET", "/v1/generations/{id}/outputs/{n}", "Output file n", path_params=s.OutputPath,
+       responses={200: "file", 404: "unknown"}), generation_output),
+    (R("GET", "/v1/pods", "Pods: health, queue, mode, cache"), list_pods),
+    (R("POST", "/v1/pods/{id}/cache/clear", "Clear a pod's memory and/or disk cache", path_params=s.PodPath,
+       body=CacheClear, responses={200: "cleared", 404: "no such pod", 502: "the pod refused", 503: "pod unreachable"}),
+     clear_pod_cache),
+    (R("GET", "/v1/cache/stats", "Cache statistics across pods"), cache_stats),
+    (R("GET", "/healthz", "Liveness", auth=False), healthz),
+    (R("GET", "/metrics", "Prometheus text", auth=False), metrics),
+    (R("GET", "/openapi.json", "This document", auth=False), openapi),
+]
+
+
+def _bind(spec: RouteSpec, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await handler(request, await parse(request, spec))
+
+    return route
+
+
+def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy,
+               uploads: LoraUploads) -> web.Application:
+    """The service; ``on_startup`` resumes unfinished jobs, ``on_shutdown`` detaches from running ones."""
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
+    app[DB], app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = db, pool, settings, policy, uploads
+    app[GENERATIONS] = gens = Generations(db, pool, outputs_dir, settings, policy)
+    app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
+
+    async def on_startup(app: web.Application) -> None:
+        gens.resume_unfinished()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await gens.detach_all()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    for spec, handler in ROUTES:
+        app.router.add_route(spec.method, spec.path, _bind(spec, handler))
+    return app

@@ -1,0 +1,68 @@
+"""The job state machine: states, the transitions allowed between them, and what each means.
+
+    queued ─▶ preparing ─▶ submitted ─▶ running ─▶ succeeded
+                 ▲  │           │          │
+                 └──┴─(failover)┴──────────┘      any non-terminal ─▶ failed | cancelled
+                                                  submitted, running ─▶ interrupted
+
+- ``queued``: accepted and stored; nothing has happened on a pod yet.
+- ``preparing``: a pod is being chosen, the graph built, the LoRAs prefetched on the pod.
+- ``submitted``: the prompt is in the pod's queue (prompt id known).
+- ``running``: the pod executes it.
+- ``succeeded``: outputs saved. ``failed``: with the reason. ``cancelled``: the caller asked.
+- ``interrupted``: the pod stopped it without our asking (someone pressed Cancel in ComfyUI).
+
+A pod that dies sends the job back to ``preparing`` on another pod. Every transition is stored
+together with its event (``Database.transition``), so the event log and the state never disagree.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ..errors import LoraBridgeError
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
+ON_A_POD = frozenset({JobState.SUBMITTED, JobState.RUNNING})
+_ENDS = {JobState.FAILED, JobState.CANCELLED}
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.PREPARING, *_ENDS}),
+    JobState.PREPARING: frozenset({JobState.SUBMITTED, JobState.PREPARING, *_ENDS}),
+    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.PREPARING, *_ENDS}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.PREPARING, *_ENDS}),
+    **{state: frozenset() for state in TERMINAL},
+}
+
+
+class IllegalTransition(LoraBridgeError):
+    """A transition the state machine does not allow (a bug, or a job that already ended)."""
+
+
+def check_transition(current: str, new: str) -> JobState:
+    """``new`` as a ``JobState`` if the machine allows ``current -> new``; ``IllegalTransition`` otherwise."""
+    try:
+        src, dst = JobState(current), JobState(new)
+    except ValueError:
+        raise IllegalTransition(f"unknown job state in {current!r} -> {new!r}") from None
+    if dst not in TRANSITIONS[src]:
+        raise IllegalTransition(f"a {src} job cannot become {dst}")
+    return dst
+
+
+def is_terminal(state: str) -> bool:
+    return state in {s.value for s in TERMINAL}

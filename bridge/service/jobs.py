@@ -1,0 +1,395 @@
+"""Generation jobs: planned from the registry (with fallback), run on the pool, driven through
+the state machine of ``job_states.py``, persisted as they go.
+
+Guarantees:
+
+- **A job always ends.** Every path out of a runner (success, a refusal, a pod error, an
+  exception nobody expected, a cancel) ends in a terminal state with its reason.
+- **Nothing known is lost.** The prompt id is stored *before* the prompt is sent; pod,
+  applied/skipped LoRAs, trigger words and warnings as soon as they are known; the start of
+  execution as a timestamp, so GPU-seconds and cost count across restarts.
+- **Stopping is not cancelling.** A graceful stop (or a crash) leaves jobs running on their
+  pods; the next start re-attaches by prompt id, or runs again what never reached a pod. A
+  job that cannot be resumed fails with the reason; start-up never fails because of one job.
+- **Cancel works in every state**: a queued or preparing job stops (its pod-side LoRA
+  downloads too), a prompt pending in the pod's queue is removed, a running one interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable
+
+from pydantic import ValidationError
+
+from ..errors import (
+    GenerationRefused,
+    JobInterrupted,
+    LoraBridgeError,
+    NotFound,
+    PodError,
+    PromptLost,
+)
+from ..graphs.convert import check_editor_workflow, is_ui_workflow
+from ..graphs.lora_insertion import InsertionReport, LoraRequest
+from ..graphs.templates import load_template
+from ..lorafiles.sources import FetchPolicy, check_source, parse_source
+from ..pack_protocol import describe_validation_error
+from ..pods.client import OutputFile, PodEvent
+from ..pods.generation import run_generation
+from ..pods.pool import PodPool, PrefetchFailed
+from ..settings import Settings
+from . import webhooks
+from .database import Database
+from .job_states import JobState, is_terminal
+from .schemas import GenerationCreate
+
+log = logging.getLogger("lora_bridge.jobs")
+INTERNAL_RESULT_FIELDS = ("client_id",)
+RUNNING_EVENTS = {"started", "executing", "progress", "cached", "output"}
+
+
+class OutputsNotSaved(LoraBridgeError):
+    """The pod produced the outputs, but they could not be stored or uploaded."""
+
+
+def job_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the API shows it (internal fields left out)."""
+    result = {k: v for k, v in job["result"].items() if k not in INTERNAL_RESULT_FIELDS}
+    return {"id": job["id"], "status": job["status"], "pod": job["pod"], "prompt_id": job["prompt_id"],
+            "created": job["created"], "updated": job["updated"], **result}
+
+
+@dataclass
+class Plan:
+    """What a request becomes before it runs: the LoRAs to apply, warnings, final parameters."""
+
+    request: GenerationCreate
+    loras: list[LoraRequest]
+    params: dict[str, Any]
+    family: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Generations:
+    """Starts, follows, cancels and resumes generation jobs (one instance per service)."""
+
+    def __init__(self, db: Database, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy) -> None:
+        self.db, self.pool, self.outputs_dir, self.settings, self.policy = db, pool, outputs_dir, settings, policy
+        self.changed: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancel_requested: set[str] = set()
+        self.stopping = False
+
+    # -- planning (pure: registry in, plan out) ---------------------------------------------------
+
+    def resolve_loras(self, request: GenerationCreate, family: str | None) -> tuple[list[LoraRequest], list[str], list[str]]:
+        """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped."""
+        strict = request.lora_policy == "strict"
+        wanted: list[tuple[dict[str, Any] | None, str, float, float]] = []
+        for ref in request.lora_refs:
+            try:
+                rec = self.db.get_lora(ref.lora_id)
+            except NotFound:
+                rec = None
+            clip = ref.strength_model if ref.strength_clip is None else ref.strength_clip
+            wanted.append((rec, ref.lora_id, ref.strength_model, clip))
+        for kind in ("character", "brand"):
+            owner = getattr(request, f"{kind}_id")
+            if owner is not None:
+                rec = self.db.latest_for_owner(kind, str(owner), family)
+                wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength))
+        loras, warnings, styles = [], [], []
+        for rec, label, sm, sc in wanted:
+            reason = None
+            if rec is None:
+                reason = f"LoRA {label} not found" + (f" for base model {family}" if family else "")
+            elif rec["status"] != "ready":
+                reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['status']}, not ready"
+            elif family and rec["family"] not in (None, "unknown", family):
+                reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['family']}; the model is {family}"
+            elif not rec["source"]:
+                reason = f"LoRA {rec['id']} ({rec['name']}) has no source"
+            if reason:
+                if strict:
+                    raise GenerationRefused(reason)
+                warnings.append(reason + "; generating without it")
+                if rec and rec.get("fallback_style"):
+                    styles.append(rec["fallback_style"])
+                continue
+            assert rec is not None
+            loras.append(LoraRequest(f"lora-{rec['id']}", sm, sc, source=rec["source"], sha256=rec["sha256"],
+                                     family=rec["family"], trigger_words=(rec["trigger_word"],) if rec["trigger_word"] else ()))
+        return loras, warnings, styles
+
+    def prepare(self, request: GenerationCreate) -> Plan:
+        """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
+        if request.webhook_url:
+            if not self.settings.webhook_secret:
+                raise GenerationRefused("webhooks need LORA_BRIDGE_WEBHOOK_SECRET to be configured (they are signed)")
+            check_source(parse_source(request.webhook_url), self.policy)
+        if request.workflow is not None and is_ui_workflow(request.workflow):
+            check_editor_workflow(request.workflow)  # what needs the pod's node list is checked on the pod
+        params = dict(request.params)
+        family = request.family
+        template = load_template(request.template) if request.template is not None else None
+        if template is not None:
+            template.render(**params)  # parameter errors now, as 400s
+            family = family or template.family
+        loras, warnings, styles = self.resolve_loras(request, family)
+        if styles and template is not None and "prompt" in template.params:
+            prompt = params.get("prompt", template.params["prompt"].default)
+            params["prompt"] = ", ".join([str(prompt), *styles])
+            warnings.append(f"prompt-only fallback: appended {', '.join(styles)!r} to the prompt")
+        return Plan(request, loras, params, family, warnings)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, request: GenerationCreate) -> str:
+        """Plan, store as ``queued`` and start a job; refusals raise before anything is stored."""
+        plan = self.prepare(request)
+        events = [("queued", {}), *(("warning", {"message": w}) for w in plan.warnings)]
+        job_id = self.db.add_job(request.model_dump(mode="json", exclude_defaults=True),
+                                 {"warnings": plan.warnings}, events)
+        self._spawn(job_id, self._run(job_id, plan))
+        return job_id
+
+    def resume_unfinished(self) -> None:
+        """After a restart: re-attach to jobs on their pods, run again what never reached one.
+        Each job is resumed on its own; one that cannot be resumed fails with the reason."""
+        for job in self.db.unfinished_jobs():
+            try:
+                request = GenerationCreate.model_validate(job["request"])
+            except ValidationError as exc:
+                self._end(job["id"], JobState.FAILED, f"cannot resume: the stored request is no longer valid "
+                                                      f"({describe_validation_error(exc)})")
+                continue
+            self.db.add_event(job["id"], "resumed", {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"]})
+            if job["prompt_id"] and job["pod"]:
+                self._spawn(job["id"], self._follow(job["id"], request))
+            else:
+                self._spawn(job["id"], self._replan_and_run(job["id"], request))
+
+    async def detach_all(self) -> None:
+        """Graceful stop: let go of every job without ending it (the next start re-attaches)."""
+        self.stopping = True
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for event in list(self.changed.values()):
+            event.set()
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel in any state: stop the runner, then whatever the pod still does for the job."""
+        if is_terminal(self.db.get_job(job_id)["status"]):
+            return
+        self.cancel_requested.add(job_id)
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=30)
+        else:
+            self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
+            self.cancel_requested.discard(job_id)
+        job = self.db.get_job(job_id)
+        pod = self.pool.by_name(job["pod"])
+        if pod is None:
+            return
+        try:  # the prompt id is stored before submission, so a prompt in flight is found too
+            if job["prompt_id"]:
+                async with self.pool.client(pod, timeout=10) as client:
+                    await client.cancel(job["prompt_id"])
+            await self.pool.cancel_prefetch(pod, job_id)
+        except PodError as exc:
+            self.record(job_id, "warning", {"message": f"the pod did not confirm the cancel: {exc}"})
+
+    # -- runners ---------------------------------------------------------------------------------
+
+    def _spawn(self, job_id: str, runner: Awaitable[None]) -> None:
+        self.tasks[job_id] = asyncio.ensure_future(self._guarded(job_id, runner))
+
+    async def _guarded(self, job_id: str, runner: Awaitable[None]) -> None:
+        """Run ``runner`` so that every way out ends the job with its reason (or detaches it on a stop)."""
+        try:
+            await runner
+        except asyncio.CancelledError:
+            if job_id in self.cancel_requested:
+                self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
+            elif self.stopping:
+                self.record(job_id, "detached", {"message": "the service stopped; the job resumes at the next start"})
+                raise
+            else:
+                self._end(job_id, JobState.FAILED, "the job's runner was stopped unexpectedly")
+        except JobInterrupted as exc:
+            cancelled = job_id in self.cancel_requested
+            self._end(job_id, JobState.CANCELLED if cancelled else JobState.INTERRUPTED,
+                      "cancelled by the caller" if cancelled else f"{exc} (not by the bridge)")
+        except LoraBridgeError as exc:
+            self._end(job_id, JobState.FAILED, str(exc))
+        except Exception as exc:  # a bug: the job still ends, with the reason, and the log has the traceback
+            log.exception("job %s: unexpected error", job_id)
+            self._end(job_id, JobState.FAILED, f"internal error ({type(exc).__name__}: {exc})")
+        finally:
+            self.tasks.pop(job_id, None)
+            self.cancel_requested.discard(job_id)
+            self._signal(job_id)
+        await self._notify(job_id)
+
+    async def _replan_and_run(self, job_id: str, request: GenerationCreate) -> None:
+        await self._run(job_id, self.prepare(request))
+
+    async def _run(self, job_id: str, plan: Plan) -> None:
+        self._transition(job_id, JobState.PREPARING, "preparing")
+        req, loras = plan.request, list(plan.loras)
+
+        def built(report: InsertionReport) -> None:
+            self.db.patch_job(job_id, {"applied": report.applied, "skipped": report.skipped,
+                                       "trigger_words": report.trigger_words,
+                                       "warnings": plan.warnings + report.warnings})
+
+        while True:
+            try:
+                outcome = await run_generation(self.pool, loras, template=req.template, params=plan.params,
+                                               workflow=req.workflow, on_event=lambda e: self._on_pod_event(job_id, e),
+                                               apply_mode=req.apply_mode, family=plan.family, on_built=built,
+                                               request_id=job_id)
+                break
+            except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
+                if req.lora_policy == "strict":
+                    raise
+                loras = [lora for lora in loras if lora is not exc.lora]
+                plan.warnings.append(f"{exc}; generating without it")
+                self.db.patch_job(job_id, {"warnings": plan.warnings}, "warning", {"message": plan.warnings[-1]})
+                self._signal(job_id)
+        await self._complete(job_id, outcome.files)
+
+    async def _follow(self, job_id: str, request: GenerationCreate) -> None:
+        """Re-attach to a prompt on its pod; one the pod does not know runs again."""
+        job = self.db.get_job(job_id)
+        pod = self.pool.by_name(job["pod"])
+        if pod is None:
+            raise GenerationRefused(f"cannot resume: pod {job['pod']} is no longer configured")
+        try:
+            async with self.pool.client(pod, timeout=300) as client:
+                result = await client.run({}, lambda e: self._on_pod_event(job_id, e), prompt_id=job["prompt_id"],
+                                          client_id=job["result"].get("client_id"), follow=True)
+        except PromptLost as exc:
+            self.record(job_id, "warning", {"message": f"{exc}; running it again"})
+            await self._replan_and_run(job_id, request)
+            return
+        await self._complete(job_id, result.files)
+
+    async def _complete(self, job_id: str, files: list[OutputFile]) -> None:
+        """Store the outputs (and upload them), then ``succeeded`` with timings and cost."""
+        out_dir = self.outputs_dir / job_id
+        names = [Path(f.filename).name for f in files]
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for f, name in zip(files, names):
+                (out_dir / name).write_bytes(f.data)
+        except OSError as exc:
+            raise OutputsNotSaved(f"the outputs could not be saved in {out_dir}: {exc}") from None
+        result: dict[str, Any] = {"outputs": names}
+        bucket = self.settings.output_bucket
+        if bucket:
+            try:
+                result["output_urls"] = await asyncio.get_running_loop().run_in_executor(
+                    None, self._upload_outputs, job_id, [out_dir / n for n in names])
+            except Exception as exc:  # botocore raises many types; all mean the same here
+                raise OutputsNotSaved(f"the outputs are on the bridge but could not be uploaded to s3://{bucket}: "
+                                      f"{type(exc).__name__}: {exc}") from None
+        job = self.db.get_job(job_id)
+        now = time.time()
+        seconds = max(0.0, now - job["result"]["started_at"]) if "started_at" in job["result"] else 0.0
+        result.update(finished_at=now, gpu_seconds=round(seconds, 3),
+                      cost=round(seconds * self.settings.cost_per_hour / 3600, 6), reason="completed")
+        self._transition(job_id, JobState.SUCCEEDED, "succeeded", result=result, data={"outputs": names})
+
+    def _upload_outputs(self, job_id: str, files: list[Path], expires: int = 24 * 3600) -> list[str]:
+        """Copy a job's outputs to S3 (``s3://bucket/generations/<job>/<file>``); presigned GET URLs."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.policy.s3_endpoint)
+        urls = []
+        for path in files:
+            key = f"generations/{job_id}/{path.name}"
+            s3.upload_file(str(path), self.settings.output_bucket, key)
+            urls.append(s3.generate_presigned_url("get_object", Params={"Bucket": self.settings.output_bucket, "Key": key},
+                                                  ExpiresIn=expires))
+        return urls
+
+    # -- state and events ------------------------------------------------------------------------
+
+    def _transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
+                    result: dict[str, Any] | None = None, **columns: Any) -> None:
+        self.db.transition(job_id, state, event, data, result, **columns)
+        self._signal(job_id)
+
+    def _end(self, job_id: str, state: JobState, reason: str) -> None:
+        """Terminal state with its reason; a job that already ended stays as it ended."""
+        if is_terminal(self.db.get_job(job_id)["status"]):
+            return
+        result = {"reason": reason, "finished_at": time.time(), **({"error": reason} if state != JobState.CANCELLED else {})}
+        self._transition(job_id, state, state.value, {"message": reason}, result)
+
+    def _on_pod_event(self, job_id: str, event: PodEvent) -> None:
+        """A pod event as state and record: prompt id stored before submission, then the transitions."""
+        if event.type == "preview":
+            return
+        data = event.data
+        status = self.db.get_job(job_id)["status"]
+        if event.type == "submitting":
+            self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
+            return
+        if event.type == "failover" and status != JobState.PREPARING:
+            self._transition(job_id, JobState.PREPARING, "failover", data, prompt_id=None)
+            return
+        if event.type == "assigned":
+            self.db.patch_job(job_id, None, "assigned", data, pod=data["pod"])
+        elif event.type == "reattached" and status == JobState.PREPARING:  # stored as submitting, then the stop came
+            self._transition(job_id, JobState.SUBMITTED, "submitted", data)
+        elif event.type == "submitted":
+            self._transition(job_id, JobState.SUBMITTED, "submitted", data, {"client_id": data["client_id"]},
+                             prompt_id=data["prompt_id"])
+        elif event.type in RUNNING_EVENTS and status == JobState.SUBMITTED:
+            self._transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()})
+            self.db.add_event(job_id, event.type, data)
+        else:
+            self.db.add_event(job_id, event.type, data)
+        self._signal(job_id)
+
+    def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
+        self.db.add_event(job_id, type, data)
+        self._signal(job_id)
+
+    def _signal(self, job_id: str) -> None:
+        event = self.changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_change(self, job_id: str, timeout: float) -> bool:
+        """Wait until the job records something (True) or ``timeout`` passes (False)."""
+        event = self.changed.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _notify(self, job_id: str) -> None:
+        """Send the job's signed completion webhook, if it asked for one."""
+        job = self.db.get_job(job_id)
+        url = job["request"].get("webhook_url")
+        if not url or not is_terminal(job["status"]):
+            return
+        if not self.settings.webhook_secret:
+            self.record(job_id, "webhook", {"delivered": False, "reason": "LORA_BRIDGE_WEBHOOK_SECRET is not configured"})
+            return
+        delivered = await webhooks.deliver(url, self.settings.webhook_secret, job_view(job))
+        self.record(job_id, "webhook", {"delivered": delivered})
+

@@ -1,0 +1,198 @@
+"""Every input of the bridge service, as closed, typed models: bodies, queries, paths, headers.
+
+Requests are parsed once, at the edge (``app.py``), into these models; the handlers and the
+job core only ever see validated objects. The same models generate ``/openapi.json``.
+Unknown fields are refused, numbers are ranged and finite, strings bounded, and the JSON
+itself must be RFC 8259 (no ``NaN``/``Infinity``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from ..lorafiles.families import FAMILY_NAMES
+from ..pack_protocol import ApplyMode, Sha256, SourceText, Strength
+from .database import LORA_STATUSES
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+OwnerId = Annotated[StrictStr, Field(min_length=1, max_length=128)] | Annotated[StrictInt, Field(ge=0, le=2**53)]
+Text = Annotated[StrictStr, Field(max_length=1000)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+Family = Literal[tuple(FAMILY_NAMES)]  # type: ignore[valid-type]
+LoraStatus = Literal[LORA_STATUSES]  # type: ignore[valid-type]
+JsonScalar = StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False, strict=True)] | None
+Metadata = dict[Annotated[str, Field(max_length=256)], Annotated[StrictStr, Field(max_length=65536)] | JsonScalar]
+EVENT_ID_MAX = 2**63 - 1
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- LoRA registry -------------------------------------------------------------------------------
+
+
+class _LoraFields(Closed):
+    character_id: OwnerId | None = Field(None, description="owner: a character (sets owner_kind/owner_id)")
+    brand_id: OwnerId | None = Field(None, description="owner: a brand (sets owner_kind/owner_id)")
+    owner_kind: Literal["character", "brand"] | None = None
+    owner_id: OwnerId | None = None
+    version: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+    status: LoraStatus | None = None
+    family: Family | None = Field(None, description="base model family; inspected from the file when left out")
+    trigger_word: Text | None = None
+    fallback_style: Text | None = Field(None, description="style words appended to the prompt when the LoRA is dropped")
+    source: SourceText | None = Field(None, description="s3://bucket/key, https://…, or an uploaded file")
+    sha256: Sha256 | None = None
+    size: Annotated[StrictInt, Field(ge=0, le=2**53)] | None = None
+    rank: Annotated[StrictInt, Field(ge=1, le=65536)] | None = None
+    metadata: Metadata | None = None
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> "_LoraFields":
+        given = [k for k in ("character_id", "brand_id", "owner_id") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one owner, not {' and '.join(given)}")
+        if (self.owner_id is None) != (self.owner_kind is None):
+            raise ValueError("owner_kind and owner_id go together")
+        return self
+
+    def registry_fields(self) -> dict[str, Any]:
+        """The fields as the registry stores them (owner folded into ``owner_kind``/``owner_id``)."""
+        fields = self.model_dump(exclude_unset=True, exclude={"character_id", "brand_id"})
+        for kind in ("character", "brand"):
+            owner = getattr(self, f"{kind}_id")
+            if owner is not None:
+                fields["owner_kind"], fields["owner_id"] = kind, str(owner)
+        if fields.get("owner_id") is not None:
+            fields["owner_id"] = str(fields["owner_id"])
+        return fields
+
+
+class LoraCreate(_LoraFields):
+    """``POST /v1/loras``: register a LoRA by source (its header is inspected for what is left out)."""
+
+    name: Name
+
+
+class LoraPatch(_LoraFields):
+    """``PATCH /v1/loras/{id}``: change some fields."""
+
+    name: Name | None = None
+
+
+class LoraQuery(Closed):
+    """``GET /v1/loras`` filters."""
+
+    character_id: Annotated[str, Field(max_length=128)] | None = None
+    brand_id: Annotated[str, Field(max_length=128)] | None = None
+    owner_kind: Literal["character", "brand"] | None = None
+    owner_id: Annotated[str, Field(max_length=128)] | None = None
+    status: LoraStatus | None = None
+    family: Family | None = None
+
+    def filters(self) -> dict[str, Any]:
+        kind = "character" if self.character_id is not None else "brand" if self.brand_id is not None else self.owner_kind
+        owner = self.character_id or self.brand_id or self.owner_id
+        return {"owner_kind": kind, "owner_id": owner, "status": self.status, "family": self.family}
+
+
+# -- generations ----------------------------------------------------------------------------------
+
+
+class LoraRef(Closed):
+    lora_id: Id
+    strength_model: Strength = 1.0
+    strength_clip: Strength | None = Field(None, description="default: strength_model")
+
+
+class GenerationCreate(Closed):
+    """``POST /v1/generations``: a template (+ params) or an editor/API workflow, and the LoRAs."""
+
+    template: Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(default_factory=dict)
+    workflow: dict[str, Any] | None = Field(None, description="API-format or graph-editor workflow JSON")
+    family: Family | None = Field(None, description="the workflow's base family (templates declare theirs)")
+    character_id: OwnerId | None = None
+    brand_id: OwnerId | None = None
+    loras: Annotated[list[LoraRef], Field(max_length=20)] | None = None
+    lora_configs: Annotated[list[LoraRef], Field(max_length=20)] | None = Field(None, description="alias of loras")
+    lora_strength: Strength = Field(1.0, description="strength of the character's or brand's LoRA")
+    lora_policy: Literal["fallback", "strict"] = "fallback"
+    apply_mode: ApplyMode = "hotswap"
+    webhook_url: Annotated[StrictStr, Field(max_length=2048, pattern=r"^https?://")] | None = None
+
+    @model_validator(mode="after")
+    def _one_graph(self) -> "GenerationCreate":
+        if (self.template is None) == (self.workflow is None):
+            raise ValueError("give a 'template' (with 'params') or a 'workflow'")
+        if self.loras is not None and self.lora_configs is not None:
+            raise ValueError("give 'loras' or its alias 'lora_configs', not both")
+        return self
+
+    @property
+    def lora_refs(self) -> list[LoraRef]:
+        return list(self.loras or self.lora_configs or [])
+
+
+class WaitQuery(Closed):
+    wait: Literal["true", "false", "1", "0"] = Field("false", description="answer when the job has ended")
+
+    @property
+    def waits(self) -> bool:
+        return self.wait in ("true", "1")
+
+
+class EventsQuery(Closed):
+    last_event_id: Annotated[int, Field(ge=0, le=EVENT_ID_MAX)] = Field(0, description="resume after this event")
+
+
+class EventsHeaders(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    last_event_id: Annotated[int, Field(ge=0, le=EVENT_ID_MAX)] | None = Field(None, alias="Last-Event-ID")
+
+
+class JobPath(Closed):
+    id: Id
+
+
+class OutputPath(Closed):
+    id: Id
+    n: Annotated[int, Field(ge=0, le=10_000)]
+
+
+class PodPath(Closed):
+    id: Annotated[int, Field(ge=0, le=10_000, description="the pod's index in GET /v1/pods")]
+
+
+class UploadFields(Closed):
+    """``POST /v1/loras/upload``: the text fields sent beside ``file`` (multipart form)."""
+
+    name: Name | None = None
+    character_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    brand_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    status: LoraStatus | None = None
+    family: Family | None = None
+    trigger_word: Text | None = None
+    fallback_style: Text | None = None
+
+    def lora(self, filename: str) -> LoraCreate:
+        """The registration these fields describe (named after the file when ``name`` is left out)."""
+        return LoraCreate(**{"name": filename, **self.model_dump(exclude_none=True)})
+
+
+class UploadForm(UploadFields):
+    """The multipart form, for the OpenAPI document: ``file`` plus ``UploadFields``."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})

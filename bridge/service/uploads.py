@@ -1,0 +1,74 @@
+"""Where uploaded LoRA files go: a local folder by default, or an S3 bucket.
+
+An upload is first *staged* under a hidden temporary name (hashed, size-limited and inspected
+as it arrives); it is *committed* (renamed to its content address, copied to the bucket) only
+once the whole request is valid, and *discarded* otherwise, so a refused request leaves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..lorafiles.inspect import LoraInfo, inspect_file
+from ..lorafiles.validate import SizeLimits, check_extension, safe_name
+
+
+@dataclass
+class StagedUpload:
+    filename: str
+    path: Path
+    info: LoraInfo
+
+
+class LoraUploads:
+    """``local_dir`` stages and keeps the files; ``bucket`` (optional) also receives them."""
+
+    def __init__(self, local_dir: Path, bucket: str | None = None, prefix: str = "loras/",
+                 limits: SizeLimits = SizeLimits(), s3_endpoint: str | None = None) -> None:
+        self.local_dir, self.bucket, self.prefix, self.limits, self.s3_endpoint = local_dir, bucket, prefix, limits, s3_endpoint
+        local_dir.mkdir(parents=True, exist_ok=True)
+
+    async def stage(self, part: Any) -> StagedUpload:
+        """Receive a multipart file part under a temporary name; raises (and keeps nothing) if it is not a LoRA."""
+        filename = safe_name(part.filename or "upload.safetensors")
+        check_extension(filename)  # safetensors only: uploads never take pickle files
+        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
+        sha, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as f:
+                while chunk := await part.read_chunk(1 << 20):
+                    size += len(chunk)
+                    self.limits.check(size, f"upload {filename}")
+                    sha.update(chunk)
+                    f.write(chunk)
+            info = inspect_file(tmp, with_hash=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        info.sha256 = sha.hexdigest()
+        return StagedUpload(filename, tmp, info)
+
+    def discard(self, staged: StagedUpload) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    async def commit(self, staged: StagedUpload) -> str:
+        """Keep a staged file under its content address (and in the bucket); returns its source."""
+        final = self.local_dir / f"{staged.info.sha256}.safetensors"
+        os.replace(staged.path, final)
+        if not self.bucket:
+            return str(final)
+        key = f"{self.prefix}{staged.info.sha256}.safetensors"
+
+        def upload() -> None:
+            import boto3
+
+            boto3.client("s3", endpoint_url=self.s3_endpoint).upload_file(str(final), self.bucket, key)
+
+        await asyncio.get_running_loop().run_in_executor(None, upload)
+        return f"s3://{self.bucket}/{key}"

@@ -1,0 +1,111 @@
+"""The bridge service as a real process for tests: start, stop (SIGTERM), kill (SIGKILL), call, stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from comfyui_lora_bridge.bridge.api_client import BridgeClient
+from comfyui_lora_bridge.bridge.localpod.server import free_port
+from comfyui_lora_bridge.bridge.service.database import Database
+from comfyui_lora_bridge.bridge.service.job_states import is_terminal
+from support import POD_TOKEN, S3_ENV
+
+KEY = "test-api-key"
+SECRET = "webhook-secret"
+EXE = str(Path(sys.executable).with_name("lora-bridge"))
+
+
+class Service:
+    """``lora-bridge serve`` in front of ``pods``, with its database and outputs under ``tmp``."""
+
+    def __init__(self, pods: list[str], tmp: Path, s3_endpoint: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.port, self.tmp = free_port(), tmp
+        self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_POD_TOKEN": POD_TOKEN,
+                    "LORA_BRIDGE_COST_PER_HOUR": "3.6", "LORA_BRIDGE_WEBHOOK_SECRET": SECRET,
+                    "LORA_BRIDGE_UPLOAD_DIR": str(tmp / "uploads"), "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
+                    "LORA_BRIDGE_STREAM_HEARTBEAT_S": "0.5"}
+        if s3_endpoint:
+            self.env.update(LORA_BRIDGE_S3_ENDPOINT=s3_endpoint, LORA_BRIDGE_UPLOAD_BUCKET="loras",
+                            LORA_BRIDGE_OUTPUT_BUCKET="loras")
+        self.env.update(env or {})
+        self.db_path = tmp / "bridge.sqlite3"
+        self.args = [EXE, "serve", *sum((["--pod", p] for p in pods), []), "--db", f"sqlite:///{self.db_path}",
+                     "--port", str(self.port), "--outputs", str(tmp / "out")]
+        self.proc: subprocess.Popen | None = None
+        self.client = BridgeClient(self.url, KEY, timeout=300)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return (self.tmp / "service.log").read_text(errors="replace")
+
+    def start(self) -> "Service":
+        with open(self.tmp / "service.log", "ab") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(300):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.proc.returncode}:\n{self.log[-3000:]}")
+            try:
+                if self.client.request("GET", "/healthz", auth=False).status == 200:
+                    return self
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(self.log[-3000:])
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.proc:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> int:
+        """SIGTERM: a graceful stop; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+    def call(self, method: str, path: str, body: Any = None, key: str | None = KEY, raw: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        client = self.client if key == KEY else BridgeClient(self.url, key)
+        resp = client.request(method, path, body, raw=raw, headers=headers, auth=key is not None)
+        return resp.status, resp.data if resp.content_type == "application/json" else resp.body
+
+    def events(self, job_id: str, last: int = 0) -> list[tuple[int, str, dict]]:
+        return [(e.id, e.event, e.data) for e in self.client.events(job_id, last)]
+
+    def peek(self, job_id: str) -> list[tuple[int, str, dict]]:
+        """Events so far, without waiting for the end (reads the service's database)."""
+        return Database(str(self.db_path)).events(job_id)
+
+    def wait_for(self, job_id: str, event: str, timeout: float = 60) -> None:
+        """Until the job has recorded an event of type ``event``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(t == event for _, t, _ in self.peek(job_id)):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never recorded {event!r}: {[t for _, t, _ in self.peek(job_id)]}")
+
+    def wait_end(self, job_id: str, timeout: float = 120) -> dict:
+        """Until the job has ended; its record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, rec = self.call("GET", f"/v1/generations/{job_id}")
+            if status == 200 and is_terminal(rec["status"]):
+                return rec
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not end: {json.dumps(rec)[:500]}")

@@ -1,0 +1,198 @@
+"""The pure parts of the job core, without a pod: states, the database, LoRA resolution and
+fallback, routing, the error table, the pack protocol and settings."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from comfyui_lora_bridge.bridge import pack_protocol as protocol
+from comfyui_lora_bridge.bridge.errors import (
+    ConfigError,
+    GenerationRefused,
+    NoPodAvailable,
+    NotFound,
+    PodUnavailable,
+    PromptRejected,
+)
+from comfyui_lora_bridge.bridge.graphs.templates import TemplateError
+from comfyui_lora_bridge.bridge.lorafiles.sources import (
+    FetchPolicy,
+    SourceError,
+    SourceRefused,
+)
+from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
+from comfyui_lora_bridge.bridge.service.database import Database
+from comfyui_lora_bridge.bridge.service.http_errors import classify
+from comfyui_lora_bridge.bridge.service.job_states import IllegalTransition, JobState
+from comfyui_lora_bridge.bridge.service.jobs import Generations
+from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
+from comfyui_lora_bridge.bridge.settings import Settings
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(str(tmp_path / "db.sqlite3"))
+
+
+def test_transitions_are_checked_and_stored_with_their_event(db: Database) -> None:
+    job = db.add_job({"template": "x"}, {"warnings": []}, [("queued", {})])
+    db.transition(job, JobState.PREPARING, "preparing", pod="p1")
+    db.transition(job, JobState.SUBMITTED, "submitted", {"position": 0}, {"client_id": "c"}, prompt_id="abc")
+    with pytest.raises(IllegalTransition, match="a submitted job cannot become queued"):
+        db.transition(job, JobState.QUEUED, "queued")
+    db.transition(job, JobState.SUCCEEDED, "succeeded", result={"outputs": ["a.png"]})
+    for state in JobState:  # an ended job stays ended, and nothing is written by the refusal
+        with pytest.raises(IllegalTransition):
+            db.transition(job, state, "late")
+    record = db.get_job(job)
+    assert record["status"] == "succeeded" and record["pod"] == "p1" and record["prompt_id"] == "abc"
+    assert record["result"] == {"warnings": [], "client_id": "c", "outputs": ["a.png"]}
+    assert [t for _, t, _ in db.events(job)] == ["queued", "preparing", "submitted", "succeeded"]
+    assert db.unfinished_jobs() == []
+
+
+def test_failover_and_interruption_paths(db: Database) -> None:
+    job = db.add_job({}, {}, [("queued", {})])
+    for state in (JobState.PREPARING, JobState.SUBMITTED, JobState.RUNNING, JobState.PREPARING, JobState.SUBMITTED,
+                  JobState.INTERRUPTED):
+        db.transition(job, state, state.value)
+    assert db.get_job(job)["status"] == "interrupted"
+    with pytest.raises(IllegalTransition):  # interrupted is terminal, apart from cancelled
+        db.transition(job, JobState.CANCELLED, "cancelled")
+
+
+def test_records_refuse_non_standard_json(db: Database) -> None:
+    job = db.add_job({}, {}, [])
+    with pytest.raises(ValueError):
+        db.patch_job(job, {"gpu_seconds": float("nan")})
+    assert "gpu_seconds" not in db.get_job(job)["result"]
+
+
+def _registry(db: Database) -> dict[str, dict]:
+    add = db.add_lora
+    return {
+        "ready": add({"name": "a", "owner_kind": "character", "owner_id": "1", "status": "ready", "family": "sd15",
+                      "source": "s3://b/a.safetensors", "trigger_word": "ohwx"}),
+        "training": add({"name": "b", "owner_kind": "character", "owner_id": "2", "status": "training", "family": "sd15",
+                         "source": "s3://b/b.safetensors", "fallback_style": "watercolor"}),
+        "sdxl": add({"name": "c", "owner_kind": "brand", "owner_id": "x", "status": "ready", "family": "sdxl",
+                     "source": "s3://b/c.safetensors"}),
+        "no source": add({"name": "d", "status": "ready", "family": "sd15"}),
+    }
+
+
+def _gens(db: Database, tmp_path: Path, **settings) -> Generations:
+    configured = Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path), **settings})
+    return Generations(db, PodPool([PodConfig("http://127.0.0.1:9")]), tmp_path, configured, FetchPolicy())
+
+
+def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
+    loras = _registry(db)
+    gens = _gens(db, tmp_path)
+    request = GenerationCreate(template="sd15_txt2img", character_id=1,
+                               loras=[{"lora_id": loras["training"]["id"], "strength_model": 0.5},
+                                      {"lora_id": loras["sdxl"]["id"]}, {"lora_id": loras["no source"]["id"]},
+                                      {"lora_id": "missing"}])
+    chosen, warnings, styles = gens.resolve_loras(request, "sd15")
+    assert [(lora.name, lora.strength_model, lora.trigger_words) for lora in chosen] == [(f"lora-{loras['ready']['id']}", 1.0, ("ohwx",))]
+    assert len(warnings) == 4 and styles == ["watercolor"]
+    assert any("is training, not ready" in w for w in warnings) and any("is sdxl; the model is sd15" in w for w in warnings)
+    assert any("has no source" in w for w in warnings) and any("LoRA missing not found" in w for w in warnings)
+    plan = gens.prepare(request)  # the dropped LoRA's style words go into the prompt
+    assert plan.params["prompt"].endswith(", watercolor") and plan.family == "sd15"
+    strict = request.model_copy(update={"lora_policy": "strict"})
+    with pytest.raises(GenerationRefused, match="not ready"):
+        gens.prepare(strict)
+    clip = GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": loras["ready"]["id"], "strength_model": 0.7}])
+    assert gens.resolve_loras(clip, "sd15")[0][0].strength_clip == 0.7  # clip follows model unless given
+
+
+def test_webhooks_need_a_secret_and_an_allowed_host(db: Database, tmp_path: Path) -> None:
+    request = GenerationCreate(template="sd15_txt2img", webhook_url="http://127.0.0.1:9/hook")
+    with pytest.raises(GenerationRefused, match="LORA_BRIDGE_WEBHOOK_SECRET"):
+        _gens(db, tmp_path).prepare(request)
+    with pytest.raises(SourceRefused):
+        _gens(db, tmp_path, LORA_BRIDGE_WEBHOOK_SECRET="s").prepare(request)  # loopback is not public
+
+
+def test_routing_prefers_the_pod_holding_the_loras_then_the_shortest_queue() -> None:
+    pool = PodPool([PodConfig(f"http://pod{i}") for i in range(3)] + [PodConfig("http://gpu", labels=frozenset({"gpu"}))])
+    pods = list(pool.status.values())
+    for pod, queue, cached in zip(pods, (0, 5, 1, 0), ({"a"}, {"a", "b"}, set(), set())):
+        pod.healthy, pod.queue, pod.cached = True, queue, cached
+    assert pool.choose({"a", "b"}) is pods[1]  # holds both LoRAs: worth its queue
+    assert pool.choose({"a"}) is pods[0]  # both hold "a": shorter queue
+    assert pool.choose(set()) is pods[0]  # equal: configuration order
+    assert pool.choose(set(), frozenset({"gpu"})) is pods[3]
+    pods[0].healthy, pods[0].error = False, "connection refused"
+    assert pool.choose({"a"}) is pods[1]
+    with pytest.raises(NoPodAvailable, match="connection refused"):
+        pool.choose(set(), frozenset({"gpu"}), exclude={"http://gpu"})
+
+
+def test_the_error_table() -> None:
+    cases = [
+        (TemplateError("x"), 400, "invalid_params"), (protocol.ProtocolError("x"), 400, "invalid_request"),
+        (SourceRefused("x"), 400, "source_refused"), (SourceError("x"), 422, "source_unusable"),
+        (NotFound("x"), 404, "not_found"), (GenerationRefused("x"), 422, "refused"),
+        (NoPodAvailable("x"), 503, "pod_unavailable"), (PodUnavailable("x"), 503, "pod_unavailable"),
+        (PromptRejected("x"), 502, "pod_error"), (ConfigError("x"), 500, "configuration"),
+        (KeyError("x"), 500, "internal"), (ValueError("x"), 500, "internal"),  # bugs, not 400s
+    ]
+    for exc, status, kind in cases:
+        assert classify(exc) == (status, kind), exc
+
+
+strengths = st.floats(min_value=-100, max_value=100, allow_nan=False)
+entries = st.builds(protocol.StackEntry, source=st.sampled_from(["s3://b/k.safetensors", "https://h/x.safetensors", None]),
+                    name=st.from_regex(r"[a-z][a-z0-9_.]{0,20}", fullmatch=True),
+                    sha256=st.none() | st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+                    strength_model=strengths, strength_clip=strengths)
+
+
+@given(st.lists(entries, max_size=5))
+def test_stack_json_round_trips(stack: list[protocol.StackEntry]) -> None:
+    assert protocol.parse_stack(protocol.encode_stack(stack)) == stack
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('[{"source": "x", "strength_model": true}]', "not a boolean"),
+    ('[{"source": "x", "strength_model": NaN}]', "NaN is not valid JSON"),
+    ('[{"source": "x", "strength_clip": 100.5}]', "loras[0].strength_clip"),
+    ('[{"name": "x", "extra": 1}]', "loras[0].extra"),
+    ('[{"strength_model": 1}]', "needs a 'source'"),
+    ('{"source": "x"}', "must be a JSON list"),
+    ('[{"name": "../x"}]', "loras[0].name"),
+])
+def test_stack_json_refusals_name_the_field(text: str, problem: str) -> None:
+    with pytest.raises(protocol.ProtocolError, match=problem.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        protocol.parse_stack(text)
+
+
+def test_settings_are_trimmed_and_contradictions_refused(tmp_path: Path) -> None:
+    configured = Settings.from_env({"LORA_BRIDGE_API_KEYS": " k1, k2 ,", "LORA_BRIDGE_ALLOWED_HOSTS": "a.com , *.b.com",
+                                    "LORA_BRIDGE_CACHE": str(tmp_path), "LORA_BRIDGE_COST_PER_HOUR": " 2.5 "})
+    assert configured.api_keys == ("k1", "k2") and configured.allowed_hosts == ("a.com", "*.b.com")
+    assert configured.cost_per_hour == 2.5 and configured.store_path() == tmp_path / "store"
+    assert configured.store_path(tmp_path / "models") == tmp_path / "models" / "lora_bridge_store"
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    assert Settings.from_env({"LORA_BRIDGE_POD_TOKEN_FILE": str(secret)}).pod_token == "from-a-file"
+    for env, problem in [({"LORA_BRIDGE_POD_TOKEN": "a", "LORA_BRIDGE_POD_TOKEN_FILE": str(secret)}, "not both"),
+                         ({"LORA_BRIDGE_MAX_MB": "lots"}, "not a number"), ({"LORA_BRIDGE_COST_PER_HOUR": "-1"}, ">= 0"),
+                         ({"LORA_BRIDGE_ALLOW_PICKLE": "maybe"}, "LORA_BRIDGE_ALLOW_PICKLE"),
+                         ({"LORA_BRIDGE_HTTP_AUTH": "[1]"}, "JSON object")]:
+        with pytest.raises(ConfigError, match=problem):
+            Settings.from_env(env)
+
+
+def test_cancelling_a_job_that_no_runner_holds(db: Database, tmp_path: Path) -> None:
+    gens = _gens(db, tmp_path)
+    job = db.add_job({"template": "sd15_txt2img"}, {}, [("queued", {})])
+    asyncio.run(gens.cancel(job))
+    record = db.get_job(job)
+    assert record["status"] == "cancelled" and record["result"]["reason"] == "cancelled by the caller"

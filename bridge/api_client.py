@@ -144,6 +144,7 @@ class ProgressPrinter:
             "progress": lambda: f"node {d.get('node')} step {d.get('value')}/{d.get('max')} "
                                 f"[{'#' * int(20 * d['value'] / max(d['max'], 1)):<20}]",
             "reconnected": lambda: f"reconnected (attempt {d['attempt']})",
+            "fetch_retry": lambda: f"the pod retries downloading {d['source']} (retry {d['retries']}: {d.get('reason')})",
             "resumed": lambda: "the bridge restarted; job resumed",
             "succeeded": lambda: "done", "success": lambda: "done on the pod",
             "failed": lambda: f"failed: {d.get('message')}", "cancelled": lambda: "cancelled",

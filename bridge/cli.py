@@ -100,7 +100,7 @@ def _cache(args: argparse.Namespace) -> int:
     elif args.action == "stats":
         print(json.dumps(store.stats().to_dict(), indent=2))
     else:
-        evicted = store.evict(args.sha256, include_pinned=args.include_pinned) if args.sha256 or args.all else store.enforce_budget(strict=False)
+        evicted = store.evict(args.sha256, include_pinned=args.include_pinned) if args.sha256 or args.all else store.enforce_budget()
         print(f"evicted {len(evicted)} file(s)")
     return 0
 
@@ -158,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .lorafiles.sources import FetchPolicy
     from .pods.pool import PodConfig, PodPool
-    from .service.app import create_app
+    from .service.app import AccessLog, create_app
     from .service.database import Database
     from .service.uploads import LoraUploads
 
@@ -192,7 +192,8 @@ def _serve(args: argparse.Namespace) -> int:
                               s3_endpoint=policy.s3_endpoint)
         app = create_app(Database(db_url), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s), Path(args.outputs),
                          configured, policy, uploads)
-        web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10)
+        web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10,
+                    access_log_class=AccessLog)
     return 0
 
 

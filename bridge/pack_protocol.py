@@ -32,6 +32,7 @@ NODE_APPLY_STACK = "LoraBridgeApplyStack"
 NODE_TRIGGER_WORDS = "LoraBridgeTriggerWords"
 
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_STEP = -100.0, 100.0, 0.01
+STORE_SCHEME = "sha256:"  # a source naming a file already in the pod's store by content: no URL, no credentials
 ON_MISMATCH = ("error", "skip", "apply anyway")
 APPLY_MODES = ("merge", "hotswap")
 OnMismatch = Literal["error", "skip", "apply anyway"]
@@ -95,6 +96,12 @@ class StackEntry(_Closed):
     def link_name(self) -> str | None:
         """The name to link a fetched source under (a bare name needs no link)."""
         return self.name if self.source else None
+
+
+def store_reference(sha256: str) -> str:
+    """The source that names a file in the pod's store by its SHA-256 (what the bridge puts in graphs
+    for LoRAs whose URL carries credentials: the pod was given the URL by prefetch, never by the graph)."""
+    return STORE_SCHEME + sha256.lower()
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -20,7 +20,7 @@ from ..bridge.settings import settings
 from . import hotswap
 from .lora_handle import LoraHandle
 from .memory_cache import CachedLora
-from .pod_state import fetch_handle, is_loras_name, log, memory_cache
+from .pod_state import disk_store, fetch_handle, is_loras_name, log, memory_cache
 
 
 class LoraMismatch(LoraBridgeError):
@@ -80,7 +80,8 @@ def _read(handle: LoraHandle) -> CachedLora:
         if not handle.source:
             raise LoraBridgeError(f"LoRA file {handle.path} is gone")
         handle = fetch_handle(handle.source, handle.sha256)
-    state_dict = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(handle.path), safe_load=True))
+    with disk_store().in_use(handle.sha256):  # eviction skips the file while it is read
+        state_dict = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(handle.path), safe_load=True))
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values() if hasattr(t, "numel"))
     return CachedLora(handle.sha256, handle.name, state_dict, nbytes)
 

@@ -12,11 +12,13 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.fetch import FetchCancelled, IntegrityError, fetch_lora
 from ..bridge.lorafiles.inspect import inspect_file, sha256_file
 from ..bridge.lorafiles.sources import FetchPolicy, parse_source
 from ..bridge.lorafiles.store import LoraStore
 from ..bridge.lorafiles.validate import check_extension, resolve_name
+from ..bridge.pack_protocol import STORE_SCHEME
 from ..bridge.settings import settings
 from .lora_handle import LoraHandle
 from .memory_cache import MemoryCache
@@ -90,6 +92,16 @@ def handle_for_name(name: str) -> LoraHandle:
     return LoraHandle(path=path, name=resolved, sha256=file_sha256(path), info=info)
 
 
+def handle_for_hash(sha256: str, name: str | None = None) -> LoraHandle:
+    """A file already in the disk cache, by SHA-256 (``sha256:<hex>`` sources; the bridge prefetched it)."""
+    hit = disk_store().lookup(sha256=sha256.lower())
+    if hit is None:
+        raise LoraBridgeError(f"LoRA sha256:{sha256[:12]}… is not in this pod's cache (prefetch it first)")
+    sha, path = hit
+    info = _summary(inspect_file(path, with_hash=False)) if path.suffix == ".safetensors" else {}
+    return LoraHandle(path=path, name=name or sha[:12], sha256=sha, info=info, source=STORE_SCHEME + sha)
+
+
 def is_loras_name(source: str) -> bool:
     """True for a plain name in the ``loras`` folders (no scheme, not an absolute path)."""
     return "://" not in source and not source.startswith(("/", "~"))
@@ -97,13 +109,16 @@ def is_loras_name(source: str) -> bool:
 
 def fetch_handle(source: str, sha256: str | None = None, name: str | None = None,
                  progress: Callable[[int, int], None] | None = None, pin: bool = False,
-                 cancel: Callable[[], bool] | None = None) -> LoraHandle:
+                 cancel: Callable[[], bool] | None = None,
+                 on_retry: Callable[[int, str, float], None] | None = None) -> LoraHandle:
     """Fetch ``source`` into the disk cache (or use a ``loras`` file by name) and return its handle.
 
     ``cancel`` stops the download (default: ComfyUI's interrupt, so *Cancel* in the editor stops it);
     a stopped download raises ``FetchCancelled`` (or ComfyUI's interrupt exception) and keeps its
     partial file hidden for a later resume.
     """
+    if source.startswith(STORE_SCHEME):
+        return handle_for_hash(source[len(STORE_SCHEME):], name)
     if is_loras_name(source):
         handle = handle_for_name(source)
         if sha256 and handle.sha256 != sha256.strip().lower():
@@ -119,7 +134,7 @@ def fetch_handle(source: str, sha256: str | None = None, name: str | None = None
     src = parse_source(source)
     try:
         result = fetch_lora(src, disk_store(), sha256=sha256, name=name, policy=fetch_policy(), progress=progress,
-                            cancel=cancel or interrupted, pin=pin)
+                            cancel=cancel or interrupted, pin=pin, on_retry=on_retry)
     except FetchCancelled:
         if cancel is None and interrupted is not None:
             import comfy.model_management

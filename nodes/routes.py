@@ -20,6 +20,7 @@ from aiohttp import web
 from ..bridge import pack_protocol as protocol
 from ..bridge.errors import FetchCancelled, FetchError, IntegrityError, LoraBridgeError
 from ..bridge.lorafiles.inspect import inspect_file
+from ..bridge.lorafiles.sources import redact_url
 from ..bridge.openapi import RouteSpec, openapi_document
 from ..bridge.settings import settings
 from .lora_loading import load_into_memory
@@ -32,37 +33,48 @@ _summaries: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 class Downloads:
-    """Prefetches under way, by request id: progress for ``GET``, a stop flag for ``cancel``."""
+    """Prefetches under way: progress and retries for ``GET``, a stop flag per download for ``cancel``
+    (a job's several LoRAs share its request id)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: dict[str, dict[str, Any]] = {}
+        self._active: dict[int, dict[str, Any]] = {}
+        self._next = 0
 
-    def start(self, request_id: str, source: str) -> threading.Event:
+    def start(self, request_id: str | None, source: str) -> tuple[int, threading.Event]:
         stop = threading.Event()
         with self._lock:
-            self._active[request_id] = {"source": source, "done": 0, "total": 0, "stop": stop}
-        return stop
+            self._next += 1
+            self._active[self._next] = {"request_id": request_id, "source": source, "done": 0, "total": 0,
+                                        "retries": 0, "last_error": None, "stop": stop}
+            return self._next, stop
 
-    def progress(self, request_id: str, done: int, total: int) -> None:
+    def update(self, token: int, **fields: Any) -> None:
         with self._lock:
-            if request_id in self._active:
-                self._active[request_id].update(done=done, total=total)
+            if token in self._active:
+                self._active[token].update(fields)
 
-    def finish(self, request_id: str) -> None:
+    def retried(self, token: int, reason: str) -> None:
         with self._lock:
-            self._active.pop(request_id, None)
+            if token in self._active:
+                self._active[token]["retries"] += 1
+                self._active[token]["last_error"] = reason
 
-    def cancel(self, request_id: str) -> bool:
+    def finish(self, token: int) -> None:
         with self._lock:
-            entry = self._active.get(request_id)
-        if entry is not None:
-            entry["stop"].set()
-        return entry is not None
+            self._active.pop(token, None)
+
+    def cancel(self, request_id: str) -> int:
+        """Stop every download of ``request_id``; how many there were."""
+        with self._lock:
+            stops = [e["stop"] for e in self._active.values() if e["request_id"] == request_id]
+        for stop in stops:
+            stop.set()
+        return len(stops)
 
     def listing(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"request_id": rid, **{k: v for k, v in e.items() if k != "stop"}} for rid, e in self._active.items()]
+            return [{k: v for k, v in e.items() if k != "stop"} for e in self._active.values()]
 
 
 downloads = Downloads()
@@ -125,17 +137,23 @@ async def prefetch(request: web.Request) -> web.Response:
     body: protocol.PrefetchRequest = await _body(request, protocol.PrefetchRequest)
     from server import PromptServer
 
-    request_id = body.request_id or f"anonymous-{id(body)}"
-    stop = downloads.start(request_id, body.source if "://" not in body.source else body.source.split("?", 1)[0])
+    token, stop = downloads.start(body.request_id, redact_url(body.source) if "://" in body.source else body.source)
 
     def progress(done: int, total: int) -> None:
-        downloads.progress(request_id, done, total)
+        downloads.update(token, done=done, total=total)
         if body.client_id:
             PromptServer.instance.send_sync(protocol.PREFETCH_EVENT, {"request_id": body.request_id, "sha256": body.sha256,
                                                                       "done": done, "total": total}, body.client_id)
 
+    def retry(attempt: int, reason: str, delay: float) -> None:
+        downloads.retried(token, reason)
+        if body.client_id:
+            PromptServer.instance.send_sync(protocol.PREFETCH_EVENT, {"request_id": body.request_id, "retry": attempt,
+                                                                      "reason": reason, "delay": round(delay, 1)},
+                                            body.client_id)
+
     def work() -> dict[str, Any]:
-        handle = fetch_handle(body.source, body.sha256, body.name, progress, cancel=stop.is_set)
+        handle = fetch_handle(body.source, body.sha256, body.name, progress, cancel=stop.is_set, on_retry=retry)
         if body.memory:
             load_into_memory(handle)
         return {"sha256": handle.sha256, "name": handle.name, "size": handle.path.stat().st_size,
@@ -152,7 +170,7 @@ async def prefetch(request: web.Request) -> web.Response:
     except LoraBridgeError as exc:  # refused, invalid, not found
         return _error(400, "refused", str(exc))
     finally:
-        downloads.finish(request_id)
+        downloads.finish(token)
     return web.json_response(result)
 
 
@@ -199,7 +217,7 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
                body=protocol.PrefetchRequest,
                responses={200: "fetched", 409: "cancelled", 422: "wrong hash or not safetensors", 502: "download failed"}),
      prefetch),
-    (RouteSpec("GET", protocol.ROUTE_PREFETCH, "Downloads under way, with progress"), list_prefetches),
+    (RouteSpec("GET", protocol.ROUTE_PREFETCH, "Downloads under way: progress, retries, last error"), list_prefetches),
     (RouteSpec("POST", protocol.ROUTE_PREFETCH_CANCEL, "Stop the downloads started under a request id",
                body=protocol.PrefetchCancel), cancel_prefetch),
     (RouteSpec("GET", protocol.ROUTE_LORAS, "Files in the loras folders with their inspection summary"), list_loras),

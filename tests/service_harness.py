@@ -49,10 +49,10 @@ class Service:
     def log(self) -> str:
         return (self.tmp / "service.log").read_text(errors="replace")
 
-    def start(self) -> "Service":
+    def start(self, timeout: float = 30) -> "Service":
         with open(self.tmp / "service.log", "ab") as log:
             self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        for _ in range(300):
+        for _ in range(int(timeout * 10)):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the service exited with {self.proc.returncode}:\n{self.log[-3000:]}")
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from comfyui_lora_bridge.bridge.lorafiles.fetch import (
 )
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_source
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy, SourceRefused
-from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
+from comfyui_lora_bridge.bridge.lorafiles.store import CacheFull, LoraStore
 from comfyui_lora_bridge.bridge.lorafiles.validate import (
     LoraValidationError,
     SizeLimits,
@@ -171,9 +172,23 @@ def test_second_fetch_is_a_cache_hit(server, store, lora_bytes) -> None:
     again = fetch_lora(server.url("/h.safetensors?X-Amz-Signature=other"), store, policy=POLICY, retry=FAST)
     by_hash = fetch_lora(server.url("/elsewhere.safetensors"), store, sha256=first.sha256, policy=POLICY, retry=FAST)
     assert not first.cached and again.cached and by_hash.cached
-    assert len(server.log) == before  # no request at all
+    # without a hash the source is revalidated (one 1-byte ranged request); with one, nothing is asked
+    assert [(r.range, r.sent) for r in server.log[before:]] == [("bytes=0-0", 1)]
     stats = store.stats()
     assert (stats.entries, stats.hits, stats.misses) == (1, 2, 1)
+
+
+def test_a_source_whose_bytes_changed_is_fetched_again(server, store, lora_bytes, tmp_path) -> None:
+    server.add("/moving.safetensors", lora_bytes)
+    first = fetch_lora(server.url("/moving.safetensors"), store, policy=POLICY, retry=FAST)
+    newer = write_lora(tmp_path / "newer.safetensors", LoraSpec(layout="kohya", seed=5)).read_bytes()
+    server.add("/moving.safetensors", newer)  # same URL, new bytes (new ETag)
+    second = fetch_lora(server.url("/moving.safetensors"), store, policy=POLICY, retry=FAST)
+    assert not second.cached and second.sha256 == hashlib.sha256(newer).hexdigest() != first.sha256
+    assert fetch_lora(server.url("/moving.safetensors"), store, policy=POLICY, retry=FAST).cached
+    server.files.pop("/moving.safetensors")  # the host went away: the cached copy is used, with a warning
+    offline = fetch_lora(server.url("/moving.safetensors"), store, policy=POLICY, retry=FAST)
+    assert offline.cached and offline.sha256 == second.sha256 and "could not revalidate" in offline.warnings[0]
 
 
 def test_concurrent_fetches_share_one_download(server, store, lora_bytes) -> None:
@@ -329,3 +344,85 @@ def test_cli_fetch_and_cache_commands(server, tmp_path, lora_bytes) -> None:
     assert "SD1.x" in insp and "ohwx" in insp
     bad = subprocess.run([exe, "fetch", "http://169.254.169.254/x"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "not in the allowed hosts" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cut_responses_with_range_ignored_end_in_a_bounded_failure(server, store, lora_bytes) -> None:
+    size = len(lora_bytes)
+    server.add("/endless.safetensors", lora_bytes, Faults(ignore_range=True, cut_at=[size // 2] * 50))
+    retries: list[tuple[int, str]] = []
+    with pytest.raises(FetchError, match="thrown away|attempts"):
+        fetch_lora(server.url("/endless.safetensors"), store, policy=POLICY, retry=FAST,
+                   on_retry=lambda attempt, reason, delay: retries.append((attempt, reason)))
+    sent = server.bytes_sent("/endless.safetensors")
+    assert sent <= 3 * size  # not the 20x re-download of a time-only bound
+    assert len(retries) >= 1 and all(("broken" in r or "closed" in r) and len(r) <= 200 for _, r in retries), retries
+    assert visible_files(store) == []
+
+
+def _three_loras(tmp_path) -> list[bytes]:
+    return [write_lora(tmp_path / f"b{i}.safetensors", LoraSpec(seed=70 + i)).read_bytes() for i in range(3)]
+
+
+def test_concurrent_downloads_never_exceed_the_disk_budget(server, tmp_path) -> None:
+    blobs = _three_loras(tmp_path)
+    size = len(blobs[0])
+    store = LoraStore(tmp_path / "budgeted", budget_bytes=int(size * 2.5))
+    for i, data in enumerate(blobs):  # each download pauses half-way, so all three overlap
+        server.add(f"/c{i}.safetensors", data, Faults(stall_at=size // 2, stall_seconds=1.0))
+    peak, stop = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, sum(p.stat().st_size for p in store.blobs.iterdir() if p.is_file() and not p.name.endswith(".json")))
+            time.sleep(0.005)
+
+    outcomes: list[object] = [None] * 3
+
+    def fetch(i: int) -> None:
+        try:
+            outcomes[i] = fetch_lora(server.url(f"/c{i}.safetensors"), store, policy=POLICY, retry=FAST)
+        except CacheFull as exc:
+            outcomes[i] = exc
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = [threading.Thread(target=fetch, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    sampler.join()
+    assert peak <= store.budget_bytes, (peak, store.budget_bytes)
+    refused = [o for o in outcomes if isinstance(o, CacheFull)]
+    assert len(refused) == 1 and "reserved by downloads under way" in str(refused[0])  # two fit; the third waits for room
+    assert store.stats().reserved_bytes == 0 and store.stats().bytes <= store.budget_bytes
+
+
+def test_too_large_files_are_refused_at_once_and_partials_count(server, tmp_path, lora_bytes) -> None:
+    size = len(lora_bytes)
+    store = LoraStore(tmp_path / "small", budget_bytes=int(size * 1.5))
+    server.add("/fits.safetensors", lora_bytes)
+    kept = fetch_lora(server.url("/fits.safetensors"), store, policy=POLICY, retry=FAST)
+    big = write_lora(tmp_path / "big.safetensors", LoraSpec(seed=3, rank=32)).read_bytes()
+    assert len(big) > store.budget_bytes
+    server.add("/big.safetensors", big)
+    with pytest.raises(CacheFull, match="does not fit the disk budget"):
+        fetch_lora(server.url("/big.safetensors"), store, policy=POLICY, retry=FAST)
+    assert [e.sha256 for e in store.entries()] == [kept.sha256]  # nothing was evicted for it
+    assert server.bytes_sent("/big.safetensors") <= 1  # only the size probe
+    # a partial left by a cancelled download counts against the budget until it expires
+    partial = store.temp_path("f" * 32)
+    partial.write_bytes(b"\0" * (size // 2))
+    assert store.stats().partial_bytes == size // 2
+    others = _three_loras(tmp_path)
+    server.add("/next.safetensors", others[0])
+    store.pin(kept.sha256)
+    with pytest.raises(CacheFull):  # pinned file + partial + next would overflow
+        fetch_lora(server.url("/next.safetensors"), store, policy=POLICY, retry=FAST)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(partial, (old, old))
+    store.pin(kept.sha256, False)
+    fetch_lora(server.url("/next.safetensors"), store, policy=POLICY, retry=FAST)
+    assert not partial.exists() and store.stats().bytes <= store.budget_bytes

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
+from file_server import Faults
 from service_harness import EXE, KEY, SECRET, Service
 from support import CHECKPOINT
 
@@ -124,29 +127,35 @@ def test_auth_and_hostile_input(service) -> None:
 
 
 class Receiver:
-    """A loopback webhook receiver that answers 500 first (to exercise retries), then 200."""
+    """A loopback webhook receiver; ``answers`` are (status, Location) for the first calls, then 200."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", answers: list[tuple[int, str | None]] | None = None) -> None:
         import http.server
         import threading
 
-        self.calls: list[tuple[dict, bytes]] = []
+        self.calls: list[tuple[str, dict, bytes]] = []
+        answers = list(answers if answers is not None else [(500, None)])
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *a):
                 pass
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.calls.append((dict(self.headers), body))
-                self.send_response(500 if len(outer.calls) == 1 else 200)
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.calls.append((self.command, dict(self.headers), body))
+                status, location = answers.pop(0) if answers else (200, None)
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            do_POST = do_GET = _answer
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.url = f"http://{host}:{self.server.server_address[1]}/hook"
 
 
 def test_signed_webhook_with_retries_and_ws_twin(service) -> None:
@@ -164,7 +173,7 @@ def test_signed_webhook_with_retries_and_ws_twin(service) -> None:
         if len(receiver.calls) >= 2:
             break
         time.sleep(0.05)
-    headers, body = receiver.calls[-1]
+    _, headers, body = receiver.calls[-1]
     assert json.loads(body)["id"] == rec["id"]
     assert verify_signature(SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
     assert not verify_signature(SECRET, headers[TIMESTAMP_HEADER], body.replace(b"succeeded", b"failed"), headers[SIGNATURE_HEADER])
@@ -226,3 +235,78 @@ def test_cli_against_the_service(service) -> None:
     bad = subprocess.run([exe, "loras", "show", "--id", "nope"], env={**env, "LORA_BRIDGE_API_KEY": "wrong"},
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "401" in bad.stderr
+
+
+@pytest.mark.parametrize("status", [307, 302])
+def test_webhook_redirects_are_not_followed(service, status) -> None:
+    elsewhere = Receiver(host="127.0.0.2")  # loopback, but not in the allowlist (127.0.0.1)
+    receiver = Receiver(answers=[(status, elsewhere.url)])
+    _, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS,
+                                                                "webhook_url": receiver.url})
+    for _ in range(100):
+        webhook = [d for _, t, d in service.events(rec["id"]) if t == "webhook"]
+        if webhook:
+            break
+        time.sleep(0.05)
+    assert webhook == [{"delivered": False, "outcome": f"answered {status} (a redirect): redirects are not followed"}]
+    assert len(receiver.calls) == 1 and elsewhere.calls == []  # the signed body went nowhere else
+
+
+def test_presigned_credentials_stay_out_of_graphs_histories_pngs_listings_and_logs(service, comfy, s3, weights) -> None:
+    s3.client.put_object(Bucket="loras", Key="svc/presigned.safetensors", Body=Path(weights.loras["kohya"]).read_bytes())
+    url = s3.client.generate_presigned_url("get_object", Params={"Bucket": "loras", "Key": "svc/presigned.safetensors"})
+    query = url.split("?", 1)[1]
+    secrets = [v for k, v in (part.split("=", 1) for part in query.split("&")) if "ignature" in k or "Credential" in k]
+    assert secrets
+    status, lora = service.call("POST", "/v1/loras", {"name": "presigned", "character_id": 601, "status": "ready", "source": url})
+    assert status == 201 and lora["family"] == "sd15" and "?" not in lora["source"].replace("?…", "")
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS,
+                                                                     "character_id": 601})
+    assert rec["status"] == "succeeded" and rec["trigger_words"] == ["ohwx"]
+    history = urllib.request.urlopen(f"{comfy.url}/history/{rec['prompt_id']}").read().decode()
+    assert "sha256:" in history  # the graph names the pod's copy by content
+    _, png = service.call("GET", f"/v1/generations/{rec['id']}/outputs/0")
+    _, listing = service.call("GET", "/v1/loras")
+    service.call("GET", f"/v1/loras?api_key={secrets[0]}", key=None)  # refused, and not logged either
+    seen = {"pod history": history, "PNG": png.decode("latin-1"), "listing": json.dumps(listing),
+            "job": json.dumps(rec), "events": json.dumps(service.events(rec["id"])), "service log": service.log}
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text and secret.replace("%2F", "/") not in text, f"credential in the {where}"
+
+
+def test_a_pod_download_retry_is_an_event_on_the_job(service, file_server, weights) -> None:
+    data = cached_lora(LoraSpec(layout="kohya", seed=123, output_name="flaky")).read_bytes()
+    file_server.add("/flaky.safetensors", data, Faults(cut_at=[len(data) // 2]))
+    _, lora = service.call("POST", "/v1/loras", {"name": "flaky", "character_id": 602, "status": "ready",
+                                                 "source": file_server.url("/flaky.safetensors")})
+    _, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS,
+                                                                "character_id": 602})
+    assert rec["status"] == "succeeded" and rec["applied"]
+    retries = [d for _, t, d in service.events(rec["id"]) if t == "fetch_retry"]
+    assert retries and retries[0]["retries"] == 1 and "flaky.safetensors" in retries[0]["source"]
+
+
+def test_registry_refuses_sources_the_pods_would_refuse(service) -> None:
+    for source in ("http://169.254.169.254/latest/x.safetensors", "/etc/passwd", "http://localhost:9/x.safetensors",
+                   "file:///etc/shadow"):
+        status, err = service.call("POST", "/v1/loras", {"name": "evil", "family": "sd15", "status": "ready", "source": source})
+        assert status == 400 and err["error"]["type"] == "source_refused", (source, err)
+    assert not any(item["name"] == "evil" for item in service.call("GET", "/v1/loras")[1]["loras"])
+
+
+def test_embedded_pod_with_a_route_token(tmp_path) -> None:
+    """``serve --embedded-pod`` with LORA_BRIDGE_TOKEN: the pod requires it, and the service sends it."""
+    svc = Service([], tmp_path, env={"LORA_BRIDGE_TOKEN": "route-secret", "LORA_BRIDGE_POD_TOKEN": ""})
+    svc.args.append("--embedded-pod")
+    try:
+        svc.start(timeout=180)
+        status, rec = svc.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img",
+                                                                     "params": {**PARAMS, "checkpoint": "sd15-tiny.safetensors"}})
+        assert status == 200 and rec["status"] == "succeeded", rec
+        pod = rec["pod"]
+        assert urllib.request.urlopen(f"{pod}/system_stats").status == 200
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the pod's own routes do require it
+            urllib.request.urlopen(f"{pod}/lora_bridge/cache")
+    finally:
+        svc.kill()

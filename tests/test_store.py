@@ -46,7 +46,7 @@ def test_pinned_and_in_use_files_are_never_evicted(tmp_path, files) -> None:
     pinned = fetch(store, files[0], pin=True)
     used = fetch(store, files[1])
     with store.in_use(used.sha256):
-        with pytest.raises(CacheFull, match="pinned or in use"):
+        with pytest.raises(CacheFull, match="pinned, in use, or reserved"):
             fetch(store, files[2])
         assert {e.sha256 for e in store.entries()} == {pinned.sha256, used.sha256}
         assert [e.in_use for e in store.entries() if e.sha256 == used.sha256] == [True]

@@ -33,6 +33,8 @@ from .sources import (
     RemoteChanged,
     RemoteStat,
     Source,
+    SourceError,
+    SourceRefused,
     Transport,
     parse_source,
     transport_for,
@@ -42,6 +44,7 @@ from .validate import PICKLE_EXTENSIONS, SAFE_EXTENSION, check_extension, safe_n
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, total bytes)
 CancelCheck = Callable[[], bool]
+RetryCallback = Callable[[int, str, float], None]  # (attempt that failed, why, seconds until the next)
 CHUNK = 4 << 20  # read1 sizes: large blocks keep Python overhead per byte low
 SMALL_CHUNK = 64 << 10  # bodies without read1 (boto3's) are read in small blocks
 WRITEBACK = 64 << 20  # hand written data to the disk in steps, so the final fsync is short
@@ -50,11 +53,15 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter between attempts that made no progress; bounded total time."""
+    """Exponential backoff with jitter between attempts that kept no progress, bounded three ways: total
+    time, attempts, and bytes thrown away (a server that ignores ``Range`` and cuts every response
+    makes each attempt start again from zero: that is not progress)."""
 
     delays: tuple[float, ...] = (2.0, 4.0, 8.0)
     jitter: float = 0.25
     max_total: float = 900.0
+    max_attempts: int = 12  # connection attempts per download, progress or not
+    max_wasted_ratio: float = 1.0  # bytes received then thrown away, as a multiple of the file size
     parallel: int = 4  # ranges downloaded at once for large files
     parallel_min_bytes: int = 256 * 1024 * 1024  # files smaller than this use one stream
 
@@ -141,10 +148,13 @@ class _Download:
     """One download of ``transport`` into ``temp`` (+ ``temp.N`` for extra ranges)."""
 
     def __init__(self, transport: Transport, temp: Path, retry: RetryPolicy, progress: ProgressCallback | None,
-                 cancel: CancelCheck | None, display: str) -> None:
+                 cancel: CancelCheck | None, display: str, on_retry: RetryCallback | None = None) -> None:
         self.transport, self.temp, self.retry, self.display = transport, temp, retry, display
         self.cancel = cancel or (lambda: False)
         self.callback = progress
+        self.on_retry = on_retry
+        self.attempts = 0
+        self.wasted = 0
         self.state = temp.with_name(temp.name + ".json")
         self.stop = threading.Event()
         self.transient = _transient_errors()
@@ -191,9 +201,13 @@ class _Download:
             raise FetchCancelled(f"download of {self.display} cancelled") from None
         if failures > len(self.retry.delays):
             raise FetchError(f"{what} failed after {failures} attempts: {exc}") from None
+        if self.attempts >= self.retry.max_attempts:
+            raise FetchError(f"{what} gave up after {self.attempts} connection attempts: {exc}") from None
         delay = self.retry.delays[failures - 1] * (1 + random.uniform(-self.retry.jitter, self.retry.jitter))
         if time.monotonic() + delay > deadline:
             raise FetchError(f"{what} ran out of time ({self.retry.max_total:.0f} s): {exc}") from None
+        if self.on_retry is not None:
+            self.on_retry(self.attempts, _reason(exc), delay)
         end = time.monotonic() + delay
         while time.monotonic() < end and not (self.cancel() or self.stop.is_set()):
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
@@ -218,6 +232,7 @@ class _Download:
             if self.stop.is_set():
                 return
             try:
+                self.attempts += 1
                 body, ranged = self.transport.open(start + done, end, plan.validator)
                 with self._bodies_lock:
                     self._bodies.add(body)
@@ -227,6 +242,10 @@ class _Download:
                         if len(plan.segments) > 1:
                             raise _NoRanges()
                         progress.add(-done, fetched=False)
+                        self.wasted += done
+                        if self.wasted > self.retry.max_wasted_ratio * max(plan.size, 1):
+                            raise FetchError(f"download of {self.display}: the server ignores Range and cuts "
+                                             f"responses; {self.wasted} bytes were received and thrown away; giving up")
                         done = 0
                         if hasher is not None:
                             hasher.close()
@@ -248,7 +267,8 @@ class _Download:
                                 f.flush()
                                 os.posix_fadvise(f.fileno(), written, done - written, os.POSIX_FADV_DONTNEED)
                                 written = done
-                            failures = 0
+                            if ranged:  # resumable: these bytes are kept whatever happens next
+                                failures = 0
                             progress.add(len(block))
                             if self.cancel() or self.stop.is_set():
                                 break
@@ -352,6 +372,12 @@ class _Download:
         return digest.hexdigest()
 
 
+def _reason(exc: BaseException) -> str:
+    """A network error in one short line (urllib3 nests the cause in a tuple)."""
+    text = str(exc.args[0]) if exc.args else ""
+    return (text or type(exc).__name__)[:200]
+
+
 def _shutdown(body: Any) -> None:
     """Wake a thread blocked reading ``body`` (urllib3 or botocore response) by shutting its socket."""
     raw = getattr(body, "_raw_stream", body)  # botocore wraps a urllib3 response
@@ -391,6 +417,7 @@ def fetch_lora(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     pin: bool = False,
+    on_retry: RetryCallback | None = None,
 ) -> FetchResult:
     """Return a verified local copy of ``source`` from the cache, downloading it if needed.
 
@@ -407,12 +434,16 @@ def fetch_lora(
     link_name = None
     if name:
         link_name = safe_name(name if Path(name).suffix.lower() in (SAFE_EXTENSION, *PICKLE_EXTENSIONS) else name + ext)
+    warnings: list[str] = []
+    version = store.source_version(src.identity) if sha256 is None else None
+    if version is not None:
+        warnings += _revalidate(src, store, policy, version)  # no hash to trust: is the cached copy still what the source serves?
     hit = store.lookup(sha256=sha256, identity=None if sha256 else src.identity, record_miss=False)
     if hit is None:
         with store.single_flight(src.identity, cancel):  # also owns the source's temporary file
             hit = store.lookup(sha256=sha256, identity=None if sha256 else src.identity)
             if hit is None:
-                return _download(src, store, sha256, ext, link_name, policy, retry, progress, cancel, pin)
+                return _download(src, store, sha256, ext, link_name, policy, retry, progress, cancel, pin, on_retry)
     sha, path = hit
     if pin:
         store.pin(sha)
@@ -423,16 +454,42 @@ def fetch_lora(
     size = path.stat().st_size
     if progress:
         progress(size, size)
-    return FetchResult(path, sha, size, True, info, link)
+    return FetchResult(path, sha, size, True, info, link, warnings)
+
+
+def _revalidate(src: Source, store: LoraStore, policy: FetchPolicy, version: tuple[int | None, str | None]) -> list[str]:
+    """Forget the cached copy of a source whose size or validator changed; an unreachable source keeps
+    its copy, with a warning."""
+    size, validator = version
+    try:
+        stat = transport_for(src, policy).stat()
+    except SourceRefused:
+        raise
+    except (*_transient_errors(), SourceError) as exc:
+        return [f"could not revalidate {src.display} ({exc}); using the cached copy"]
+    if stat.size != size or (stat.validator or None) != (validator or None):
+        store.forget_source(src.identity)
+    return []
 
 
 def _download(src: Source, store: LoraStore, sha256: str | None, ext: str, link_name: str | None, policy: FetchPolicy,
-              retry: RetryPolicy, progress: ProgressCallback | None, cancel: CancelCheck | None, pin: bool) -> FetchResult:
-    temp = store.temp_path(hashlib.sha256(src.identity.encode()).hexdigest()[:32])
-    download = _Download(transport_for(src, policy), temp, retry, progress, cancel, src.display)
+              retry: RetryPolicy, progress: ProgressCallback | None, cancel: CancelCheck | None, pin: bool,
+              on_retry: RetryCallback | None = None) -> FetchResult:
+    key = hashlib.sha256(src.identity.encode()).hexdigest()[:32]
+    temp = store.temp_path(key)
+    download = _Download(transport_for(src, policy), temp, retry, progress, cancel, src.display, on_retry)
     stat = download.stat(time.monotonic() + retry.max_total)
     warnings = [w] if (w := policy.limits.check(stat.size, f"LoRA {src.display}")) else []
-    store.reserve(stat.size)
+    store.reserve(key, stat.size)
+    try:
+        return _verify_and_add(src, store, download, stat, key, sha256, ext, link_name, pin, warnings)
+    finally:
+        store.release(key)  # a no-op once added; a kept partial counts on its own from now on
+
+
+def _verify_and_add(src: Source, store: LoraStore, download: "_Download", stat: RemoteStat, key: str,
+                    sha256: str | None, ext: str, link_name: str | None, pin: bool, warnings: list[str]) -> FetchResult:
+    temp = download.temp
     digest, fetched = download.run(stat)
     actual = temp.stat().st_size
     try:
@@ -451,9 +508,9 @@ def _download(src: Source, store: LoraStore, sha256: str | None, ext: str, link_
             info.warnings = warnings + info.warnings
         _fsync(temp)
     except IntegrityError:
-        temp.unlink(missing_ok=True)
+        store.discard_partial(key)  # wrong bytes are never resumed
         raise
-    path = store.add(temp, digest, actual, ext, src.display, src.identity)
+    path = store.add(temp, digest, actual, ext, src.display, src.identity, reservation=key, validator=stat.validator)
     if pin:
         store.pin(digest)
     link = store.link(link_name, digest) if link_name else None

@@ -78,10 +78,23 @@ class FetchPolicy:
 
 def redact_url(url: str) -> str:
     """A URL safe for logs: no user info and no query string (presigned signatures live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # malformed: show only the scheme
+        return url.split("://", 1)[0][:20] + "://…"
     return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
+
+
+def carries_credentials(text: str) -> bool:
+    """True for an http(s) URL with a query string: presigned signatures and tokens live there, so
+    such a URL must not enter a workflow graph, a history, a log or a listing."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return True  # malformed: treat it as secret rather than show it
+    return parts.scheme.lower() in ("http", "https") and bool(parts.query)
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,11 @@ def parse_source(text: str) -> Source:
     if not isinstance(text, str) or not text.strip() or "\x00" in text:
         raise SourceError("empty or invalid source")
     text = text.strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise SourceError(f"invalid source {redact_url(text)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme == "s3":
         bucket, key = parts.netloc, parts.path.lstrip("/")
@@ -152,6 +169,8 @@ def _check_address(host: str, port: int, policy: FetchPolicy) -> None:
     explicit = policy.host_allowed(host)
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata address too
         if ip in _METADATA_IPS or ip.is_link_local:
             raise SourceRefused(f"host {host} resolves to {ip} (link-local or metadata address); refused")
         if (ip.is_private or ip.is_loopback or ip.is_reserved or ip.is_unspecified or ip.is_multicast) and not explicit:

@@ -4,7 +4,10 @@
 name in the same folder, then renamed), ``<root>/index.sqlite3`` what we know of them (sources,
 names, pins, last use, counters), and human names are symlinks in ``link_dir`` (ComfyUI's
 ``loras`` folder on a pod). A disk budget evicts least-recently-used files, never one that is
-pinned or in use (held under a shared ``flock`` by any process). Safe across threads and processes.
+pinned or in use (held under a shared ``flock`` by any process). The budget is a bound: a download
+reserves its size before it starts (concurrent ones see each other's reservations), hidden partial
+files left by failed downloads count against it and expire, and a file larger than the whole
+budget is refused at once without evicting anything. Safe across threads and processes.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from .validate import safe_name
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, size INTEGER, ext TEXT, source TEXT,
     created REAL, last_used REAL, pinned INTEGER DEFAULT 0);
-CREATE TABLE IF NOT EXISTS sources (identity TEXT PRIMARY KEY, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS sources (identity TEXT PRIMARY KEY, sha256 TEXT, size INTEGER, validator TEXT);
 CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY, sha256 TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
+CREATE TABLE IF NOT EXISTS reservations (key TEXT PRIMARY KEY, bytes INTEGER, pid INTEGER, created REAL);
 """
+PARTIAL_TTL = 24 * 3600.0  # a partial download nobody resumed within a day is removed
 
 
 class CacheFull(LoraBridgeError):
@@ -69,6 +74,8 @@ class CacheCounters:
 @dataclass(frozen=True)
 class CacheStats(CacheCounters):
     budget_bytes: int | None = None
+    reserved_bytes: int = 0  # downloads under way
+    partial_bytes: int = 0  # hidden partial files (under way, or kept for a resume)
 
 
 def _identity_key(identity: str) -> str:
@@ -90,6 +97,10 @@ class LoraStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sources)")}
+            for column, kind in (("size", "INTEGER"), ("validator", "TEXT")):  # stores made before revalidation
+                if column not in columns:
+                    db.execute(f"ALTER TABLE sources ADD COLUMN {column} {kind}")
         finally:
             db.close()
 
@@ -171,6 +182,18 @@ class LoraStore:
                 self._count(db, "misses")
             return None
 
+    def source_version(self, identity: str) -> tuple[int | None, str | None] | None:
+        """The size and validator (ETag, Last-Modified, mtime) the cached copy of a source was fetched
+        at; None when the source has no cached copy."""
+        with self._db() as db:
+            row = db.execute("SELECT size, validator FROM sources WHERE identity = ?", (_identity_key(identity),)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def forget_source(self, identity: str) -> None:
+        """The bytes behind a source changed: its cached copy no longer answers for it."""
+        with self._db() as db:
+            db.execute("DELETE FROM sources WHERE identity = ?", (_identity_key(identity),))
+
     def resolve_name(self, name: str) -> str | None:
         with self._db() as db:
             row = db.execute("SELECT sha256 FROM names WHERE name = ?", (name,)).fetchone()
@@ -178,21 +201,25 @@ class LoraStore:
 
     # -- adding, naming, pinning --------------------------------------------------------------
 
-    def add(self, temp: Path, sha256: str, size: int, ext: str, source: str, identity: str | None) -> Path:
-        """Publish a verified temporary file under its content address (atomic rename)."""
+    def add(self, temp: Path, sha256: str, size: int, ext: str, source: str, identity: str | None,
+            reservation: str | None = None, validator: str | None = None) -> Path:
+        """Publish a verified temporary file under its content address (atomic rename); the
+        download's reservation becomes the blob's own size in the same transaction."""
         final = self.blob_path(sha256, ext)
         os.replace(temp, final)
         _fsync_dir(self.blobs)
         now = time.time()
         with self._db() as db:
+            if reservation:
+                db.execute("DELETE FROM reservations WHERE key = ?", (reservation,))
             db.execute(
                 "INSERT INTO blobs (sha256, size, ext, source, created, last_used) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(sha256) DO UPDATE SET last_used = excluded.last_used",
                 (sha256, size, ext, source, now, now),
             )
             if identity:
-                db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?)", (_identity_key(identity), sha256))
-        self.enforce_budget(keep={sha256}, strict=False)  # room was reserved before the download
+                db.execute("INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
+                           (_identity_key(identity), sha256, size, validator))
         return final
 
     def link(self, name: str, sha256: str) -> Path | None:
@@ -240,18 +267,88 @@ class LoraStore:
                 evicted.append(sha)
         return evicted
 
-    def reserve(self, size: int, keep: set[str] | None = None) -> None:
-        """Make room for ``size`` more bytes within the budget, or raise ``CacheFull``."""
-        self.enforce_budget(extra=size, keep=keep or set())
+    def _partials(self) -> dict[str, tuple[int, float]]:
+        """Hidden partial downloads by key: (bytes on disk, newest modification time)."""
+        found: dict[str, tuple[int, float]] = {}
+        for path in self.blobs.glob(".*.part*"):
+            key = path.name[1:].split(".part", 1)[0]
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            size, mtime = found.get(key, (0, 0.0))
+            found[key] = (size + st.st_size, max(mtime, st.st_mtime))
+        return found
 
-    def enforce_budget(self, extra: int = 0, keep: set[str] | None = None, strict: bool = True) -> list[str]:
-        """Evict least-recently-used files until ``extra`` more bytes fit; ``strict`` raises if they cannot."""
+    def _active_reservations(self, db: sqlite3.Connection) -> dict[str, int]:
+        """Reservations of downloads under way (a dead process's reservation is dropped)."""
+        active = {}
+        for key, size, pid in db.execute("SELECT key, bytes, pid FROM reservations").fetchall():
+            if _alive(pid):
+                active[key] = size
+            else:
+                db.execute("DELETE FROM reservations WHERE key = ?", (key,))
+        return active
+
+    def _used(self, db: sqlite3.Connection, expire: bool) -> int:
+        """Bytes the budget must cover: blobs, reservations, and partial files no download holds
+        (expired ones are removed first when ``expire``)."""
+        reserved = self._active_reservations(db)
+        total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0] + sum(reserved.values())
+        for key, (size, mtime) in self._partials().items():
+            if key in reserved:
+                continue  # covered by its reservation
+            if expire and time.time() - mtime > PARTIAL_TTL:
+                self.discard_partial(key)
+            else:
+                total += size
+        return total
+
+    def discard_partial(self, key: str) -> None:
+        """Remove a partial download (its segments and state file)."""
+        for path in self.blobs.glob(f".{key}.part*"):
+            path.unlink(missing_ok=True)
+
+    def reserve(self, key: str, size: int, keep: set[str] | None = None) -> None:
+        """Reserve ``size`` bytes for the download ``key`` (evicting least-recently-used files if
+        needed), or raise ``CacheFull`` without evicting anything when the room cannot be made."""
+        if self.budget_bytes is None:
+            return
+        if size > self.budget_bytes:
+            raise CacheFull(f"a {size}-byte file does not fit the disk budget of {self.budget_bytes} bytes")
+        keep = keep or set()
+        with self._db() as db:
+            db.execute("DELETE FROM reservations WHERE key = ?", (key,))
+            used = self._used(db, expire=True)
+            partial = self._partials().get(key, (0, 0.0))[0]  # a resumed download already holds these bytes
+            needed = used - partial + size - self.budget_bytes
+            rows = db.execute("SELECT sha256, ext, size, pinned FROM blobs ORDER BY last_used ASC").fetchall()
+            victims = []
+            for sha, ext, blob_size, pinned in rows:
+                if needed - sum(v[2] for v in victims) <= 0:
+                    break
+                if not (pinned or sha in keep or self._is_in_use(sha)):
+                    victims.append((sha, ext, blob_size))
+            if needed - sum(v[2] for v in victims) > 0:
+                raise CacheFull(f"disk budget of {self.budget_bytes} bytes cannot fit {size} more now: the rest is "
+                                f"pinned, in use, or reserved by downloads under way")
+            for sha, ext, _ in victims:
+                self._remove(db, sha, ext)
+            db.execute("INSERT INTO reservations VALUES (?, ?, ?, ?)", (key, size, os.getpid(), time.time()))
+
+    def release(self, key: str) -> None:
+        """End a download's reservation (its partial file, if kept, counts on its own from now on)."""
+        with self._db() as db:
+            db.execute("DELETE FROM reservations WHERE key = ?", (key,))
+
+    def enforce_budget(self, keep: set[str] | None = None) -> list[str]:
+        """Evict least-recently-used files (and expired partial downloads) until the cache fits its budget."""
         if self.budget_bytes is None:
             return []
         keep = keep or set()
         evicted = []
         with self._db() as db:
-            total = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()[0] + extra
+            total = self._used(db, expire=True)
             rows = db.execute("SELECT sha256, ext, size, pinned FROM blobs ORDER BY last_used ASC").fetchall()
             for sha, ext, size, pinned in rows:
                 if total <= self.budget_bytes:
@@ -261,11 +358,6 @@ class LoraStore:
                 self._remove(db, sha, ext)
                 evicted.append(sha)
                 total -= size
-        if strict and total > self.budget_bytes:  # raised after the commit: evictions stand
-            raise CacheFull(
-                f"disk budget of {self.budget_bytes} bytes cannot fit {extra} more: the remaining "
-                f"{total - extra} bytes are pinned or in use"
-            )
         return evicted
 
     # -- reporting ----------------------------------------------------------------------------
@@ -286,8 +378,21 @@ class LoraStore:
         with self._db() as db:
             n, total = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            reserved = sum(self._active_reservations(db).values())
+        partial = sum(size for size, _ in self._partials().values())
         return CacheStats(entries=n, bytes=total, hits=counters.get("hits", 0), misses=counters.get("misses", 0),
-                          evictions=counters.get("evictions", 0), budget_bytes=self.budget_bytes)
+                          evictions=counters.get("evictions", 0), budget_bytes=self.budget_bytes,
+                          reserved_bytes=reserved, partial_bytes=partial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

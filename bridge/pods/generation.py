@@ -62,8 +62,8 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
     """
     reports: dict[str, InsertionReport] = {}
 
-    def build(pod: PodStatus) -> dict[str, Any]:
-        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=loras,
+    def build(pod: PodStatus, named: list[LoraRequest]) -> dict[str, Any]:
+        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=named,
                             mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode)
         reports[pod.config.url] = built.report
         if on_built is not None:

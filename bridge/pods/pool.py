@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..errors import NoPodAvailable, PodError, PodUnavailable
 from ..graphs.lora_insertion import LoraRequest
 from ..graphs.validate import GraphInvalid
-from ..lorafiles.sources import redact_url
+from ..lorafiles.sources import carries_credentials, redact_url
 from ..pack_protocol import (
     NODE_APPLY_STACK,
     ROUTE_CACHE,
@@ -27,6 +27,7 @@ from ..pack_protocol import (
     ROUTE_PREFETCH_CANCEL,
     PrefetchCancel,
     PrefetchRequest,
+    store_reference,
 )
 from .client import EventCallback, JobResult, PodClient, PodEvent
 
@@ -68,7 +69,7 @@ class PodStatus:
                 "labels": sorted(self.config.labels)}
 
 
-GraphBuilder = Callable[[PodStatus], dict[str, Any]]
+GraphBuilder = Callable[[PodStatus, list[LoraRequest]], dict[str, Any]]  # a pod and its LoRAs as named -> graph
 
 
 class PodPool:
@@ -108,7 +109,7 @@ class PodPool:
         pod.facts_checked = 0.0
         await self._check(pod)
 
-    async def build(self, pod: PodStatus, build: "GraphBuilder") -> dict[str, Any]:
+    async def build(self, pod: PodStatus, build: Callable[[PodStatus], dict[str, Any]]) -> dict[str, Any]:
         """``build(pod)``; a graph refused for what may be stale pod facts is rebuilt once after re-reading them."""
         try:
             return build(pod)
@@ -134,13 +135,33 @@ class PodPool:
         order = list(self.status)
         return min(candidates, key=lambda p: (-len(shas & p.cached), p.queue, order.index(p.config.url)))
 
-    async def prefetch(self, pod: PodStatus, loras: list[LoraRequest], request_id: str | None = None) -> None:
-        """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only); ``request_id``
-        names the downloads for ``cancel_prefetch``."""
-        wanted = [lora for lora in loras if lora.source and (not lora.sha256 or lora.sha256 not in pod.cached)]
-        if not pod.pack or not wanted:
-            return
+    async def prefetch(self, pod: PodStatus, loras: list[LoraRequest], request_id: str | None = None,
+                       on_event: EventCallback | None = None) -> list[LoraRequest]:
+        """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only; ``request_id`` names
+        the downloads for ``cancel_prefetch``). Returns the LoRAs as the graph should name them:
+        with their SHA-256, and a URL that carries credentials replaced by a reference to the
+        pod's store, so no signature or token reaches the graph, the pod's history or a PNG.
+        Each retry of a pod-side download is reported as a ``fetch_retry`` event."""
+        if not pod.pack:
+            return list(loras)
+        wanted = [lora for lora in loras if lora.source and (not lora.sha256 or lora.sha256 not in pod.cached
+                                                             or carries_credentials(lora.source))]
+        fetched: dict[int, str] = {}
+        if wanted:
+            fetched = dict(zip(map(id, wanted), await self._prefetch(pod, wanted, request_id, on_event)))
+            pod.cached |= set(fetched.values())
+        named = []
+        for lora in loras:
+            sha = lora.sha256 or fetched.get(id(lora))
+            source = store_reference(sha) if sha and lora.source and carries_credentials(lora.source) else lora.source
+            named.append(replace(lora, sha256=sha, source=source))
+        return named
+
+    async def _prefetch(self, pod: PodStatus, wanted: list[LoraRequest], request_id: str | None,
+                        on_event: EventCallback | None) -> list[str]:
         async with self.client(pod, timeout=900) as client:
+            watcher = asyncio.ensure_future(self._watch_retries(client, request_id, on_event)) \
+                if request_id and on_event else None
             async def one(lora: LoraRequest) -> str:
                 try:
                     payload = PrefetchRequest(source=lora.source, sha256=lora.sha256, name=lora.name, request_id=request_id)
@@ -151,7 +172,30 @@ class PodPool:
                     raise PrefetchFailed(lora, str(exc)) from None
                 return result["sha256"]
 
-            pod.cached |= set(await asyncio.gather(*(one(lora) for lora in wanted)))
+            try:
+                return list(await asyncio.gather(*(one(lora) for lora in wanted)))
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+
+    @staticmethod
+    async def _watch_retries(client: PodClient, request_id: str, on_event: EventCallback, every: float = 0.5) -> None:
+        """Report the pod's download retries for ``request_id`` while the prefetch runs."""
+        seen: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(every)
+            try:
+                listing = await client.get_json(ROUTE_PREFETCH)
+            except PodError:
+                continue
+            for item in listing.get("downloads", []):
+                if item.get("request_id") != request_id or item.get("retries", 0) <= seen.get(item["source"], 0):
+                    continue
+                seen[item["source"]] = item["retries"]
+                maybe = on_event(PodEvent("fetch_retry", {"source": item["source"], "retries": item["retries"],
+                                                          "reason": item.get("last_error")}))
+                if asyncio.iscoroutine(maybe):
+                    await maybe
 
     async def cancel_prefetch(self, pod: PodStatus, request_id: str) -> None:
         """Stop the pod's downloads for ``request_id`` (a cancelled job's LoRAs)."""
@@ -162,7 +206,7 @@ class PodPool:
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
                   labels: frozenset[str] = frozenset(), attempts: int = 3,
                   request_id: str | None = None) -> tuple[JobResult, PodStatus]:
-        """Run a job: choose a pod, build its graph, prefetch, submit, stream; move to another pod if
+        """Run a job: choose a pod, prefetch, build its graph, submit, stream; move to another pod if
         this one dies (``assigned`` and ``failover`` events). ``request_id`` names the prefetches."""
         failed: set[str] = set()
         shas = {lora.sha256 for lora in loras if lora.sha256}
@@ -178,8 +222,8 @@ class PodPool:
             pod = self.choose(shas, labels, failed)
             await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
             try:
-                graph = await self.build(pod, build)
-                await self.prefetch(pod, loras, request_id)
+                named = await self.prefetch(pod, loras, request_id, on_event)
+                graph = await self.build(pod, lambda p: build(p, named))
                 pod.queue += 1
                 async with self.client(pod, timeout=300) as client:
                     result = await client.run(graph, on_event)

@@ -10,6 +10,7 @@ generated from the same declarations. Errors have one shape, ``{"error": {"type"
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from ..errors import NotFound, RequestInvalid
 from ..lorafiles.inspect import inspect_source
-from ..lorafiles.sources import FetchPolicy
+from ..lorafiles.sources import FetchPolicy, carries_credentials, check_source, parse_source, redact_url
 from ..openapi import RouteSpec, openapi_document
 from ..pack_protocol import (
     ROUTE_CACHE,
@@ -47,6 +49,7 @@ DB = web.AppKey("db", Database)
 POOL = web.AppKey("pool", PodPool)
 SETTINGS = web.AppKey("settings", Settings)
 POLICY = web.AppKey("policy", FetchPolicy)
+REGISTRY_POLICY = web.AppKey("registry_policy", FetchPolicy)
 UPLOADS = web.AppKey("uploads", LoraUploads)
 GENERATIONS = web.AppKey("generations", Generations)
 OPENAPI = web.AppKey("openapi", dict)
@@ -115,10 +118,24 @@ def _gens(request: web.Request) -> Generations:
 # -- LoRA registry ---------------------------------------------------------------------------------
 
 
+def lora_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A registry record as the API shows it: a source URL without its query string (credentials)."""
+    source = record.get("source")
+    return {**record, "source": redact_url(source)} if source and carries_credentials(source) else record
+
+
+async def _check_source(request: web.Request, source: str) -> None:
+    """The same source policy the pods apply, at registration: a source they would refuse is refused now."""
+    policy = request.app[REGISTRY_POLICY]
+    await asyncio.get_running_loop().run_in_executor(None, lambda: check_source(parse_source(source), policy))
+
+
 async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
     body: s.LoraCreate = inputs.body
     fields = body.registry_fields()
     source = fields.get("source")
+    if source:
+        await _check_source(request, source)
     if source and not fields.get("family"):  # fill family, rank, trigger word from the header (ranged reads)
         policy: FetchPolicy = request.app[POLICY]
         info = await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
@@ -128,15 +145,15 @@ async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
         if not fields.get("trigger_word") and info.trigger_words:
             fields["trigger_word"] = info.trigger_words[0]
         fields["metadata"] = {**info.metadata, **(fields.get("metadata") or {})}
-    return web.json_response(request.app[DB].add_lora(fields), status=201)
+    return web.json_response(lora_view(request.app[DB].add_lora(fields)), status=201)
 
 
 async def list_loras(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response({"loras": request.app[DB].list_loras(**inputs.query.filters())})
+    return web.json_response({"loras": [lora_view(r) for r in request.app[DB].list_loras(**inputs.query.filters())]})
 
 
 async def get_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[DB].get_lora(inputs.path.id))
+    return web.json_response(lora_view(request.app[DB].get_lora(inputs.path.id)))
 
 
 async def lora_metadata(request: web.Request, inputs: Inputs) -> web.Response:
@@ -144,7 +161,11 @@ async def lora_metadata(request: web.Request, inputs: Inputs) -> web.Response:
 
 
 async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[DB].update_lora(inputs.path.id, inputs.body.registry_fields()))
+    fields = inputs.body.registry_fields()
+    request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
+    if fields.get("source"):
+        await _check_source(request, fields["source"])
+    return web.json_response(lora_view(request.app[DB].update_lora(inputs.path.id, fields)))
 
 
 async def delete_lora(request: web.Request, inputs: Inputs) -> web.Response:
@@ -184,7 +205,7 @@ async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
     record = {**lora.registry_fields(), "source": source, "sha256": info.sha256, "size": info.size, "rank": info.rank,
               "family": lora.family or info.family, "metadata": info.metadata,
               "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)}
-    return web.json_response(request.app[DB].add_lora(record), status=201)
+    return web.json_response(lora_view(request.app[DB].add_lora(record)), status=201)
 
 
 # -- generations ---------------------------------------------------------------------------------
@@ -377,6 +398,13 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
 ]
 
 
+class AccessLog(AbstractAccessLogger):
+    """One line per request without its query string (a key or a signature sent there never reaches a log)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, request.path, response.status, time)
+
+
 def _bind(spec: RouteSpec, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def route(request: web.Request) -> web.StreamResponse:
         return await handler(request, await parse(request, spec))
@@ -389,6 +417,8 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     """The service; ``on_startup`` resumes unfinished jobs, ``on_shutdown`` detaches from running ones."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[DB], app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = db, pool, settings, policy, uploads
+    # registered sources obey the pods' policy; the service's own upload folder is one of the allowed roots
+    app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, uploads.local_dir))
     app[GENERATIONS] = gens = Generations(db, pool, outputs_dir, settings, policy)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 

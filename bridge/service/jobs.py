@@ -37,7 +37,7 @@ from ..errors import (
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import load_template
-from ..lorafiles.sources import FetchPolicy, check_source, parse_source
+from ..lorafiles.sources import FetchPolicy
 from ..pack_protocol import describe_validation_error
 from ..pods.client import OutputFile, PodEvent
 from ..pods.generation import run_generation
@@ -131,7 +131,7 @@ class Generations:
         if request.webhook_url:
             if not self.settings.webhook_secret:
                 raise GenerationRefused("webhooks need LORA_BRIDGE_WEBHOOK_SECRET to be configured (they are signed)")
-            check_source(parse_source(request.webhook_url), self.policy)
+            webhooks.check_webhook_url(request.webhook_url, self.policy)
         if request.workflow is not None and is_ui_workflow(request.workflow):
             check_editor_workflow(request.workflow)  # what needs the pod's node list is checked on the pod
         params = dict(request.params)
@@ -390,6 +390,6 @@ class Generations:
         if not self.settings.webhook_secret:
             self.record(job_id, "webhook", {"delivered": False, "reason": "LORA_BRIDGE_WEBHOOK_SECRET is not configured"})
             return
-        delivered = await webhooks.deliver(url, self.settings.webhook_secret, job_view(job))
-        self.record(job_id, "webhook", {"delivered": delivered})
+        delivered, outcome = await webhooks.deliver(url, self.settings.webhook_secret, job_view(job), self.policy)
+        self.record(job_id, "webhook", {"delivered": delivered, "outcome": outcome})
 

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import NotFound, RequestInvalid
 from ..lorafiles.inspect import inspect_source
-from ..lorafiles.sources import FetchPolicy, carries_credentials, check_source, parse_source, redact_url
+from ..lorafiles.sources import (
+    FetchPolicy,
+    carries_credentials,
+    check_source,
+    parse_source,
+    redact_url,
+)
 from ..openapi import RouteSpec, openapi_document
 from ..pack_protocol import (
     ROUTE_CACHE,

@@ -17,7 +17,14 @@ from typing import Any
 
 import aiohttp
 
-from ..lorafiles.sources import FetchPolicy, SourceError, SourceRefused, check_source, parse_source, redact_url
+from ..lorafiles.sources import (
+    FetchPolicy,
+    SourceError,
+    SourceRefused,
+    check_source,
+    parse_source,
+    redact_url,
+)
 
 log = logging.getLogger("lora_bridge.webhooks")
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-LoraBridge-Signature", "X-LoraBridge-Timestamp"

@@ -3,7 +3,7 @@
 ``y = W·x + Σ s·(alpha/rank)·up(down(x))`` (and the conv equivalent). Each targeted module
 gets, once, a forward wrapper that is an exact pass-through unless a LoRA set is active.
 The active set travels with the model clone, not with its weights: for the diffusion model
-in ``model_options["model_function_wrapper"]``, for the text encoder in
+in an ``APPLY_MODEL`` wrapper (ComfyUI's stackable wrappers), for the text encoder in
 ``model_options["lora_bridge_hotswap"]`` read around ``CLIP.encode_from_tokens``. So changing
 the LoRA, adding one or changing its strength makes a new clone whose weights equal the
 old one's, and ComfyUI neither re-patches weights nor reloads the model.
@@ -15,8 +15,10 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..bridge.errors import LoraBridgeError
+
 # id(module) -> terms, for the forward call that is running now
-ACTIVE: contextvars.ContextVar[dict[int, list["Term"]] | None] = contextvars.ContextVar("lora_bridge_active", default=None)
+ACTIVE: contextvars.ContextVar["TermSet | None"] = contextvars.ContextVar("lora_bridge_active", default=None)
 CLIP_OPTION = "lora_bridge_hotswap"
 
 
@@ -42,17 +44,33 @@ class Term:
         return F.conv2d(F.conv2d(x, down, **self.conv), up) * self.scale
 
 
-class TermSet(dict):
-    """``{id(module): [Term, …]}``; shared, never deep-copied by ``ModelPatcher.clone``."""
+class TermSet:
+    """The active low-rank terms by module (``id(module) -> [Term, …]``). Deliberately not a dict:
+    ComfyUI copies model options on every clone (``copy.deepcopy`` in 0.3.x, ``deepcopy_list_dict``
+    in 0.33, which rebuilds dict subclasses as plain dicts); this object passes through both as
+    itself, so the terms of a model clone stay shared and cost nothing to copy."""
+
+    def __init__(self, by_module: dict[int, list[Term]] | None = None) -> None:
+        self._by_module: dict[int, list[Term]] = by_module or {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "TermSet":
         return self
 
+    def __bool__(self) -> bool:
+        return bool(self._by_module)
+
+    def get(self, key: int, default: Any = ()) -> Any:
+        return self._by_module.get(key, default)
+
+    def add(self, key: int, term: Term) -> None:
+        self._by_module.setdefault(key, []).append(term)
+
     def merged(self, other: "TermSet") -> "TermSet":
-        out = TermSet({k: list(v) for k, v in self.items()})
-        for k, v in other.items():
+        """A new set with ``other``'s terms after this one's."""
+        out = {k: list(v) for k, v in self._by_module.items()}
+        for k, v in other._by_module.items():
             out.setdefault(k, []).extend(v)
-        return out
+        return TermSet(out)
 
 
 def _wrap(module: Any) -> None:
@@ -103,33 +121,42 @@ def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
         elif not isinstance(module, torch.nn.Linear):
             raise ValueError(f"cannot hot-swap onto {type(module).__name__} {key}")
         _wrap(module)
-        terms.setdefault(id(module), []).append(Term(down, up, scale, conv))
+        terms.add(id(module), Term(down, up, scale, conv))
     return terms
 
 
-def _unet_wrapper(terms: TermSet, inner: Callable[..., Any] | None) -> Callable[..., Any]:
-    def wrapper(apply_model: Callable[..., Any], args: dict[str, Any]) -> Any:
+WRAPPER_KEY = "lora_bridge_hotswap"
+
+
+def _apply_model_wrapper(terms: TermSet) -> Callable[..., Any]:
+    """An ``APPLY_MODEL`` wrapper (``comfy/patcher_extension.py``): stacks with every other wrapper."""
+    def wrapper(executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         token = ACTIVE.set(terms)
         try:
-            if inner is not None:
-                return inner(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
+            return executor(*args, **kwargs)
         finally:
             ACTIVE.reset(token)
 
     wrapper._lora_bridge_terms = terms  # type: ignore[attr-defined]
-    wrapper._lora_bridge_inner = inner  # type: ignore[attr-defined]
     return wrapper
 
 
 def attach_to_model(model: Any, terms: TermSet) -> Any:
-    """A clone of ``model`` whose sampling runs with ``terms`` active (added to any earlier ones)."""
+    """A clone of ``model`` whose sampling runs with ``terms`` active (added to any earlier ones).
+
+    The terms ride an ``APPLY_MODEL`` wrapper under our own key (ComfyUI's stackable wrappers,
+    ``comfy/patcher_extension.py``), so another node's wrappers, or its single-slot
+    ``model_function_wrapper``, and ours all act.
+    """
     new = model.clone()
-    previous = new.model_options.get("model_function_wrapper")
-    existing = getattr(previous, "_lora_bridge_terms", None)
-    if existing is not None:
-        terms, previous = existing.merged(terms), previous._lora_bridge_inner
-    new.set_model_unet_function_wrapper(_unet_wrapper(terms, previous))
+    if not hasattr(new, "add_wrapper_with_key"):
+        raise LoraBridgeError("hotswap needs a ComfyUI with stackable model wrappers (0.3.10 or newer); use mode 'merge'")
+    from comfy.patcher_extension import WrappersMP
+
+    for earlier in new.get_wrappers(WrappersMP.APPLY_MODEL, WRAPPER_KEY):
+        terms = earlier._lora_bridge_terms.merged(terms)
+    new.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+    new.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, _apply_model_wrapper(terms))
     return new
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import threading
 from pathlib import Path
@@ -233,6 +234,13 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi())
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _warn_if_exposed() -> None:
     """An open pod on a non-loopback address is reachable by anyone on its network: say so."""
     try:
@@ -240,7 +248,7 @@ def _warn_if_exposed() -> None:
     except ImportError:
         return
     hosts = [h.strip() for h in str(getattr(args, "listen", "127.0.0.1")).split(",")]
-    if not settings().pod_route_token and any(h not in ("127.0.0.1", "localhost", "::1") for h in hosts):
+    if not settings().pod_route_token and not all(_loopback(h) for h in hosts):
         log.warning("lora_bridge: ComfyUI listens on %s without LORA_BRIDGE_TOKEN: anyone who reaches it can use the "
                     "/lora_bridge/ routes (set LORA_BRIDGE_TOKEN; see SECURITY.md)", ", ".join(hosts))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ def configured_pod(weights: Any, s3_endpoint: str) -> LocalComfy:
     env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3_endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
            "LORA_BRIDGE_TOKEN": POD_TOKEN}
     pod = LocalComfy(env=env)
+    (pod.base_dir / "custom_nodes" / "lora_bridge_test_nodes").symlink_to(Path(__file__).parent / "comfy_test_nodes")
     (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
     for key, path in weights.loras.items():
         (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
@@ -65,6 +67,11 @@ def image_of(result: JobResult) -> np.ndarray:
     """The job's single output image as an int16 array (safe to subtract)."""
     assert len(result.files) == 1, result.files
     return np.asarray(Image.open(io.BytesIO(result.files[0].data)).convert("RGB"), dtype=np.int16)
+
+
+def assert_steps(values: list[float], last: int) -> None:
+    """Sampling steps as a pod reports them: only increasing, ending at ``last`` (ComfyUI may skip some)."""
+    assert values and values[-1] == last and all(a < b for a, b in zip(values, values[1:])), values
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -77,3 +77,25 @@ def test_alternating_loras_leave_no_state(comfy, weights) -> None:
     for label in ("A", "B", "none", "A", "B", "A"):
         loras = {"A": a, "B": b, "none": []}[label]
         assert (image_of(run_graph(comfy, stacked(34, loras, "hotswap"))) == fresh[label]).all(), label
+
+
+@pytest.mark.parametrize("foreign_first", [False, True])
+def test_another_nodes_model_wrapper_and_hotswap_both_act(comfy, foreign_first) -> None:
+    """A node that takes ComfyUI's single ``model_function_wrapper`` slot, before or after ours."""
+    loras = [(LORA_FILES["kohya"], 1.0, 1.0)]
+
+    def with_foreign(graph: dict, scale: float) -> dict:
+        graph["50"] = {"class_type": "TestForeignModelWrapper", "inputs": {"model": ["4", 0], "scale": scale}}
+        if foreign_first:
+            graph["40"]["inputs"]["model"] = ["50", 0]
+        else:
+            graph["50"]["inputs"]["model"] = ["40", 0]
+            graph["3"]["inputs"]["model"] = ["50", 0]
+        return graph
+
+    hot = image_of(run_graph(comfy, with_foreign(stacked(35, loras, "hotswap"), 0.8)))
+    merged = image_of(run_graph(comfy, with_foreign(stacked(35, loras, "merge"), 0.8)))
+    unwrapped = image_of(run_graph(comfy, stacked(35, loras, "merge")))
+    no_lora = image_of(run_graph(comfy, with_foreign(stacked(35, [], "hotswap"), 0.8)))
+    assert close(hot, merged)  # ours acted as a merge would, with the other wrapper in place
+    assert np.abs(hot - unwrapped).mean() > 3 and np.abs(hot - no_lora).mean() > 3  # and both really act

@@ -4,8 +4,10 @@ LoRAs, and pass the real ComfyUI's own ``/prompt`` validation (with placeholder 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
+import pkgutil
 import re
 import time
 import urllib.request
@@ -24,6 +26,7 @@ from comfyui_lora_bridge.bridge.graphs.lora_insertion import (
 )
 from comfyui_lora_bridge.bridge.graphs.validate import validate_graph
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from support import CHECKPOINT, txt2img
 
 pytestmark = pytest.mark.comfy
 FILE = re.compile(r"^[^/\\]+\.(safetensors|ckpt|pt|pth|bin|gguf|sft|png|jpg|jpeg|webp|mp4|webm|wav|mp3|flac)$", re.I)
@@ -33,20 +36,35 @@ LORA = "bridge_test_lora.safetensors"
 
 
 def official_templates() -> list[Path]:
-    import comfyui_workflow_templates_media_image as image
-    import comfyui_workflow_templates_media_video as video
-
-    files = []
-    for pkg in (image, video):
-        files += sorted(Path(p) for p in glob.glob(os.path.join(os.path.dirname(pkg.__file__), "templates", "*.json")))
-    return [f for f in files if is_ui_workflow(json.loads(f.read_text()))]
+    """The editor workflows of every ``comfyui_workflow_templates*`` package this environment has
+    (the 0.1 series keeps them in the media packages, the 0.11 series in ``…_json``)."""
+    files: dict[str, Path] = {}
+    for module in pkgutil.iter_modules():
+        if not module.name.startswith("comfyui_workflow_templates"):
+            continue
+        spec = importlib.util.find_spec(module.name)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(glob.glob(os.path.join(folder, "templates", "*.json"))):
+                files.setdefault(os.path.basename(path), Path(path))
+    return [f for _, f in sorted(files.items()) if is_ui_workflow(json.loads(f.read_text()))]
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory):
-    """A ComfyUI of its own: placeholder files land in its folders, jobs are cancelled at once."""
-    with LocalComfy() as pod:
+def pod(weights):
+    """A ComfyUI of its own, its worker held by a long job so no template ever runs (some call
+    outside services): each template is validated by ``POST /prompt``, then removed from the queue."""
+    with LocalComfy(extra_args=["--listen", "0.0.0.0"]) as pod:  # all interfaces, no route token: a warning
+        (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
+        holder = txt2img(seed=7)
+        holder["3"]["inputs"]["steps"] = 10000  # ComfyUI's own limit: minutes of work, interrupted at the end
+        status, body = post(pod, "/prompt", {"prompt": holder})
+        assert status == 200, body
+        for _ in range(200):  # until the holder runs
+            if json.load(urllib.request.urlopen(pod.url + "/queue"))["queue_running"]:
+                break
+            time.sleep(0.05)
         yield pod
+        post(pod, "/interrupt", {})
 
 
 def post(pod: LocalComfy, path: str, body: dict) -> tuple[int, dict]:
@@ -59,10 +77,12 @@ def post(pod: LocalComfy, path: str, body: dict) -> tuple[int, dict]:
 
 
 def submit_and_cancel(pod: LocalComfy, graph: dict) -> tuple[int, dict]:
+    """Validate by ``POST /prompt``; an accepted prompt waits behind the holder and is removed unrun."""
     status, body = post(pod, "/prompt", {"prompt": graph})
     if status == 200:
         post(pod, "/queue", {"delete": [body["prompt_id"]]})
-        post(pod, "/interrupt", {})
+        history = json.load(urllib.request.urlopen(f"{pod.url}/history/{body['prompt_id']}"))
+        assert history == {}, f"template prompt {body['prompt_id']} ran"
     return status, body
 
 
@@ -73,6 +93,12 @@ def placeholders(pod: LocalComfy, graph: dict) -> None:
                 for folder in FOLDERS:
                     (pod.models_dir(folder) / value).touch()
                 (pod.base_dir / "input" / value).touch()
+
+
+def test_an_exposed_pod_without_a_token_warns(pod, comfy) -> None:
+    warning = "without LORA_BRIDGE_TOKEN: anyone who reaches it can use the /lora_bridge/ routes"
+    assert warning in pod.log_tail(200_000)
+    assert warning not in comfy.log_tail(200_000)  # loopback, token set
 
 
 def test_official_templates_accept_loras(pod) -> None:
@@ -111,4 +137,4 @@ def test_official_templates_accept_loras(pod) -> None:
     for must in ("sdxl_simple_example.json", "flux_dev_full_text_to_image.json", "image_qwen_image.json",
                  "01_qwen_t2i_subgraphed.json", "text_to_video_wan.json", "video_wan2_2_14B_t2v.json",
                  "03_video_wan2_2_14B_i2v_subgraphed.json"):
-        assert must in with_lora, must
+        assert must in with_lora or must not in {p.name for p in official_templates()}, must  # the ones this ComfyUI ships

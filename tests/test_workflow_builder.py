@@ -209,3 +209,19 @@ def test_build_graph_from_editor_workflow_with_lora(object_info) -> None:
                                                                                  trigger_words=("ohwx",))], family="sd15")
     assert built.graph["6"]["inputs"]["text"] == "ohwx, a cat" and built.graph["7"]["inputs"]["text"] == "blurry"
     assert built.graph["3"]["inputs"]["model"] == ["lora:4:0", 0]
+
+
+def test_dynamic_v3_inputs_are_left_to_the_pod() -> None:
+    info = {
+        "Src": {"input": {}, "output": ["AUDIO"]},
+        "Switch": {"input": {"required": {"on_true": ["COMFY_MATCHTYPE_V3", {}], "format": ["COMFY_DYNAMICCOMBO_V3", {}]}},
+                   "output": ["COMFY_MATCHTYPE_V3"]},
+        "Save": {"input": {"required": {"audio": ["AUDIO", {}]}}, "output": []},
+    }
+    graph = {"1": {"class_type": "Src", "inputs": {}}, "2": {"class_type": "Switch", "inputs": {"on_true": ["1", 0]}},
+             "3": {"class_type": "Save", "inputs": {"audio": ["2", 0]}}}
+    validate_graph(graph, info)  # the match-type link and the missing dynamic combo are the pod's to judge
+    graph["3"]["inputs"]["audio"] = ["1", 0]
+    graph["4"] = {"class_type": "Save", "inputs": {}}
+    with pytest.raises(GraphInvalid, match="node 4 \\(Save\\) input 'audio': required but missing"):
+        validate_graph(graph, info)  # what object_info does state is still checked

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..errors import LoraBridgeError
 from ..pack_protocol import describe_validation_error
+from .validate import is_dynamic_type
 
 Graph = dict[str, dict[str, Any]]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -294,8 +295,12 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
             if resolved is None:
                 continue
             inputs[name] = resolved[1] if resolved[0] == "value" else [resolved[1], resolved[2]]
-        known = {name for name, _, _ in _spec_inputs(info)}
-        entry: dict[str, Any] = {"class_type": node.type, "inputs": {k: v for k, v in inputs.items() if k in known}}
+        specs = _spec_inputs(info)
+        known = {name for name, _, _ in specs}
+        grown = tuple(f"{name}." for name, kind, _ in specs if is_dynamic_type(kind))
+        # a V3 dynamic input (autogrow, dynamic combo) is sent as its own "name.sub" inputs
+        entry: dict[str, Any] = {"class_type": node.type,
+                                 "inputs": {k: v for k, v in inputs.items() if k in known or k.startswith(grown or ("\0",))}}
         if node.title:
             entry["_meta"] = {"title": node.title}
         graph[node.id] = entry

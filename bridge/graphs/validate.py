@@ -3,15 +3,35 @@
 Every class exists, required inputs are present, links point at existing outputs of the
 right type, values have the right type and lie within range or among the choices (so a
 stock-mode LoRA file missing on the pod is caught here). Errors name node and input.
+
+The rule: what ``/object_info`` states is checked, and a graph it proves wrong is refused with
+the reason; what it cannot state is left to the pod's own ``/prompt`` validation. That is
+the nodes with an input of ComfyUI's dynamic V3 types (``COMFY_*_V3``: match-type, dynamic
+combo, autogrow) or a socketless widget, whose final inputs ComfyUI derives from the values
+sent: for them only the class and the link sources are checked, and a link to or from a
+dynamic type matches any type.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import LoraBridgeError
 
 Graph = dict[str, dict[str, Any]]
+_DYNAMIC = re.compile(r"^COMFY_\w+_V3$")
+
+
+def is_dynamic_type(kind: Any) -> bool:
+    """A V3 dynamic type (match-type, dynamic combo, autogrow) whose inputs only the pod can finalize."""
+    return isinstance(kind, str) and bool(_DYNAMIC.match(kind))
+
+
+def _finalized_by_pod(spec: Any) -> bool:
+    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return is_dynamic_type(kind) or bool(opts.get("socketless"))
 
 
 class GraphInvalid(LoraBridgeError):
@@ -25,7 +45,7 @@ class GraphInvalid(LoraBridgeError):
 
 
 def _types_match(out_type: str, in_type: Any) -> bool:
-    if out_type == "*" or in_type == "*":
+    if out_type == "*" or in_type == "*" or is_dynamic_type(out_type) or is_dynamic_type(in_type):
         return True
     if isinstance(in_type, list):  # a combo fed by a link: from a string/combo output
         return out_type in ("COMBO", "STRING", "*") or isinstance(out_type, list)
@@ -34,6 +54,11 @@ def _types_match(out_type: str, in_type: Any) -> bool:
 
 
 def _check_value(where: str, kind: Any, opts: dict[str, Any], value: Any) -> str | None:
+    if kind == "*":
+        return None  # an any-type input takes constants too, as ComfyUI does
+    if isinstance(kind, str) and "," in kind:  # e.g. "FLOAT,INT": any of them will do
+        problems = [_check_value(where, k.strip(), opts, value) for k in kind.split(",")]
+        return None if None in problems else problems[0]
     if isinstance(kind, list) or kind == "COMBO":
         choices = kind if isinstance(kind, list) else opts.get("options", [])
         if choices and value not in choices:
@@ -77,8 +102,9 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
         inputs = node.get("inputs", {})
         sections = info.get("input", {})
         specs = {**(sections.get("optional") or {}), **(sections.get("required") or {})}
+        finalized_by_pod = any(_finalized_by_pod(spec) for spec in specs.values())
         for name in sections.get("required") or {}:
-            if name not in inputs:
+            if name not in inputs and not finalized_by_pod:
                 errors.append(f"node {node_id} ({cls}) input '{name}': required but missing")
         for name, value in inputs.items():
             spec = specs.get(name)
@@ -98,6 +124,8 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
                 elif not _types_match(outs[value[1]] if isinstance(outs[value[1]], str) else "COMBO", kind):
                     errors.append(f"{where}: expects {kind}, linked to a {outs[value[1]]} output of node {value[0]}")
                 continue
+            if finalized_by_pod:
+                continue  # the pod derives this node's inputs from the values sent
             problem = _check_value(where, kind, opts, value)
             if problem:
                 errors.append(problem)

@@ -272,6 +272,7 @@ class _Job:
         self.result = JobResult("")
         self.terminal: PodEvent | None = None
         self.seen: set[str] = set()
+        self.steps: dict[str, float] = {}  # node -> latest step reported
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         key = json.dumps([type, {k: v for k, v in data.items() if k != "timestamp"}], sort_keys=True, default=str)
@@ -300,13 +301,32 @@ class _Job:
             data = payload.get("data", {}) or {}
             if data.get("prompt_id") not in (None, self.result.prompt_id):
                 continue
+            if payload.get("type") == "progress_state":  # newer ComfyUIs: every active node's progress
+                for node_id, state in (data.get("nodes") or {}).items():
+                    if isinstance(state, dict):
+                        await self.step(str(state.get("node_id") or node_id), state.get("value"), state.get("max"))
+                continue
             kind = EVENT_TYPES.get(payload.get("type", ""))
             if kind is None or (kind == "executing" and data.get("node") is None):
+                continue
+            if kind == "progress":
+                await self.step(str(data.get("node")), data.get("value"), data.get("max"))
                 continue
             await self.emit(kind, _error_data(data) if kind == "error" else data)
             if self.terminal is not None:
                 return
         raise ConnectionError("WebSocket closed")
+
+    async def step(self, node: str, value: Any, total: Any) -> None:
+        """A ``progress`` event when ``node`` reached a later step than reported so far: ComfyUI may
+        thin its step messages (and sends ``progress_state`` too); callers see steps that only
+        increase, ending at the last one ComfyUI reported."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(total, (int, float)):
+            return
+        if value <= self.steps.get(node, 0):
+            return
+        self.steps[node] = value
+        await self.emit("progress", {"node": node, "value": value, "max": total, "prompt_id": self.result.prompt_id})
 
     async def reconcile(self) -> None:
         """After a reconnect: report a completion that happened while we were away."""

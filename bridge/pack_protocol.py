@@ -9,7 +9,6 @@ import from here, so a change to the contract is made and tested in one place.
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -148,14 +147,6 @@ def encode_stack(entries: list[StackEntry]) -> str:
     return json.dumps([e.model_dump(exclude_none=True) for e in entries], separators=(",", ":"))
 
 
-def check_strength(value: Any, name: str) -> float:
-    """A strength within the nodes' bounds (finite, not a boolean), or ``ProtocolError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not STRENGTH_MIN <= value <= STRENGTH_MAX:
-        raise ProtocolError(f"{name} must be a number between {STRENGTH_MIN:g} and {STRENGTH_MAX:g}, got {value!r}")
-    return float(value)
-
-
 # -- pod routes ---------------------------------------------------------------------------------
 
 ROUTE_PREFIX = "/lora_bridge"
@@ -201,8 +192,3 @@ def parse_payload(model: type[_Closed], raw: bytes) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(describe_validation_error(exc)) from None
-
-
-POD_ROUTE_MODELS: dict[str, type[_Closed]] = {
-    ROUTE_PREFETCH: PrefetchRequest, ROUTE_PREFETCH_CANCEL: PrefetchCancel, ROUTE_CACHE_CLEAR: CacheClear,
-}

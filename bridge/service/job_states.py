@@ -38,7 +38,6 @@ class JobState(str, Enum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
-ON_A_POD = frozenset({JobState.SUBMITTED, JobState.RUNNING})
 _ENDS = {JobState.FAILED, JobState.CANCELLED}
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.PREPARING, *_ENDS}),

@@ -225,3 +225,24 @@ def test_dynamic_v3_inputs_are_left_to_the_pod() -> None:
     graph["4"] = {"class_type": "Save", "inputs": {}}
     with pytest.raises(GraphInvalid, match="node 4 \\(Save\\) input 'audio': required but missing"):
         validate_graph(graph, info)  # what object_info does state is still checked
+
+
+def test_trigger_words_reach_an_encoder_whose_negative_is_zeroed_out() -> None:
+    """The official Flux/SD3.5/Z-Image layout: one encoder, its output zeroed out for the negative."""
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "a", "clip_name2": "b", "type": "flux"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a portrait", "clip": ["2", 0]}},
+        "7": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["6", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["7", 0],
+                                                   "latent_image": ["5", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+    }
+    out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))])
+    assert out["6"]["inputs"]["text"] == "ohwx, a portrait" and report.trigger_words == ["ohwx"]
+    assert not report.warnings
+    # an encoder that really feeds both sides still gets no trigger word, with a warning
+    graph["3"]["inputs"]["negative"] = ["6", 0]
+    out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))])
+    assert out["6"]["inputs"]["text"] == "a portrait" and "feed both positive and negative" in report.warnings[0]

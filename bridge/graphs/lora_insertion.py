@@ -26,6 +26,7 @@ ObjectInfo = dict[str, Any]
 PREFIX = "lora:"
 LORA_LOADERS = {"LoraLoader", "LoraLoaderModelOnly", NODE_APPLY, NODE_APPLY_STACK}
 PROMPT_INPUTS = ("text", "prompt", "clip_l", "t5xxl", "text_g", "text_l")
+ZEROING = {"ConditioningZeroOut"}  # nodes whose output carries none of the input's text
 # used when no /object_info is at hand: class -> output types
 KNOWN_OUTPUTS: dict[str, list[str]] = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CheckpointLoader": ["MODEL", "CLIP", "VAE"],
@@ -246,6 +247,8 @@ def _upstream_encoders(graph: Graph, ref: Any, object_info: ObjectInfo | None, s
         return set()
     seen.add(ref[0])
     node = graph[ref[0]]
+    if node["class_type"] in ZEROING:
+        return set()  # the zero-out erases whatever the encoder says: no text of it reaches here
     inputs = node.get("inputs", {})
     if any(isinstance(inputs.get(k), str) for k in PROMPT_INPUTS) and "clip" in inputs:
         return {ref[0]}

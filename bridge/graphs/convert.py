@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ..errors import LoraBridgeError
 from ..pack_protocol import describe_validation_error
-from .validate import is_dynamic_type
+from .validate import is_dynamic_type, split_spec
 
 Graph = dict[str, dict[str, Any]]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -213,8 +213,7 @@ def _spec_inputs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
     out = []
     for section in ("required", "optional"):
         for name, spec in (info.get("input", {}).get(section) or {}).items():
-            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-            opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+            kind, opts = split_spec(spec)
             out.append((name, kind, opts))
     return out
 

@@ -28,9 +28,15 @@ def is_dynamic_type(kind: Any) -> bool:
     return isinstance(kind, str) and bool(_DYNAMIC.match(kind))
 
 
-def _finalized_by_pod(spec: Any) -> bool:
+def split_spec(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """An ``/object_info`` input spec as (type, options)."""
     kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
     opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return kind, opts
+
+
+def _finalized_by_pod(spec: Any) -> bool:
+    kind, opts = split_spec(spec)
     return is_dynamic_type(kind) or bool(opts.get("socketless"))
 
 
@@ -110,8 +116,7 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
             spec = specs.get(name)
             if spec is None:
                 continue  # extra inputs are ignored by ComfyUI too
-            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-            opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+            kind, opts = split_spec(spec)
             where = f"node {node_id} ({cls}) input '{name}'"
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
                 src = graph.get(value[0])

@@ -192,7 +192,10 @@ def check_source(source: Source, policy: FetchPolicy) -> None:
             raise SourceRefused(f"bucket {source.bucket} is not in the allowed buckets {list(policy.allowed_buckets)}")
     else:
         assert source.path is not None
-        resolved = source.path.expanduser().resolve()
+        try:
+            resolved = source.path.expanduser().resolve()
+        except RuntimeError:  # "~name" of a user this machine does not know
+            raise SourceError(f"local path {source.path} cannot be resolved") from None
         if not any(resolved.is_relative_to(root.expanduser().resolve()) for root in policy.local_roots):
             raise SourceRefused(f"local file {source.path} is outside the allowed folders (LORA_BRIDGE_LOCAL_ROOTS)")
 

@@ -222,7 +222,7 @@ async def create_generation(request: web.Request, inputs: Inputs) -> web.Respons
     job_id = gens.start(inputs.body)
     if not inputs.query.waits:
         return web.json_response({"id": job_id, "status": "queued"}, status=202)
-    while not is_terminal(gens.db.get_job(job_id)["status"]) and not gens.stopping:
+    while not is_terminal(gens.db.job_status(job_id)) and not gens.stopping:
         await gens.wait_change(job_id, 1.0)
     return web.json_response(job_view(gens.db.get_job(job_id)))
 
@@ -244,7 +244,7 @@ async def _job_events(gens: Generations, job_id: str, last: int, heartbeat: floa
         for seq, type, data in gens.db.events(job_id, last):
             await send(seq, type, data)
             last = seq
-        if is_terminal(gens.db.get_job(job_id)["status"]) and not gens.db.events(job_id, last) or gens.stopping:
+        if is_terminal(gens.db.job_status(job_id)) and not gens.db.events(job_id, last) or gens.stopping:
             return
         if not await gens.wait_change(job_id, heartbeat):
             await beat()

@@ -178,6 +178,14 @@ class Database:
         job["request"], job["result"] = json.loads(job["request"]), json.loads(job["result"] or "{}")
         return job
 
+    def job_status(self, job_id: str) -> str:
+        """A job's state alone (what event handlers and streams poll; no record to decode)."""
+        with self._lock:
+            row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no generation with id {job_id!r}")
+        return row[0]
+
     def unfinished_jobs(self) -> list[dict[str, Any]]:
         terminal = [s.value for s in TERMINAL]
         with self._lock:

@@ -186,7 +186,7 @@ class Generations:
 
     async def cancel(self, job_id: str) -> None:
         """Cancel in any state: stop the runner, then whatever the pod still does for the job."""
-        if is_terminal(self.db.get_job(job_id)["status"]):
+        if is_terminal(self.db.job_status(job_id)):
             return
         self.cancel_requested.add(job_id)
         task = self.tasks.get(job_id)
@@ -332,7 +332,7 @@ class Generations:
 
     def _end(self, job_id: str, state: JobState, reason: str) -> None:
         """Terminal state with its reason; a job that already ended stays as it ended."""
-        if is_terminal(self.db.get_job(job_id)["status"]):
+        if is_terminal(self.db.job_status(job_id)):
             return
         result = {"reason": reason, "finished_at": time.time(), **({"error": reason} if state != JobState.CANCELLED else {})}
         self._transition(job_id, state, state.value, {"message": reason}, result)
@@ -342,7 +342,7 @@ class Generations:
         if event.type == "preview":
             return
         data = event.data
-        status = self.db.get_job(job_id)["status"]
+        status = self.db.job_status(job_id)
         if event.type == "submitting":
             self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
             return

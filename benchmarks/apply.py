@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from comfy_inprocess import import_comfyui
+from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
 from comfyui_lora_bridge.bridge.localpod.sd15_layout import FULL_UNET, TINY_UNET
 from comfyui_lora_bridge.bridge.localpod.weights import (
     LoraSpec,

@@ -30,6 +30,7 @@ class Term:
     up: Any
     scale: float
     conv: dict[str, Any] | None  # stride/padding/dilation/groups of a Conv2d target, None for Linear
+    rows: tuple[int, int, int] | None = None  # (first, count, width): a slice of a fused layer's outputs
     _cast: dict[tuple[Any, Any], tuple[Any, Any]] = field(default_factory=dict)
 
     def delta(self, x: Any) -> Any:
@@ -39,9 +40,13 @@ class Term:
         if key not in self._cast:
             self._cast[key] = (self.down.to(device=x.device, dtype=x.dtype), self.up.to(device=x.device, dtype=x.dtype))
         down, up = self._cast[key]
-        if self.conv is None:
-            return F.linear(F.linear(x, down), up) * self.scale
-        return F.conv2d(F.conv2d(x, down, **self.conv), up) * self.scale
+        if self.conv is not None:
+            return F.conv2d(F.conv2d(x, down, **self.conv), up) * self.scale
+        out = F.linear(F.linear(x, down), up) * self.scale
+        if self.rows is not None:  # e.g. diffusers to_q/to_k/to_v on Flux's fused qkv: zero outside the slice
+            first, count, width = self.rows
+            out = F.pad(out, (first, width - first - count))
+        return out
 
 
 class TermSet:
@@ -92,10 +97,12 @@ def _wrap(module: Any) -> None:
     module.forward = forward
 
 
-def supported(patch: Any) -> bool:
-    """Plain LoRA factors (no LoHa/LoKr, tucker mid, DoRA or reshape) can be hot-swapped."""
+def supported(key: Any, patch: Any) -> bool:
+    """Plain LoRA factors (no LoHa/LoKr, tucker mid, DoRA or reshape) can be hot-swapped, on a whole
+    weight or on a row slice of one (``(name, (0, first, count))``, a fused layer's part)."""
     w = getattr(patch, "weights", None)
-    return getattr(patch, "name", "") == "lora" and bool(w) and w[3] is None and w[4] is None and w[5] is None
+    plain = getattr(patch, "name", "") == "lora" and bool(w) and w[3] is None and w[4] is None and w[5] is None
+    return plain and (isinstance(key, str) or (len(key) == 2 and key[1][0] == 0))
 
 
 def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
@@ -106,9 +113,10 @@ def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
     if strength == 0:
         return terms
     for key, patch in patches.items():
-        if not isinstance(key, str) or not key.endswith(".weight"):
+        name, rows = (key, None) if isinstance(key, str) else (key[0], key[1])
+        if not name.endswith(".weight"):
             continue
-        module = root.get_submodule(key[: -len(".weight")])
+        module = root.get_submodule(name[: -len(".weight")])
         up, down, alpha = patch.weights[0], patch.weights[1], patch.weights[2]
         scale = strength * (alpha / down.shape[0] if alpha is not None else 1.0)
         conv = None
@@ -121,7 +129,8 @@ def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
         elif not isinstance(module, torch.nn.Linear):
             raise ValueError(f"cannot hot-swap onto {type(module).__name__} {key}")
         _wrap(module)
-        terms.add(id(module), Term(down, up, scale, conv))
+        sliced = (rows[1], rows[2], module.out_features) if rows is not None else None
+        terms.add(id(module), Term(down, up, scale, conv, sliced))
     return terms
 
 

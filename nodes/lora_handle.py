@@ -27,5 +27,9 @@ class LoraHandle:
         return self.info.get("family", "unknown")
 
     @property
+    def variant(self) -> str | None:
+        return self.info.get("variant")
+
+    @property
     def trigger_words(self) -> list[str]:
         return list(self.info.get("trigger_words", []))

@@ -1,9 +1,10 @@
 """Where LoRA weights touch the model: load (memory-cached), key-convert, check, patch.
 
-The patches are made exactly as ComfyUI's ``load_lora_for_models`` makes them (same key
-maps, same conversion, same ``add_patches`` calls), so results are bit-identical to the
-stock loader; what differs is that the file read and the key conversion are cached, and
-that a LoRA whose keys do not fit the model is reported instead of silently ignored.
+The patches are made as ComfyUI's ``load_lora_for_models`` makes them (its key maps, plus
+the names it lacks from ``lora_keymaps``; same conversion, same ``add_patches`` calls), so
+results are bit-identical to the stock loader wherever it maps every key; what differs is that
+the file read and the key conversion are cached, keys the stock loader drops are applied, and
+a LoRA whose keys do not fit the model is reported instead of silently ignored.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bridge.errors import LoraBridgeError
-from ..bridge.lorafiles.families import COMFY_MODEL_FAMILIES, FAMILY_NAMES, split_key
+from ..bridge.lorafiles.families import (
+    COMFY_MODEL_FAMILIES,
+    FAMILY_NAMES,
+    FLUX_VARIANTS,
+    WAN_VARIANTS,
+    split_key,
+    variant_name,
+)
 from ..bridge.lorafiles.sources import parse_source
 from ..bridge.pack_protocol import APPLY_MODES, ON_MISMATCH
 from ..bridge.settings import settings
 from . import hotswap
 from .lora_handle import LoraHandle
+from .lora_keymaps import extra_unet_keys
 from .memory_cache import CachedLora
 from .pod_state import disk_store, fetch_handle, is_loras_name, log, memory_cache
 
@@ -61,6 +70,16 @@ def model_family(model: Any) -> str:
     return COMFY_MODEL_FAMILIES.get(type(config).__name__, "unknown") if config is not None else "unknown"
 
 
+def model_variant(model: Any, family: str) -> str | None:
+    """The variant of a ComfyUI MODEL that LoRAs cannot cross (see ``families.variant_of``), if known."""
+    unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None) or {}
+    if family == "wan":
+        return WAN_VARIANTS.get(unet_config.get("dim"))
+    if family == "flux":
+        return "Flux.2" if unet_config.get("image_model") == "flux2" else FLUX_VARIANTS.get(unet_config.get("hidden_size"))
+    return None
+
+
 def _signature(model: Any, clip: Any) -> str:
     """Identifies the key maps: same model architecture and text encoder give the same conversion."""
     parts = []
@@ -91,10 +110,15 @@ def load_into_memory(handle: LoraHandle) -> tuple[CachedLora, bool]:
     return memory_cache().get_or_load(handle.sha256, lambda: _read(handle))
 
 
-def _fits(patch: Any, shape: tuple[int, ...] | None) -> bool:
-    """Whether a LoRA patch can be added to a weight of ``shape`` (LoRA up/down widths checked)."""
+def _fits(key: Any, patch: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a LoRA patch can be added to its weight (LoRA up/down widths checked; a key
+    ``(name, (dim, first, count))`` addresses a slice of a fused weight)."""
+    shape = shapes.get(key if isinstance(key, str) else key[0])
     if shape is None:
         return False
+    if not isinstance(key, str):
+        dim, _, count = key[1]
+        shape = tuple(count if i == dim else n for i, n in enumerate(shape))
     weights = getattr(patch, "weights", None)
     if getattr(patch, "name", "") != "lora" or not weights or weights[3] is not None or weights[5] is not None:
         return True  # other adapters (LoHa, LoKr, …), tucker convs and reshapes: trust the key
@@ -111,13 +135,13 @@ def _patches(entry: CachedLora, model: Any, clip: Any) -> tuple[dict[Any, Any], 
         key_map: dict[str, Any] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         if model is not None:
-            key_map = comfy.lora.model_lora_keys_unet(model.model, key_map)
+            key_map = extra_unet_keys(model.model, comfy.lora.model_lora_keys_unet(model.model, key_map))
             shapes.update((k, tuple(v.shape)) for k, v in model.model.state_dict().items())
         if clip is not None:
             key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
             shapes.update((k, tuple(v.shape)) for k, v in clip.cond_stage_model.state_dict().items())
         loaded = comfy.lora.load_lora(entry.state_dict, key_map, log_missing=False)
-        fitting = {k: p for k, p in loaded.items() if _fits(p, shapes.get(k if isinstance(k, str) else k[0]))}
+        fitting = {k: p for k, p in loaded.items() if _fits(k, p, shapes)}
         model_keys = set(model.model.state_dict()) if model is not None else set()
         return fitting, frozenset(k for k in fitting if (k if isinstance(k, str) else k[0]) in model_keys)
 
@@ -145,17 +169,19 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
     entry, report.memory_hit = load_into_memory(handle)
     patches, model_keys = _patches(entry, model, clip)
     report.matched, report.total = len(patches), _module_count(entry.state_dict)
+    m_variant = model_variant(model, m_family)
     wrong_family = handle.family != "unknown" and m_family != "unknown" and handle.family != m_family
-    if wrong_family or report.matched == 0:
-        problem = (f"LoRA '{handle.name}' is {FAMILY_NAMES.get(handle.family, handle.family)}; model is "
-                   f"{FAMILY_NAMES.get(m_family, m_family)}; {report.matched} of {report.total} keys match")
+    wrong_variant = not wrong_family and None not in (handle.variant, m_variant) and handle.variant != m_variant
+    if wrong_family or wrong_variant or report.matched == 0:
+        problem = (f"LoRA '{handle.name}' is {variant_name(handle.family, handle.variant)}; model is "
+                   f"{variant_name(m_family, m_variant)}; {report.matched} of {report.total} keys match")
         if on_mismatch == "error":
             raise LoraMismatch(problem + " (set on_mismatch to 'skip' or 'apply anyway' to go on)")
         if on_mismatch == "skip":
             report.note = "skipped: " + problem
             return model, clip, report
         report.note = "applied anyway: " + problem
-    if mode == "hotswap" and not all(hotswap.supported(p) for p in patches.values()):
+    if mode == "hotswap" and not all(hotswap.supported(k, p) for k, p in patches.items()):
         mode = "merge"
         report.note = (report.note + "; " if report.note else "") + "merged: this LoRA type cannot be hot-swapped"
     new_model, new_clip = model, clip

@@ -28,11 +28,16 @@ def configured_pod(weights: Any, s3_endpoint: str) -> LocalComfy:
     env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3_endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
            "LORA_BRIDGE_TOKEN": POD_TOKEN}
     pod = LocalComfy(env=env)
-    (pod.base_dir / "custom_nodes" / "lora_bridge_test_nodes").symlink_to(Path(__file__).parent / "comfy_test_nodes")
+    test_nodes_link(pod)
     (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
     for key, path in weights.loras.items():
         (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
     return pod
+
+
+def test_nodes_link(pod: LocalComfy) -> None:
+    """Make the test-only nodes (``tests/comfy_test_nodes``) part of ``pod`` (before it starts)."""
+    (pod.base_dir / "custom_nodes" / "lora_bridge_test_nodes").symlink_to(Path(__file__).parent / "comfy_test_nodes")
 
 
 def txt2img(**params: Any) -> dict[str, Any]:

@@ -7,8 +7,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from comfyui_lora_bridge.bridge.localpod.dit_layout import FLUX, WAN21_T2V, DitSpec
 from comfyui_lora_bridge.bridge.localpod.weights import (
+    DitLoraSpec,
     LoraSpec,
+    dit_lora_tensors,
     write_lora,
     write_safetensors,
 )
@@ -54,6 +57,17 @@ def test_other_families_are_detected_from_keys(tmp_path, family, layout) -> None
     assert info.family == family, info.family_evidence
     assert info.family_source == "keys"
     assert info.ranks == [2]
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusion_model", "diffusers"])
+@pytest.mark.parametrize("model, variant, name", [
+    (FLUX, "Flux.1", "Flux.1"), (WAN21_T2V, "1.3B", "Wan 2.x 1.3B"),
+    (DitSpec("wan", 5120, ffn_width=13824), "14B", "Wan 2.x 14B"), (DitSpec("wan", 3072, ffn_width=14336), "2.2 5B", "Wan 2.x 2.2 5B"),
+])
+def test_transformer_loras_name_the_variant_they_cannot_cross(tmp_path, model, variant, name, layout) -> None:
+    info = inspect_file(write_safetensors(tmp_path / "x.safetensors", dit_lora_tensors(DitLoraSpec(model, layout)), None))
+    assert (info.family, info.variant, info.family_name) == (model.family, variant, name)
+    assert info.to_dict()["family_name"] == name
 
 
 def test_unknown_keys_say_unknown_and_metadata_is_only_a_hint(tmp_path) -> None:

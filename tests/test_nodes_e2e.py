@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -67,13 +68,19 @@ def call(pod, method: str, path: str, **kw):
 
 @pytest.mark.parametrize("layout", ["kohya", "peft", "loha"])
 def test_apply_lora_is_bit_identical_to_the_stock_loader(comfy, layout) -> None:
+    """Where the stock loader maps every key, ours gives its very image. The PEFT file holds the same
+    factors as the kohya one, but ComfyUI maps none of its UNet attention keys (``…attn1.to_q.lora_A``):
+    ours maps them, so its image is stock's image of the kohya twin."""
     name = LORA_FILES[layout]
+    twin = LORA_FILES["kohya"] if layout == "peft" else name
     for strength in (1.0, 0.5, -0.5):
-        expected = image_of(run_graph(comfy, stock(txt2img(seed=21), [LoraRequest(name, strength, strength)])))
+        expected = image_of(run_graph(comfy, stock(txt2img(seed=21), [LoraRequest(twin, strength, strength)])))
         mine = run_graph(comfy, ours(txt2img(seed=21), [{"source_node": load_file(name), "sm": strength, "sc": strength}]))
         assert (image_of(mine) == expected).all(), (layout, strength)
     (line,) = node_text(mine, "310")
     assert line.startswith(f"applied {name} (SD1.x, rank 8)") and "trigger: ohwx" in line
+    matched, total = map(int, re.search(r"(\d+)/(\d+) keys", line).groups())
+    assert matched == total, line  # no key dropped
 
 
 def test_stack_equals_two_chained_loaders(comfy) -> None:

@@ -188,6 +188,47 @@ def test_editor_workflow_conversion(object_info) -> None:
                      [[1, 1, 0, 2, 0, "IMAGE"]]), object_info)
 
 
+def with_freeu_subgraph(mode: int) -> dict:
+    """editor_sd15 with its MODEL going through a one-node subgraph instance (FreeU inside) in ``mode``."""
+    wf = editor_sd15()
+    wf["nodes"] = [node for node in wf["nodes"] if node["id"] != 31]
+    inner = n(1, "FreeU", inputs=[("model", "MODEL", 101)], outputs=[("MODEL", [102])], widgets=[1.3, 1.4, 0.9, 0.2])
+    wf["definitions"] = {"subgraphs": [{
+        "id": "sg-freeu", "inputs": [{"name": "model", "type": "MODEL"}], "outputs": [{"name": "MODEL", "type": "MODEL"}],
+        "nodes": [inner],
+        "links": [{"id": 101, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "MODEL"},
+                  {"id": 102, "origin_id": 1, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "MODEL"}]}]}
+    wf["nodes"].append(n(31, "sg-freeu", inputs=[("model", "MODEL", 4)], outputs=[("MODEL", [10])], mode=mode))
+    return wf
+
+
+def test_bypassed_or_muted_subgraph_instances_act_as_one_node(object_info) -> None:
+    active = ui_to_api(with_freeu_subgraph(0), object_info)
+    assert active["3"]["inputs"]["model"] == ["31:1", 0] and active["31:1"]["class_type"] == "FreeU"
+    bypassed = ui_to_api(with_freeu_subgraph(4), object_info)
+    assert bypassed["3"]["inputs"]["model"] == ["4", 0]  # passed through like the editor does
+    assert not any(":" in node_id for node_id in bypassed)  # nothing inside a bypassed instance runs
+    validate_graph(bypassed, object_info)
+    muted = ui_to_api(with_freeu_subgraph(2), object_info)
+    assert "model" not in muted["3"]["inputs"] and not any(":" in node_id for node_id in muted)
+
+
+def test_bypass_passes_the_input_the_editor_picks(object_info) -> None:
+    """The editor's slot rule: the consumer's type decides; a wildcard consumer takes the same index."""
+    def clip_input_through(consumer_type: str) -> list:
+        graph = ui_to_api(ui([
+            n(1, "CheckpointLoaderSimple", outputs=[("MODEL", [1]), ("CLIP", [2])], widgets=["sd15-tiny.safetensors"]),
+            n(2, "AnyPackNode", inputs=[("clip", "CLIP", 2), ("model", "MODEL", 1)],  # inputs in the other order
+              outputs=[("MODEL", []), ("CLIP", [3])], mode=4),
+            n(3, "CLIPTextEncode", inputs=[("clip", consumer_type, 3)], outputs=[("CONDITIONING", [4])], widgets=["a"]),
+            n(4, "PreviewAny", inputs=[("source", "*", 4)]),
+        ], [[1, 1, 0, 2, 1, "MODEL"], [2, 1, 1, 2, 0, "CLIP"], [3, 2, 1, 3, 0, "CLIP"], [4, 3, 0, 4, 0, "*"]]),
+            {**object_info, "PreviewAny": {"input": {"required": {"source": ["*", {}]}}, "output_node": True}})
+        return graph["3"]["inputs"]["clip"]
+    assert clip_input_through("CLIP") == ["1", 1]  # the input of the consumer's type
+    assert clip_input_through("*") == ["1", 0]  # a wildcard consumer gets the same-index input (here the MODEL)
+
+
 def test_validation_names_node_and_input(object_info) -> None:
     graph = load_template("sd15_txt2img").render()
     graph["3"]["inputs"]["steps"] = 100000
@@ -242,7 +283,41 @@ def test_trigger_words_reach_an_encoder_whose_negative_is_zeroed_out() -> None:
     out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))])
     assert out["6"]["inputs"]["text"] == "ohwx, a portrait" and report.trigger_words == ["ohwx"]
     assert not report.warnings
-    # an encoder that really feeds both sides still gets no trigger word, with a warning
+    # an encoder that feeds both sides (CFG 1) gets it too: both sides keep the same text
     graph["3"]["inputs"]["negative"] = ["6", 0]
     out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))])
-    assert out["6"]["inputs"]["text"] == "a portrait" and "feed both positive and negative" in report.warnings[0]
+    assert out["6"]["inputs"]["text"] == "ohwx, a portrait" and not report.warnings
+
+
+def test_trigger_words_join_a_prompt_computed_in_the_graph(object_info) -> None:
+    """A prompt from a string node (switches, prompt generators): a StringConcatenate goes in front of it."""
+    graph = load_template("sd15_txt2img").render(checkpoint=CHECKPOINT)
+    graph["20"] = {"class_type": "StringConcatenate", "inputs": {"string_a": "a portrait", "string_b": "studio", "delimiter": ", "}}
+    positive = next(k for k, v in graph.items() if v["class_type"] == "CLIPTextEncode" and k == graph["3"]["inputs"]["positive"][0])
+    graph[positive]["inputs"]["text"] = ["20", 0]
+    lora = LoraRequest(LORA_FILES["kohya"], trigger_words=("ohwx",))
+    out, report = insert_loras(graph, [lora], object_info)
+    join = out[positive]["inputs"]["text"]
+    assert out[join[0]]["class_type"] == "StringConcatenate" and out[join[0]]["inputs"]["string_b"] == ["20", 0]
+    assert out[join[0]]["inputs"]["string_a"] == "ohwx" and report.trigger_words == ["ohwx"]
+    validate_graph(out, object_info)
+    assert insert_loras(out, [lora], object_info)[0] == out  # building again gives the same graph
+    without_join = {k: v for k, v in object_info.items() if k != "StringConcatenate"}
+    out, report = insert_loras(graph, [lora], without_join)
+    assert out[positive]["inputs"]["text"] == ["20", 0] and "no trigger words added" in report.warnings[0]
+
+
+def test_trigger_words_skip_an_encoders_own_negative_prompt() -> None:
+    """An encoder with positive and negative outputs (prompt + negative_prompt inputs): only its prompt."""
+    info = {"TextEncodeEdit": {"input": {"required": {"clip": ["CLIP", {}], "prompt": ["STRING", {}], "negative_prompt": ["STRING", {}]}},
+                               "output": ["CONDITIONING", "CONDITIONING"], "output_name": ["positive", "negative"]},
+            "UNETLoader": {"input": {"required": {"unet_name": [["u.safetensors"], {}]}}, "output": ["MODEL"], "output_name": ["MODEL"]},
+            "CLIPLoader": {"input": {"required": {"clip_name": [["c.safetensors"], {}]}}, "output": ["CLIP"], "output_name": ["CLIP"]},
+            "KSampler": {"input": {"required": {"model": ["MODEL", {}], "positive": ["CONDITIONING", {}], "negative": ["CONDITIONING", {}]}},
+                         "output": ["LATENT"], "output_name": ["LATENT"]}}
+    graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "u.safetensors"}},
+             "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "c.safetensors"}},
+             "6": {"class_type": "TextEncodeEdit", "inputs": {"clip": ["2", 0], "prompt": "remove the hat", "negative_prompt": "blurry"}},
+             "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["6", 1]}}}
+    out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))], info)
+    assert out["6"]["inputs"]["prompt"] == "ohwx, remove the hat" and out["6"]["inputs"]["negative_prompt"] == "blurry"

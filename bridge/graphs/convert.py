@@ -2,9 +2,10 @@
 
 Uses the pod's ``/object_info`` to know each node's inputs in order and which are widgets.
 Handles links, ``widgets_values`` (with the extra ``control_after_generate`` and upload
-entries), reroutes, primitive nodes, muted (removed) and bypassed (passed through) nodes,
-notes and groups (dropped), converted widgets fed by links, and subgraphs from
-``definitions.subgraphs`` (flattened; inner nodes get ids like ``"75:37"`` as the editor does).
+entries), reroutes, primitive nodes, muted (removed) and bypassed (passed through, by the editor's own
+slot rule) nodes, notes and groups (dropped), converted widgets fed by links, and subgraphs from
+``definitions.subgraphs`` (flattened; inner nodes get ids like ``"75:37"`` as the editor does; a
+muted or bypassed subgraph instance is removed or passed through as a whole, like any node).
 """
 
 from __future__ import annotations
@@ -155,8 +156,9 @@ class _Flattener:
                 raise WorkflowError(f"link {link_id} comes from missing node {origin}")
             return ("node", f"{prefix}{origin}", slot)
 
-        # subgraph instances first (in dependency order), so links from their outputs resolve
-        pending = [n for n in nodes if n.get("type") in self.subgraphs]
+        # active subgraph instances first (in dependency order), so links from their outputs resolve;
+        # a muted or bypassed instance stays one node (the editor neither expands nor runs its inside)
+        pending = [n for n in nodes if n.get("type") in self.subgraphs and not _inactive(n)]
         while pending:
             progressed = False
             for node in list(pending):
@@ -173,7 +175,7 @@ class _Flattener:
             if not progressed:
                 raise WorkflowError("subgraph instances depend on each other in a cycle")
         for node in nodes:
-            if node.get("type") in self.subgraphs:
+            if node.get("type") in self.subgraphs and not _inactive(node):
                 continue
             flat = _Node(f"{prefix}{node['id']}", node.get("type", ""), node.get("mode", 0) or 0,
                          node.get("inputs", []) or [], node.get("outputs", []) or [], node.get("widgets_values"),
@@ -207,6 +209,39 @@ class _Flattener:
             name = sg_input.get("name")
             bindings.append(linked.get(name) or promoted.get(name))
         return bindings
+
+
+def _inactive(node: dict[str, Any]) -> bool:
+    return (node.get("mode") or 0) in (MUTED, BYPASSED)
+
+
+def _connectable(a: Any, b: Any) -> bool:
+    """The editor's ``isValidConnection``: wildcards match anything, ``"A,B"`` lists must overlap."""
+    if a in (None, "", "*") or b in (None, "", "*"):
+        return True
+    return bool(set(str(a).upper().split(",")) & set(str(b).upper().split(",")))
+
+
+def _bypass_input(node: _Node, slot: int, target_type: Any) -> dict[str, Any] | None:
+    """The input a bypassed node passes to output ``slot`` for a consumer of ``target_type``.
+
+    The graph editor's rule (``ExecutableNodeDTO._getBypassSlotIndex``): a wildcard consumer
+    takes the same-index input (else the first); otherwise the same-index input if it fits both
+    the output's and the consumer's type, else the first input of exactly the consumer's type,
+    else the first that fits both; else nothing passes.
+    """
+    inputs = node.inputs
+    if not inputs:
+        return None
+    if target_type in (None, "", "*"):
+        return inputs[slot] if slot < len(inputs) else inputs[0]
+    out_type = node.outputs[slot].get("type") if slot < len(node.outputs) else None
+    fits = [inp for inp in inputs
+            if _connectable(inp.get("type"), out_type) and _connectable(inp.get("type"), target_type)]
+    if slot < len(inputs) and inputs[slot] in fits:
+        return inputs[slot]
+    exact = [inp for inp in inputs if inp.get("type") == target_type]
+    return (exact or fits or [None])[0]
 
 
 def _spec_inputs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
@@ -254,8 +289,11 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
     flat.flatten(workflow["nodes"], workflow.get("links", []), "", [])
     nodes = flat.nodes
 
-    def real_source(src: Source, seen: frozenset[str] = frozenset()) -> Source:
-        """Follow reroutes, primitives and bypassed nodes to a real node output or a value."""
+    def real_source(src: Source, target_type: Any, seen: frozenset[str] = frozenset()) -> Source:
+        """Follow reroutes, primitives and bypassed nodes to a real node output or a value.
+
+        ``target_type`` is the type of the input being fed, which decides a bypassed node's pass-through.
+        """
         if src is None or src[0] == "value":
             return src
         _, node_id, slot = src
@@ -265,18 +303,15 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
         if node is None:
             return None
         if node.type == "Reroute":
-            return real_source(next(iter(node.sources.values()), None), seen | {node_id})
+            return real_source(next(iter(node.sources.values()), None), target_type, seen | {node_id})
         if node.type.startswith("Primitive"):
             values = node.widgets_values or []
             return ("value", values[0] if isinstance(values, list) and values else values)
         if node.mode == MUTED:
             return None
-        if node.mode == BYPASSED:  # the editor passes the first input of the output's type through
-            out_type = node.outputs[slot].get("type") if slot < len(node.outputs) else None
-            for inp in node.inputs:
-                if inp.get("type") == out_type and node.sources.get(inp["name"]) is not None:
-                    return real_source(node.sources[inp["name"]], seen | {node_id})
-            return None
+        if node.mode == BYPASSED:
+            passed = _bypass_input(node, slot, target_type)
+            return None if passed is None else real_source(node.sources.get(passed["name"]), target_type, seen | {node_id})
         return src
 
     graph: Graph = {}
@@ -289,8 +324,9 @@ def ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> Graph:
                 continue  # a decoration (group label, note) from another pack
             raise WorkflowError(f"node {node.id}: type {node.type!r} is not installed on the pod")
         inputs = _widget_values(node, info)
+        slot_types = {slot["name"]: slot.get("type") for slot in node.inputs}
         for name, src in node.sources.items():
-            resolved = real_source(src)
+            resolved = real_source(src, slot_types.get(name))
             if resolved is None:
                 continue
             inputs[name] = resolved[1] if resolved[0] == "value" else [resolved[1], resolved[2]]

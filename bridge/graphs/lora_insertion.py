@@ -27,6 +27,7 @@ PREFIX = "lora:"
 LORA_LOADERS = {"LoraLoader", "LoraLoaderModelOnly", NODE_APPLY, NODE_APPLY_STACK}
 PROMPT_INPUTS = ("text", "prompt", "clip_l", "t5xxl", "text_g", "text_l")
 ZEROING = {"ConditioningZeroOut"}  # nodes whose output carries none of the input's text
+TRIGGER_JOIN = "StringConcatenate"  # core node that prepends trigger words to a prompt computed in the graph
 # used when no /object_info is at hand: class -> output types
 KNOWN_OUTPUTS: dict[str, list[str]] = {
     "CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CheckpointLoader": ["MODEL", "CLIP", "VAE"],
@@ -92,12 +93,13 @@ def _consumers(graph: Graph, ref: list[Any], skip: set[str]) -> list[tuple[str, 
 
 
 def strip_inserted(graph: Graph) -> Graph:
-    """Remove loaders an earlier insertion added, wiring their consumers back to their inputs."""
+    """Remove nodes an earlier insertion added, wiring their consumers back to their inputs."""
     out = copy.deepcopy(graph)
     for nid in [k for k in out if k.startswith(PREFIX)]:
         node = out.pop(nid)
         ins = node.get("inputs", {})
-        for slot, key in ((0, "model"), (1, "clip")):
+        passed = ("string_b",) if node["class_type"] == TRIGGER_JOIN else ("model", "clip")
+        for slot, key in enumerate(passed):
             for cid, ckey in _consumers(out, [nid, slot], set()):
                 out[cid]["inputs"][ckey] = ins.get(key)
     return out
@@ -250,11 +252,12 @@ def _upstream_encoders(graph: Graph, ref: Any, object_info: ObjectInfo | None, s
     if node["class_type"] in ZEROING:
         return set()  # the zero-out erases whatever the encoder says: no text of it reaches here
     inputs = node.get("inputs", {})
-    if any(isinstance(inputs.get(k), str) for k in PROMPT_INPUTS) and "clip" in inputs:
-        return {ref[0]}
     info = (object_info or {}).get(node["class_type"], {})
     names = info.get("output_name") or []
     out_name = names[ref[1]] if ref[1] < len(names) else None
+    if "clip" in inputs and any(isinstance(inputs.get(k), str) or _is_link(inputs.get(k)) for k in PROMPT_INPUTS):
+        # an encoder with its own negative output encodes that from its own negative input, which is never touched
+        return set() if out_name == "negative" else {ref[0]}
     if out_name in ("positive", "negative") and out_name in inputs:  # e.g. WanImageToVideo
         return _upstream_encoders(graph, inputs[out_name], object_info, seen)
     found: set[str] = set()
@@ -265,24 +268,37 @@ def _upstream_encoders(graph: Graph, ref: Any, object_info: ObjectInfo | None, s
 
 
 def add_trigger_words(graph: Graph, triggers: list[str], object_info: ObjectInfo | None, report: InsertionReport) -> None:
-    """Prepend ``"{trigger}, "`` to the positive prompt(s), once, never to a negative one."""
+    """Prepend ``"{trigger}, "`` to the text of every encoder on a sampler's positive side, once.
+
+    A prompt that only reaches a negative input is never touched. An encoder that feeds both sides
+    (a CFG-1 graph) gets the words: both sides then carry the same text, as they did before. A
+    prompt computed in the graph (a linked ``text``) gets a ``StringConcatenate`` in front of it.
+    """
     positive: set[str] = set()
-    negative: set[str] = set()
     for node in graph.values():
         inputs = node.get("inputs", {})
         if "positive" in inputs and _is_link(inputs["positive"]):
             positive |= _upstream_encoders(graph, inputs["positive"], object_info, set())
-            negative |= _upstream_encoders(graph, inputs.get("negative"), object_info, set())
         if node["class_type"] in ("BasicGuider",) and _is_link(inputs.get("conditioning")):
             positive |= _upstream_encoders(graph, inputs["conditioning"], object_info, set())
-    shared = positive & negative
-    if shared:
-        report.warnings.append(f"prompt node(s) {sorted(shared)} feed both positive and negative: no trigger words added there")
-    for nid in sorted(positive - negative):
+    can_join = object_info is None or TRIGGER_JOIN in object_info
+    for nid in sorted(positive):
         inputs = graph[nid]["inputs"]
+        added = False
         for key in PROMPT_INPUTS:
             if isinstance(inputs.get(key), str):
                 inputs[key] = with_trigger_words(inputs[key], triggers)
-        report.prompt_nodes.append(nid)
+                added = True
+            elif _is_link(inputs.get(key)) and can_join:  # text computed in the graph: join in front of it
+                join_id = f"{PREFIX}trigger:{nid}:{key}"
+                graph[join_id] = {"class_type": TRIGGER_JOIN, "_meta": {"title": "Trigger words (LoRA bridge)"},
+                                  "inputs": {"string_a": ", ".join(triggers), "string_b": inputs[key], "delimiter": ", "}}
+                inputs[key] = [join_id, 0]
+                added = True
+        if added:
+            report.prompt_nodes.append(nid)
+        else:
+            report.warnings.append(f"prompt node {nid}: its text comes from the graph and the pod has no "
+                                   f"{TRIGGER_JOIN} node: no trigger words added there")
     if report.prompt_nodes:
         report.trigger_words = triggers

@@ -1,4 +1,7 @@
-"""Deterministic random-weight SD1.x checkpoints and LoRAs for tests, benchmarks and the demo.
+"""Deterministic random-weight models and LoRAs for tests, benchmarks and the demo.
+
+SD1.x checkpoints (``sd15_layout``) and transformer diffusion models (``dit_layout``: Flux.1,
+Wan 2.1), each with LoRAs in the key layouts the trainers publish.
 
 No model can be downloaded here, so we make our own: numpy + safetensors only (no torch).
 Norm weights are 1 and biases 0, everything else N(0, 0.02): zeroed GroupNorm weights give
@@ -17,6 +20,7 @@ from typing import Callable, Literal
 import numpy as np
 from safetensors.numpy import save_file
 
+from .dit_layout import DitSpec, dit_layers
 from .sd15_layout import (
     FULL_UNET,
     TINY_UNET,
@@ -28,6 +32,9 @@ from .sd15_layout import (
 )
 
 LoraLayout = Literal["kohya", "peft", "loha"]
+# transformer LoRA layouts: kohya / musubi-tuner ("lora_unet_double_blocks_0_img_attn_qkv"), ComfyUI's own
+# and diffusion-pipe's ("diffusion_model.<module>.lora_A"), diffusers / PEFT / ai-toolkit ("transformer.<diffusers module>")
+DitLoraLayout = Literal["kohya", "diffusion_model", "diffusers"]
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:
@@ -155,6 +162,81 @@ def write_lora(path: Path, spec: LoraSpec = LoraSpec()) -> Path:
     """Write a LoRA for the SD1.x checkpoint of ``spec.unet`` and return its path."""
     return write_safetensors(Path(path), lora_tensors(spec), lora_metadata(spec))
 
+
+def dit_tensors(spec: DitSpec, seed: int = 0, dtype: type = np.float16) -> dict[str, np.ndarray]:
+    """All tensors of a transformer diffusion model (``spec``) with random weights."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for layer in dit_layers(spec):
+        if layer.norm:
+            out[f"{layer.name}.{layer.scale_key}"] = np.ones(layer.shape, dtype=dtype)
+            if layer.bias:
+                out[f"{layer.name}.bias"] = np.zeros(layer.shape, dtype=dtype)
+            continue
+        weights = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
+        out[layer.name if layer.raw else f"{layer.name}.weight"] = weights
+        if layer.bias and not layer.raw:
+            out[f"{layer.name}.bias"] = np.zeros(layer.shape[:1], dtype=dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class DitLoraSpec:
+    """What LoRA to generate for a transformer model."""
+
+    model: DitSpec
+    layout: DitLoraLayout = "kohya"
+    rank: int = 4
+    seed: int = 1
+    scale: float = 0.05  # standard deviation of the factors
+    trigger: str = "ohwx"
+
+
+def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
+    """A LoRA on every targetable linear layer of ``spec.model``, in ``spec.layout``."""
+    rng = np.random.default_rng(spec.seed)
+    r, out = spec.rank, {}
+
+    def pair(key: str, out_dim: int, in_dim: int, down: str, up: str) -> None:
+        out[f"{key}.{down}"] = (rng.standard_normal((r, in_dim), dtype=np.float32) * spec.scale).astype(np.float16)
+        out[f"{key}.{up}"] = (rng.standard_normal((out_dim, r), dtype=np.float32) * spec.scale).astype(np.float16)
+        if spec.layout == "kohya":  # PEFT files carry no alpha (scale 1, the same as alpha = rank)
+            out[f"{key}.alpha"] = np.array(float(r), dtype=np.float32)
+
+    for layer in dit_layers(spec.model):
+        if not layer.diffusers:
+            continue
+        out_dim, in_dim = layer.shape
+        if spec.layout == "kohya":
+            pair("lora_unet_" + layer.name.replace(".", "_"), out_dim, in_dim, "lora_down.weight", "lora_up.weight")
+        elif spec.layout == "diffusion_model":
+            pair(f"diffusion_model.{layer.name}", out_dim, in_dim, "lora_A.weight", "lora_B.weight")
+        else:
+            for part in layer.diffusers:
+                pair(f"transformer.{part.name}", part.size or out_dim, in_dim, "lora_A.weight", "lora_B.weight")
+    return out
+
+
+def dit_lora_metadata(spec: DitLoraSpec) -> dict[str, str]:
+    """Trainer-style metadata: the base architecture and a trigger word."""
+    arch = {"flux": "flux-1-dev/lora", "wan": "wan_2.1_t2v_1.3B/lora"}[spec.model.family]
+    return {"modelspec.architecture": arch, "modelspec.title": f"{spec.model.family}-{spec.layout}",
+            "ss_tag_frequency": json.dumps({f"10_{spec.trigger}": {spec.trigger: 12}}),
+            "ss_network_dim": str(spec.rank), "ss_network_alpha": str(spec.rank)}
+
+
+def cached_dit_model(spec: DitSpec, seed: int = 0) -> Path:
+    """The diffusion-model file of ``dit_tensors(spec)``, generated once into the local cache folder."""
+    digest = hashlib.sha256(repr((spec, seed)).encode()).hexdigest()[:12]
+    return _cached(f"{spec.family}-{spec.width}x{spec.blocks}-{digest}.safetensors",
+                   lambda p: write_safetensors(p, dit_tensors(spec, seed), {"format": "pt"}))
+
+
+def cached_dit_lora(spec: DitLoraSpec) -> Path:
+    """The LoRA of ``dit_lora_tensors(spec)``, generated once into the local cache folder."""
+    digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+    return _cached(f"lora-{spec.model.family}-{spec.layout}-{digest}.safetensors",
+                   lambda p: write_safetensors(p, dit_lora_tensors(spec), dit_lora_metadata(spec)))
 
 
 def _cached(name: str, write: Callable[[Path], Path]) -> Path:

@@ -84,6 +84,28 @@ class Detection:
     source: str  # "keys", "metadata" or "none"
     evidence: str
     warning: str | None = None
+    variant: str | None = None  # the model size a LoRA cannot cross (Wan 1.3B/14B/2.2 5B, Flux.1/Flux.2)
+
+
+# model width -> variant, for families whose sizes share key names but not shapes
+WAN_VARIANTS = {1536: "1.3B", 5120: "14B", 3072: "2.2 5B"}
+FLUX_VARIANTS = {3072: "Flux.1", 6144: "Flux.2"}
+_WAN_Q = re.compile(r"^blocks_\d+_(self_attn_q|attn1_to_q)$")
+_FLUX_QKV = re.compile(r"^(double_blocks_\d+_img_attn_qkv|transformer_blocks_\d+_attn_to_q)$")
+
+
+def variant_of(family: str, in_dims: Mapping[str, int]) -> str | None:
+    """The variant of a ``family`` LoRA from its layers' input widths (None: not decisive)."""
+    pattern, table = {"wan": (_WAN_Q, WAN_VARIANTS), "flux": (_FLUX_QKV, FLUX_VARIANTS)}.get(family, (None, {}))
+    widths = {w for p, w in in_dims.items() if pattern and pattern.match(p)}
+    return table.get(widths.pop()) if len(widths) == 1 else None
+
+
+def variant_name(family: str, variant: str | None) -> str:
+    """``"Wan 2.x 14B"``, ``"Flux.1"``: the family's name with its variant, when known."""
+    if family == "flux" and variant:
+        return variant
+    return f"{FAMILY_NAMES.get(family, family)} {variant}" if variant else FAMILY_NAMES.get(family, family)
 
 
 _SD_UNET = re.compile(r"^(down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block)_")
@@ -141,7 +163,7 @@ def detect_family(
         warning = None
         if hint and hint != family:
             warning = f"metadata says {FAMILY_NAMES[hint]} but the keys are {FAMILY_NAMES[family]}"
-        return Detection(family, "keys", evidence, warning)
+        return Detection(family, "keys", evidence, warning, variant_of(family, in_dims))
     if hint:
         return Detection(hint, "metadata", f"keys undecided ({evidence}); metadata names {FAMILY_NAMES[hint]}")
     return Detection(UNKNOWN, "none", evidence)

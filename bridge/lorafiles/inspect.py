@@ -17,11 +17,11 @@ import numpy as np
 
 from .families import (
     _DOWN_SUFFIXES,
-    FAMILY_NAMES,
     UNET_FAMILIES,
     detect_family,
     part_of,
     split_key,
+    variant_name,
 )
 from .header import (
     DEFAULT_MAX_HEADER,
@@ -49,6 +49,7 @@ class LoraInfo:
     family: str
     family_source: str
     family_evidence: str
+    variant: str | None
     targets: list[str]
     ranks: list[int]
     alphas: list[float]
@@ -68,7 +69,7 @@ class LoraInfo:
 
     @property
     def family_name(self) -> str:
-        return FAMILY_NAMES.get(self.family, self.family)
+        return variant_name(self.family, self.variant)
 
     @property
     def rank(self) -> int | None:
@@ -174,7 +175,7 @@ def describe(header: Header, size: int, source: str, read: ReadRange, window: by
     targets = sorted(model_part if p == "model" else p for p in parts)
     return LoraInfo(
         source=source, size=size, format=fmt, family=detection.family, family_source=detection.source,
-        family_evidence=detection.evidence, targets=targets, ranks=sorted(ranks), alphas=alphas,
+        family_evidence=detection.evidence, variant=detection.variant, targets=targets, ranks=sorted(ranks), alphas=alphas,
         dtypes=sorted(dtypes), modules=len(modules - set(alpha_names)), tensors=len(header.tensors), dora=dora,
         metadata=dict(header.metadata), trigger_words=trigger_words(header.metadata), warnings=warnings,
     )

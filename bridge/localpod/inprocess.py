@@ -1,7 +1,7 @@
-"""Run ComfyUI's own Python modules inside a benchmark process (CPU), with folders set up.
+"""Run ComfyUI's own Python modules inside this process, with folders set up.
 
-Shared by the benchmarks that time node code directly: importing ComfyUI this way is one
-ComfyUI process, with no HTTP in the measured path.
+For the benchmarks that time node code directly (one ComfyUI process, no HTTP in the measured
+path) and for tests that look inside node state; call it in a process of its own.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir
+from .install import comfyui_dir
 
 
 def import_comfyui(loras_dir: Path, device: str = "cpu") -> None:

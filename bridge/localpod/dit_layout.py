@@ -1,0 +1,123 @@
+"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1), generated procedurally.
+
+Written as diffusion-model files (what ComfyUI's ``UNETLoader`` reads), with the names
+ComfyUI's own detection (``comfy/model_detection.py``) recognises. Sizes are the smallest
+detection allows: Flux keeps its width of 3072 (ComfyUI 0.3.x fixes 24 heads of 128) with
+one double and one single block; Wan keeps the 1.3B model's width (1536, the variant a LoRA
+cannot cross) with one block. Each LoRA-targetable linear layer carries the names the
+trainers use for it (``diffusers``: diffusers/PEFT module name, with the slice of a fused
+layer it covers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .sd15_layout import Shape
+
+
+@dataclass(frozen=True)
+class DiffusersPart:
+    """A diffusers module that covers rows ``[offset, offset + size)`` of a fused model weight."""
+
+    name: str
+    offset: int = 0
+    size: int | None = None  # None: the whole output width
+
+
+@dataclass(frozen=True)
+class DitLayer:
+    """One weight-bearing layer of a transformer model, and its diffusers names (empty: not targeted)."""
+
+    name: str
+    shape: Shape
+    bias: bool = True
+    norm: bool = False
+    scale_key: str = "weight"  # RMSNorm scales in Flux are saved as ``.scale``
+    diffusers: tuple[DiffusersPart, ...] = ()
+    raw: bool = False  # a parameter stored under ``name`` itself (Wan's modulation tensors)
+
+
+@dataclass(frozen=True)
+class DitSpec:
+    """Which transformer model to generate."""
+
+    family: str  # "flux" or "wan"
+    width: int
+    blocks: int = 1
+    single_blocks: int = 1  # Flux only
+    text_width: int = 4096  # T5-XXL / UMT5-XXL hidden size: the conditioning the model reads
+    pooled_width: int = 768  # Flux: CLIP-L pooled output
+    ffn_width: int = 8960  # Wan only (the 1.3B model's)
+
+
+FLUX = DitSpec("flux", 3072)
+WAN21_T2V = DitSpec("wan", 1536)
+
+
+def _flux_layers(spec: DitSpec) -> list[DitLayer]:
+    h, mlp = spec.width, spec.width * 4
+    out: list[DitLayer] = [
+        DitLayer("img_in", (h, 64), diffusers=(DiffusersPart("x_embedder"),)),
+        DitLayer("txt_in", (h, spec.text_width), diffusers=(DiffusersPart("context_embedder"),)),
+        DitLayer("time_in.in_layer", (h, 256)), DitLayer("time_in.out_layer", (h, h)),
+        DitLayer("vector_in.in_layer", (h, spec.pooled_width)), DitLayer("vector_in.out_layer", (h, h)),
+    ]
+    for i in range(spec.blocks):
+        p, d = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        for side, attn, ff, norm in (("img", "attn.to_", "ff", "norm1"), ("txt", "attn.add_", "ff_context", "norm1_context")):
+            qkv = (("q", "k", "v") if side == "img" else ("q_proj", "k_proj", "v_proj"))
+            out += [
+                DitLayer(f"{p}.{side}_mod.lin", (6 * h, h), diffusers=(DiffusersPart(f"{d}.{norm}.linear"),)),
+                DitLayer(f"{p}.{side}_attn.qkv", (3 * h, h), diffusers=tuple(
+                    DiffusersPart(f"{d}.{attn}{x}", j * h, h) for j, x in enumerate(qkv))),
+                DitLayer(f"{p}.{side}_attn.norm.query_norm", (128,), norm=True, scale_key="scale"),
+                DitLayer(f"{p}.{side}_attn.norm.key_norm", (128,), norm=True, scale_key="scale"),
+                DitLayer(f"{p}.{side}_attn.proj", (h, h), diffusers=(
+                    DiffusersPart(f"{d}.attn.to_out.0" if side == "img" else f"{d}.attn.to_add_out"),)),
+                DitLayer(f"{p}.{side}_mlp.0", (mlp, h), diffusers=(DiffusersPart(f"{d}.{ff}.net.0.proj"),)),
+                DitLayer(f"{p}.{side}_mlp.2", (h, mlp), diffusers=(DiffusersPart(f"{d}.{ff}.net.2"),)),
+            ]
+    for i in range(spec.single_blocks):
+        p, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        out += [
+            DitLayer(f"{p}.linear1", (3 * h + mlp, h), diffusers=(
+                DiffusersPart(f"{d}.attn.to_q", 0, h), DiffusersPart(f"{d}.attn.to_k", h, h),
+                DiffusersPart(f"{d}.attn.to_v", 2 * h, h), DiffusersPart(f"{d}.proj_mlp", 3 * h, mlp))),
+            DitLayer(f"{p}.linear2", (h, h + mlp), diffusers=(DiffusersPart(f"{d}.proj_out"),)),
+            DitLayer(f"{p}.norm.query_norm", (128,), norm=True, scale_key="scale"),
+            DitLayer(f"{p}.norm.key_norm", (128,), norm=True, scale_key="scale"),
+            DitLayer(f"{p}.modulation.lin", (3 * h, h), diffusers=(DiffusersPart(f"{d}.norm.linear"),)),
+        ]
+    out += [DitLayer("final_layer.linear", (64, h)), DitLayer("final_layer.adaLN_modulation.1", (2 * h, h))]
+    return out
+
+
+def _wan_layers(spec: DitSpec) -> list[DitLayer]:
+    d, ffn = spec.width, spec.ffn_width
+    out: list[DitLayer] = [
+        DitLayer("patch_embedding", (d, 16, 1, 2, 2)),
+        DitLayer("text_embedding.0", (d, spec.text_width)), DitLayer("text_embedding.2", (d, d)),
+        DitLayer("time_embedding.0", (d, 256)), DitLayer("time_embedding.2", (d, d)),
+        DitLayer("time_projection.1", (6 * d, d)),
+    ]
+    for i in range(spec.blocks):
+        p, dp = f"blocks.{i}", f"blocks.{i}"
+        for attn, dattn in (("self_attn", "attn1"), ("cross_attn", "attn2")):
+            for proj, dproj in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
+                out.append(DitLayer(f"{p}.{attn}.{proj}", (d, d), diffusers=(DiffusersPart(f"{dp}.{dattn}.{dproj}"),)))
+            out += [DitLayer(f"{p}.{attn}.norm_q", (d,), bias=False, norm=True),
+                    DitLayer(f"{p}.{attn}.norm_k", (d,), bias=False, norm=True)]
+        out += [
+            DitLayer(f"{p}.norm3", (d,), norm=True),
+            DitLayer(f"{p}.ffn.0", (ffn, d), diffusers=(DiffusersPart(f"{dp}.ffn.net.0.proj"),)),
+            DitLayer(f"{p}.ffn.2", (d, ffn), diffusers=(DiffusersPart(f"{dp}.ffn.net.2"),)),
+            DitLayer(f"{p}.modulation", (1, 6, d), raw=True),
+        ]
+    out += [DitLayer("head.head", (64, d)), DitLayer("head.modulation", (1, 2, d), raw=True)]
+    return out
+
+
+def dit_layers(spec: DitSpec) -> list[DitLayer]:
+    """Every layer of the model ``spec`` describes, in file order."""
+    return _flux_layers(spec) if spec.family == "flux" else _wan_layers(spec)

@@ -7,7 +7,10 @@ trainers' names; this adds the ones it drops, so those keys are applied instead 
 - SD1.x/SD2.x/SDXL in diffusers/PEFT naming (``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``):
   ComfyUI knows only the old attention-processor form (``…attn1.processor.to_q``);
 - Wan 2.x in diffusers naming (``transformer.blocks.0.attn1.to_q``, ``condition_embedder.…``,
-  ``proj_out``): ComfyUI has no diffusers map for Wan at all.
+  ``proj_out``): ComfyUI has no diffusers map for Wan at all;
+- Flux in DiffSynth-Studio's naming (diffusers module names without a prefix,
+  ``transformer_blocks.0.attn.to_q.lora_A.default.weight``): ComfyUI 0.3.x maps only the
+  ``transformer.``-prefixed form (current ComfyUI maps both).
 
 ComfyUI's own entries always win; these only fill gaps.
 """
@@ -69,6 +72,13 @@ def extra_unet_keys(model: Any, key_map: dict[str, Any]) -> dict[str, Any]:
             if diffusers_key.endswith(".weight"):
                 for prefix in ("", "unet."):
                     key_map.setdefault(prefix + diffusers_key[: -len(".weight")], f"diffusion_model.{ldm_key}")
+    elif family == "flux":
+        import comfy.utils
+
+        for diffusers_key, target in comfy.utils.flux_to_diffusers(model.model_config.unet_config,
+                                                                   output_prefix="diffusion_model.").items():
+            if diffusers_key.endswith(".weight"):
+                key_map.setdefault(diffusers_key[: -len(".weight")], target)
     elif family == "wan":
         for key in model.state_dict():
             if key.startswith("diffusion_model.") and key.endswith(".weight"):

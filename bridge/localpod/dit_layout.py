@@ -1,10 +1,10 @@
-"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1), generated procedurally.
+"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1, Qwen-Image), generated procedurally.
 
 Written as diffusion-model files (what ComfyUI's ``UNETLoader`` reads), with the names
 ComfyUI's own detection (``comfy/model_detection.py``) recognises. Sizes are the smallest
 detection allows: Flux keeps its width of 3072 (ComfyUI 0.3.x fixes 24 heads of 128) with
 one double and one single block; Wan keeps the 1.3B model's width (1536, the variant a LoRA
-cannot cross) with one block. Each LoRA-targetable linear layer carries the names the
+cannot cross) with one block; Qwen-Image keeps its fixed width (3072, text 3584) with one block. Each LoRA-targetable linear layer carries the names the
 trainers use for it (``diffusers``: diffusers/PEFT module name, with the slice of a fused
 layer it covers).
 """
@@ -42,7 +42,7 @@ class DitLayer:
 class DitSpec:
     """Which transformer model to generate."""
 
-    family: str  # "flux" or "wan"
+    family: str  # "flux", "wan" or "qwen_image"
     width: int
     blocks: int = 1
     single_blocks: int = 1  # Flux only
@@ -53,6 +53,7 @@ class DitSpec:
 
 FLUX = DitSpec("flux", 3072)
 WAN21_T2V = DitSpec("wan", 1536)
+QWEN_IMAGE = DitSpec("qwen_image", 3072, single_blocks=0, text_width=3584)  # text: Qwen2.5-VL 7B's width
 
 
 def _flux_layers(spec: DitSpec) -> list[DitLayer]:
@@ -118,6 +119,32 @@ def _wan_layers(spec: DitSpec) -> list[DitLayer]:
     return out
 
 
+def _qwen_layers(spec: DitSpec) -> list[DitLayer]:
+    """Qwen-Image: ComfyUI's module names are diffusers' own (``transformer_blocks.0.attn.to_q``)."""
+    h, mlp = spec.width, spec.width * 4
+
+    def linear(name: str, shape: Shape) -> DitLayer:
+        return DitLayer(name, shape, diffusers=(DiffusersPart(name),))
+
+    out: list[DitLayer] = [
+        linear("time_text_embed.timestep_embedder.linear_1", (h, 256)),
+        linear("time_text_embed.timestep_embedder.linear_2", (h, h)),
+        DitLayer("txt_norm", (spec.text_width,), bias=False, norm=True),
+        linear("img_in", (h, 64)), linear("txt_in", (h, spec.text_width)),
+    ]
+    for i in range(spec.blocks):
+        p = f"transformer_blocks.{i}"
+        for side in ("img", "txt"):
+            out += [linear(f"{p}.{side}_mod.1", (6 * h, h)), linear(f"{p}.{side}_mlp.net.0.proj", (mlp, h)),
+                    linear(f"{p}.{side}_mlp.net.2", (h, mlp))]
+        for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            out.append(linear(f"{p}.attn.{proj}", (h, h)))
+        out += [DitLayer(f"{p}.attn.{norm}", (128,), bias=False, norm=True)
+                for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k")]
+    out += [linear("norm_out.linear", (2 * h, h)), linear("proj_out", (64, h))]
+    return out
+
+
 def dit_layers(spec: DitSpec) -> list[DitLayer]:
     """Every layer of the model ``spec`` describes, in file order."""
-    return _flux_layers(spec) if spec.family == "flux" else _wan_layers(spec)
+    return {"flux": _flux_layers, "wan": _wan_layers, "qwen_image": _qwen_layers}[spec.family](spec)

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed
-from comfyui_lora_bridge.bridge.localpod.dit_layout import FLUX, QWEN_IMAGE, WAN21_T2V, DitSpec
+from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+    FLUX,
+    QWEN_IMAGE,
+    WAN21_T2V,
+    DitSpec,
+)
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.localpod.weights import (
     DitLoraSpec,

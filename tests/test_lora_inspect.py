@@ -7,7 +7,12 @@ import struct
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.dit_layout import FLUX, QWEN_IMAGE, WAN21_T2V, DitSpec
+from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+    FLUX,
+    QWEN_IMAGE,
+    WAN21_T2V,
+    DitSpec,
+)
 from comfyui_lora_bridge.bridge.localpod.weights import (
     DitLoraSpec,
     LoraSpec,

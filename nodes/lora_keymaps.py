@@ -10,7 +10,9 @@ trainers' names; this adds the ones it drops, so those keys are applied instead 
   ``proj_out``): ComfyUI has no diffusers map for Wan at all;
 - Flux in DiffSynth-Studio's naming (diffusers module names without a prefix,
   ``transformer_blocks.0.attn.to_q.lora_A.default.weight``): ComfyUI 0.3.x maps only the
-  ``transformer.``-prefixed form (current ComfyUI maps both).
+  ``transformer.``-prefixed form (current ComfyUI maps both);
+- Z-Image in diffusers and DiffSynth naming (``transformer.layers.0.attention.to_q``, or no
+  prefix): ComfyUI 0.3.x maps only the ``diffusion_model.``-prefixed form.
 
 ComfyUI's own entries always win; these only fill gaps.
 """
@@ -42,6 +44,12 @@ _WAN_TOP = {
 _WAN_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
+def comfy_utils() -> Any:
+    import comfy.utils
+
+    return comfy.utils
+
+
 def _family(model: Any) -> str:
     return COMFY_MODEL_FAMILIES.get(type(model.model_config).__name__, "unknown")
 
@@ -66,19 +74,21 @@ def extra_unet_keys(model: Any, key_map: dict[str, Any]) -> dict[str, Any]:
     """``key_map`` (LoRA key -> model weight) with the names ComfyUI lacks for ``model`` (a BaseModel) added."""
     family = _family(model)
     if family in UNET_FAMILIES:
-        import comfy.utils
-
-        for diffusers_key, ldm_key in comfy.utils.unet_to_diffusers(model.model_config.unet_config).items():
+        for diffusers_key, ldm_key in comfy_utils().unet_to_diffusers(model.model_config.unet_config).items():
             if diffusers_key.endswith(".weight"):
                 for prefix in ("", "unet."):
                     key_map.setdefault(prefix + diffusers_key[: -len(".weight")], f"diffusion_model.{ldm_key}")
     elif family == "flux":
-        import comfy.utils
-
-        for diffusers_key, target in comfy.utils.flux_to_diffusers(model.model_config.unet_config,
-                                                                   output_prefix="diffusion_model.").items():
+        for diffusers_key, target in comfy_utils().flux_to_diffusers(model.model_config.unet_config,
+                                                                     output_prefix="diffusion_model.").items():
             if diffusers_key.endswith(".weight"):
                 key_map.setdefault(diffusers_key[: -len(".weight")], target)
+    elif family == "lumina2" and hasattr(comfy_utils(), "z_image_to_diffusers"):
+        for diffusers_key, target in comfy_utils().z_image_to_diffusers(model.model_config.unet_config,
+                                                                        output_prefix="diffusion_model.").items():
+            if diffusers_key.endswith(".weight"):
+                for prefix in ("", "transformer."):
+                    key_map.setdefault(prefix + diffusers_key[: -len(".weight")], target)
     elif family == "wan":
         for key in model.state_dict():
             if key.startswith("diffusion_model.") and key.endswith(".weight"):

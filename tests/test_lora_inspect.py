@@ -11,6 +11,7 @@ from comfyui_lora_bridge.bridge.localpod.dit_layout import (
     FLUX,
     QWEN_IMAGE,
     WAN21_T2V,
+    Z_IMAGE,
     DitSpec,
 )
 from comfyui_lora_bridge.bridge.localpod.weights import (
@@ -66,7 +67,7 @@ def test_other_families_are_detected_from_keys(tmp_path, family, layout) -> None
 
 @pytest.mark.parametrize("layout", ["kohya", "diffusion_model", "diffusers", "diffsynth"])
 @pytest.mark.parametrize("model, variant, name", [
-    (FLUX, "Flux.1", "Flux.1"), (WAN21_T2V, "1.3B", "Wan 2.x 1.3B"), (QWEN_IMAGE, None, "Qwen-Image"),
+    (FLUX, "Flux.1", "Flux.1"), (WAN21_T2V, "1.3B", "Wan 2.x 1.3B"), (QWEN_IMAGE, None, "Qwen-Image"), (Z_IMAGE, None, "Z-Image/Lumina2"),
     (DitSpec("wan", 5120, ffn_width=13824), "14B", "Wan 2.x 14B"), (DitSpec("wan", 3072, ffn_width=14336), "2.2 5B", "Wan 2.x 2.2 5B"),
 ])
 def test_transformer_loras_name_the_variant_they_cannot_cross(tmp_path, model, variant, name, layout) -> None:

@@ -1,10 +1,12 @@
-"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1, Qwen-Image), generated procedurally.
+"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1, Qwen-Image, Z-Image), generated procedurally.
 
 Written as diffusion-model files (what ComfyUI's ``UNETLoader`` reads), with the names
 ComfyUI's own detection (``comfy/model_detection.py``) recognises. Sizes are the smallest
 detection allows: Flux keeps its width of 3072 (ComfyUI 0.3.x fixes 24 heads of 128) with
 one double and one single block; Wan keeps the 1.3B model's width (1536, the variant a LoRA
-cannot cross) with one block; Qwen-Image keeps its fixed width (3072, text 3584) with one block. Each LoRA-targetable linear layer carries the names the
+cannot cross) with one block; Qwen-Image keeps its fixed width (3072, text 3584) with one block;
+Z-Image (Lumina 2's NextDiT) keeps the width at which ComfyUI turns on its Z-Image settings
+(3840) with one layer besides the two noise and two context refiner layers it always builds. Each LoRA-targetable linear layer carries the names the
 trainers use for it (``diffusers``: diffusers/PEFT module name, with the slice of a fused
 layer it covers).
 """
@@ -42,18 +44,19 @@ class DitLayer:
 class DitSpec:
     """Which transformer model to generate."""
 
-    family: str  # "flux", "wan" or "qwen_image"
+    family: str  # "flux", "wan", "qwen_image" or "lumina2" (Z-Image)
     width: int
     blocks: int = 1
-    single_blocks: int = 1  # Flux only
+    single_blocks: int = 1  # Flux: single blocks; Z-Image: refiner layers of each kind
     text_width: int = 4096  # T5-XXL / UMT5-XXL hidden size: the conditioning the model reads
     pooled_width: int = 768  # Flux: CLIP-L pooled output
-    ffn_width: int = 8960  # Wan only (the 1.3B model's)
+    ffn_width: int = 8960  # Wan (the 1.3B model's) and Z-Image
 
 
 FLUX = DitSpec("flux", 3072)
 WAN21_T2V = DitSpec("wan", 1536)
 QWEN_IMAGE = DitSpec("qwen_image", 3072, single_blocks=0, text_width=3584)  # text: Qwen2.5-VL 7B's width
+Z_IMAGE = DitSpec("lumina2", 3840, single_blocks=2, text_width=2560, ffn_width=10240)  # text: Qwen3-4B's width
 
 
 def _flux_layers(spec: DitSpec) -> list[DitLayer]:
@@ -145,6 +148,38 @@ def _qwen_layers(spec: DitSpec) -> list[DitLayer]:
     return out
 
 
+def _z_image_layers(spec: DitSpec) -> list[DitLayer]:
+    """Z-Image: NextDiT with 30 heads of 128, a fused ``qkv``, SwiGLU feed-forward, 256-wide modulation."""
+    d, ffn = spec.width, spec.ffn_width
+    out: list[DitLayer] = [
+        DitLayer("x_embedder", (d, 64)),
+        DitLayer("t_embedder.mlp.0", (1024, 256)), DitLayer("t_embedder.mlp.2", (256, 1024)),
+        DitLayer("cap_embedder.0", (spec.text_width,), bias=False, norm=True), DitLayer("cap_embedder.1", (d, spec.text_width)),
+        DitLayer("x_pad_token", (1, d), raw=True), DitLayer("cap_pad_token", (1, d), raw=True),
+    ]
+    stacks = [("noise_refiner", spec.single_blocks, True), ("context_refiner", spec.single_blocks, False), ("layers", spec.blocks, True)]
+    for stack, count, modulated in stacks:
+        for i in range(count):
+            p = f"{stack}.{i}"
+            out += [
+                DitLayer(f"{p}.attention.qkv", (3 * d, d), bias=False, diffusers=(
+                    DiffusersPart(f"{p}.attention.to_q", 0, d), DiffusersPart(f"{p}.attention.to_k", d, d),
+                    DiffusersPart(f"{p}.attention.to_v", 2 * d, d))),
+                DitLayer(f"{p}.attention.out", (d, d), bias=False, diffusers=(DiffusersPart(f"{p}.attention.to_out.0"),)),
+                DitLayer(f"{p}.attention.q_norm", (128,), bias=False, norm=True),
+                DitLayer(f"{p}.attention.k_norm", (128,), bias=False, norm=True),
+                DitLayer(f"{p}.feed_forward.w1", (ffn, d), bias=False, diffusers=(DiffusersPart(f"{p}.feed_forward.w1"),)),
+                DitLayer(f"{p}.feed_forward.w2", (d, ffn), bias=False, diffusers=(DiffusersPart(f"{p}.feed_forward.w2"),)),
+                DitLayer(f"{p}.feed_forward.w3", (ffn, d), bias=False, diffusers=(DiffusersPart(f"{p}.feed_forward.w3"),)),
+            ] + [DitLayer(f"{p}.{norm}", (d,), bias=False, norm=True)
+                 for norm in ("attention_norm1", "ffn_norm1", "attention_norm2", "ffn_norm2")]
+            if modulated:
+                out.append(DitLayer(f"{p}.adaLN_modulation.0", (4 * d, 256), diffusers=(DiffusersPart(f"{p}.adaLN_modulation.0"),)))
+    out += [DitLayer("norm_final", (d,), bias=False, norm=True), DitLayer("final_layer.linear", (64, d)),
+            DitLayer("final_layer.adaLN_modulation.1", (d, 256))]
+    return out
+
+
 def dit_layers(spec: DitSpec) -> list[DitLayer]:
     """Every layer of the model ``spec`` describes, in file order."""
-    return {"flux": _flux_layers, "wan": _wan_layers, "qwen_image": _qwen_layers}[spec.family](spec)
+    return {"flux": _flux_layers, "wan": _wan_layers, "qwen_image": _qwen_layers, "lumina2": _z_image_layers}[spec.family](spec)

@@ -34,8 +34,9 @@ from .sd15_layout import (
 LoraLayout = Literal["kohya", "peft", "loha"]
 # transformer LoRA layouts: kohya / musubi-tuner ("lora_unet_double_blocks_0_img_attn_qkv"), ComfyUI's own
 # and diffusion-pipe's ("diffusion_model.<module>.lora_A"), diffusers / PEFT / ai-toolkit ("transformer.<diffusers
-# module>"), DiffSynth-Studio (PEFT's adapter named "default", no prefix: "transformer_blocks.0.attn.to_q.lora_A.default")
-DitLoraLayout = Literal["kohya", "diffusion_model", "diffusers", "diffsynth"]
+# module>"), DiffSynth-Studio (PEFT's adapter named "default", no prefix: "transformer_blocks.0.attn.to_q.lora_A.default"),
+# and ai-toolkit's for Z-Image (diffusers module names under "diffusion_model.")
+DitLoraLayout = Literal["kohya", "diffusion_model", "diffusers", "diffsynth", "ai_toolkit"]
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:
@@ -212,9 +213,10 @@ def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
             pair("lora_unet_" + layer.name.replace(".", "_"), out_dim, in_dim, "lora_down.weight", "lora_up.weight")
         elif spec.layout == "diffusion_model":
             pair(f"diffusion_model.{layer.name}", out_dim, in_dim, "lora_A.weight", "lora_B.weight")
-        elif spec.layout == "diffusers":
+        elif spec.layout in ("diffusers", "ai_toolkit"):
+            prefix = "transformer." if spec.layout == "diffusers" else "diffusion_model."
             for part in layer.diffusers:
-                pair(f"transformer.{part.name}", part.size or out_dim, in_dim, "lora_A.weight", "lora_B.weight")
+                pair(f"{prefix}{part.name}", part.size or out_dim, in_dim, "lora_A.weight", "lora_B.weight")
         else:
             for part in layer.diffusers:
                 pair(part.name, part.size or out_dim, in_dim, "lora_A.default.weight", "lora_B.default.weight")
@@ -223,7 +225,8 @@ def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
 
 def dit_lora_metadata(spec: DitLoraSpec) -> dict[str, str]:
     """Trainer-style metadata: the base architecture and a trigger word."""
-    arch = {"flux": "flux-1-dev/lora", "wan": "wan_2.1_t2v_1.3B/lora", "qwen_image": "qwen-image/lora"}[spec.model.family]
+    arch = {"flux": "flux-1-dev/lora", "wan": "wan_2.1_t2v_1.3B/lora", "qwen_image": "qwen-image/lora",
+            "lumina2": "z-image-turbo/lora"}[spec.model.family]
     return {"modelspec.architecture": arch, "modelspec.title": f"{spec.model.family}-{spec.layout}",
             "ss_tag_frequency": json.dumps({f"10_{spec.trigger}": {spec.trigger: 12}}),
             "ss_network_dim": str(spec.rank), "ss_network_alpha": str(spec.rank)}

@@ -44,7 +44,7 @@ _WAN_TOP = {
 _WAN_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
-def comfy_utils() -> Any:
+def _comfy_utils() -> Any:
     import comfy.utils
 
     return comfy.utils
@@ -74,17 +74,17 @@ def extra_unet_keys(model: Any, key_map: dict[str, Any]) -> dict[str, Any]:
     """``key_map`` (LoRA key -> model weight) with the names ComfyUI lacks for ``model`` (a BaseModel) added."""
     family = _family(model)
     if family in UNET_FAMILIES:
-        for diffusers_key, ldm_key in comfy_utils().unet_to_diffusers(model.model_config.unet_config).items():
+        for diffusers_key, ldm_key in _comfy_utils().unet_to_diffusers(model.model_config.unet_config).items():
             if diffusers_key.endswith(".weight"):
                 for prefix in ("", "unet."):
                     key_map.setdefault(prefix + diffusers_key[: -len(".weight")], f"diffusion_model.{ldm_key}")
     elif family == "flux":
-        for diffusers_key, target in comfy_utils().flux_to_diffusers(model.model_config.unet_config,
+        for diffusers_key, target in _comfy_utils().flux_to_diffusers(model.model_config.unet_config,
                                                                      output_prefix="diffusion_model.").items():
             if diffusers_key.endswith(".weight"):
                 key_map.setdefault(diffusers_key[: -len(".weight")], target)
-    elif family == "lumina2" and hasattr(comfy_utils(), "z_image_to_diffusers"):
-        for diffusers_key, target in comfy_utils().z_image_to_diffusers(model.model_config.unet_config,
+    elif family == "lumina2" and hasattr(_comfy_utils(), "z_image_to_diffusers"):
+        for diffusers_key, target in _comfy_utils().z_image_to_diffusers(model.model_config.unet_config,
                                                                         output_prefix="diffusion_model.").items():
             if diffusers_key.endswith(".weight"):
                 for prefix in ("", "transformer."):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
-from comfyui_lora_bridge.bridge.localpod.sd15_layout import FULL_UNET, TINY_UNET
+from comfyui_lora_bridge.bridge.localpod.unet_layout import FULL_UNET, TINY_UNET
 from comfyui_lora_bridge.bridge.localpod.weights import (
     LoraSpec,
     cached_checkpoint,

@@ -124,8 +124,8 @@ def build_terms(root: Any, patches: dict[Any, Any], strength: float) -> TermSet:
             conv = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation, "groups": module.groups}
             if up.dim() == 2:
                 up = up[:, :, None, None]
-            if down.dim() == 2:
-                down = down[:, :, None, None]
+            if down.dim() == 2:  # factors trained flattened (ComfyUI's trainer): (rank, in * kh * kw)
+                down = down.reshape(down.shape[0], *module.weight.shape[1:])
         elif not isinstance(module, torch.nn.Linear):
             raise ValueError(f"cannot hot-swap onto {type(module).__name__} {key}")
         _wrap(module)

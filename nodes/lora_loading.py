@@ -10,6 +10,7 @@ a LoRA whose keys do not fit the model is reported instead of silently ignored.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,8 +123,8 @@ def _fits(key: Any, patch: Any, shapes: dict[str, tuple[int, ...]]) -> bool:
     weights = getattr(patch, "weights", None)
     if getattr(patch, "name", "") != "lora" or not weights or weights[3] is not None or weights[5] is not None:
         return True  # other adapters (LoHa, LoKr, …), tucker convs and reshapes: trust the key
-    up, down = weights[0], weights[1]
-    return up.shape[0] == shape[0] and (len(shape) < 2 or down.shape[1] == shape[1])
+    up, down = weights[0], weights[1]  # a conv's down factor may be flattened (ComfyUI's trainer)
+    return up.shape[0] == shape[0] and (len(shape) < 2 or math.prod(down.shape[1:]) == math.prod(shape[1:]))
 
 
 def _patches(entry: CachedLora, model: Any, clip: Any) -> tuple[dict[Any, Any], frozenset[Any]]:
@@ -148,8 +149,15 @@ def _patches(entry: CachedLora, model: Any, clip: Any) -> tuple[dict[Any, Any], 
     return memory_cache().converted(entry, _signature(model, clip), convert)[0]
 
 
-def _module_count(state_dict: dict[str, Any]) -> int:
-    return len({split_key(k)[0] for k in state_dict if split_key(k)[1] not in ("", ".alpha", ".dora_scale")})
+def _target_count(state_dict: dict[str, Any]) -> int:
+    """How many model parameters the LoRA patches: one per module, two where it also patches the
+    bias (``.diff_b``, ``.b_norm``), so that it compares with the number of patches made."""
+    targets = set()
+    for key in state_dict:
+        module, suffix = split_key(key)
+        if suffix not in ("", ".alpha", ".dora_scale"):
+            targets.add((module, suffix in (".diff_b", ".b_norm")))
+    return len(targets)
 
 
 def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float, strength_clip: float,
@@ -168,7 +176,7 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
         return model, clip, report
     entry, report.memory_hit = load_into_memory(handle)
     patches, model_keys = _patches(entry, model, clip)
-    report.matched, report.total = len(patches), _module_count(entry.state_dict)
+    report.matched, report.total = len(patches), _target_count(entry.state_dict)
     m_variant = model_variant(model, m_family)
     wrong_family = handle.family != "unknown" and m_family != "unknown" and handle.family != m_family
     wrong_variant = not wrong_family and None not in (handle.variant, m_variant) and handle.variant != m_variant

@@ -100,7 +100,7 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
     chosen, warnings, styles = gens.resolve_loras(request, "sd15")
     assert [(lora.name, lora.strength_model, lora.trigger_words) for lora in chosen] == [(f"lora-{loras['ready']['id']}", 1.0, ("ohwx",))]
     assert len(warnings) == 4 and styles == ["watercolor"]
-    assert any("is training, not ready" in w for w in warnings) and any("is sdxl; the model is sd15" in w for w in warnings)
+    assert any("is training, not ready" in w for w in warnings) and any("is SDXL; the model is SD1.x" in w for w in warnings)
     assert any("has no source" in w for w in warnings) and any("LoRA missing not found" in w for w in warnings)
     plan = gens.prepare(request)  # the dropped LoRA's style words go into the prompt
     assert plan.params["prompt"].endswith(", watercolor") and plan.family == "sd15"

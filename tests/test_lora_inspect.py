@@ -45,7 +45,7 @@ def _file(header: dict, data: bytes = b"") -> bytes:
 
 
 @pytest.mark.parametrize("layout, fmt", [("kohya", "kohya_lora"), ("peft", "peft"), ("loha", "lycoris_loha")])
-def test_sd15_layouts_are_described(weights, layout, fmt) -> None:
+def test_unet_layouts_are_described(weights, layout, fmt) -> None:
     info = inspect_file(weights.loras[layout])
     assert (info.format, info.family, info.family_source) == (fmt, "sd15", "keys")
     assert info.targets == ["text_encoder", "unet"]

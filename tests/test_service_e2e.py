@@ -69,7 +69,7 @@ def test_fallback_and_strict(service) -> None:
     status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "brand_id": "abc",
                                                                      "loras": [{"lora_id": "nope", "strength_model": 0.5}]})
     assert rec["status"] == "succeeded" and len(rec["warnings"]) == 2
-    assert any("LoRA nope not found" in w for w in rec["warnings"]) and any("brand abc not found for base model sd15" in w for w in rec["warnings"])
+    assert any("LoRA nope not found" in w for w in rec["warnings"]) and any("(sdxl brand) is SDXL; the model is SD1.x" in w for w in rec["warnings"])
 
 
 def test_lora_that_fails_to_fetch(service) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from comfyui_lora_bridge.bridge.localpod.sd15_layout import (
+from comfyui_lora_bridge.bridge.localpod.unet_layout import (
     FULL_UNET,
     TINY_UNET,
     checkpoint_layers,

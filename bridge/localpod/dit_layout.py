@@ -1,10 +1,11 @@
-"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1, Qwen-Image, Z-Image), generated procedurally.
+"""Tensor names and shapes of transformer diffusion models (Flux.1, Wan 2.1/2.2, Qwen-Image, Z-Image), generated procedurally.
 
 Written as diffusion-model files (what ComfyUI's ``UNETLoader`` reads), with the names
 ComfyUI's own detection (``comfy/model_detection.py``) recognises. Sizes are the smallest
 detection allows: Flux keeps its width of 3072 (ComfyUI 0.3.x fixes 24 heads of 128) with
-one double and one single block; Wan keeps the 1.3B model's width (1536, the variant a LoRA
-cannot cross) with one block; Qwen-Image keeps its fixed width (3072, text 3584) with one block;
+one double and one single block; Wan keeps the width of the variant (1536 for 1.3B, 5120 for
+14B and each expert of Wan 2.2 A14B: the width a LoRA cannot cross) with one block, image-to-video
+models taking 36 input channels (and Wan 2.1 I2V its CLIP-vision projection); Qwen-Image keeps its fixed width (3072, text 3584) with one block;
 Z-Image (Lumina 2's NextDiT) keeps the width at which ComfyUI turns on its Z-Image settings
 (3840) with one layer besides the two noise and two context refiner layers it always builds. Each LoRA-targetable linear layer carries the names the
 trainers use for it (``diffusers``: diffusers/PEFT module name, with the slice of a fused
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .sd15_layout import Shape
+from .unet_layout import Shape
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class DitSpec:
     text_width: int = 4096  # T5-XXL / UMT5-XXL hidden size: the conditioning the model reads
     pooled_width: int = 768  # Flux: CLIP-L pooled output
     ffn_width: int = 8960  # Wan (the 1.3B model's) and Z-Image
+    in_channels: int = 16  # Wan: 36 for image-to-video (latent + mask + start-image latent)
+    clip_vision: bool = False  # Wan 2.1 I2V: CLIP-vision projection and image cross-attention
 
 
 FLUX = DitSpec("flux", 3072)
 WAN21_T2V = DitSpec("wan", 1536)
+WAN21_I2V = DitSpec("wan", 1536, in_channels=36, clip_vision=True)  # Wan2.1-Fun-1.3B-InP's shape
+WAN22_EXPERT = DitSpec("wan", 5120, ffn_width=13824)  # each of Wan 2.2 A14B T2V's high- and low-noise experts
 QWEN_IMAGE = DitSpec("qwen_image", 3072, single_blocks=0, text_width=3584)  # text: Qwen2.5-VL 7B's width
 Z_IMAGE = DitSpec("lumina2", 3840, single_blocks=2, text_width=2560, ffn_width=10240)  # text: Qwen3-4B's width
 
@@ -100,7 +105,7 @@ def _flux_layers(spec: DitSpec) -> list[DitLayer]:
 def _wan_layers(spec: DitSpec) -> list[DitLayer]:
     d, ffn = spec.width, spec.ffn_width
     out: list[DitLayer] = [
-        DitLayer("patch_embedding", (d, 16, 1, 2, 2)),
+        DitLayer("patch_embedding", (d, spec.in_channels, 1, 2, 2)),
         DitLayer("text_embedding.0", (d, spec.text_width)), DitLayer("text_embedding.2", (d, d)),
         DitLayer("time_embedding.0", (d, 256)), DitLayer("time_embedding.2", (d, d)),
         DitLayer("time_projection.1", (6 * d, d)),
@@ -112,6 +117,10 @@ def _wan_layers(spec: DitSpec) -> list[DitLayer]:
                 out.append(DitLayer(f"{p}.{attn}.{proj}", (d, d), diffusers=(DiffusersPart(f"{dp}.{dattn}.{dproj}"),)))
             out += [DitLayer(f"{p}.{attn}.norm_q", (d,), bias=False, norm=True),
                     DitLayer(f"{p}.{attn}.norm_k", (d,), bias=False, norm=True)]
+        if spec.clip_vision:
+            out += [DitLayer(f"{p}.cross_attn.k_img", (d, d), diffusers=(DiffusersPart(f"{dp}.attn2.add_k_proj"),)),
+                    DitLayer(f"{p}.cross_attn.v_img", (d, d), diffusers=(DiffusersPart(f"{dp}.attn2.add_v_proj"),)),
+                    DitLayer(f"{p}.cross_attn.norm_k_img", (d,), bias=False, norm=True)]
         out += [
             DitLayer(f"{p}.norm3", (d,), norm=True),
             DitLayer(f"{p}.ffn.0", (ffn, d), diffusers=(DiffusersPart(f"{dp}.ffn.net.0.proj"),)),
@@ -119,6 +128,11 @@ def _wan_layers(spec: DitSpec) -> list[DitLayer]:
             DitLayer(f"{p}.modulation", (1, 6, d), raw=True),
         ]
     out += [DitLayer("head.head", (64, d)), DitLayer("head.modulation", (1, 2, d), raw=True)]
+    if spec.clip_vision:  # CLIP ViT-H features (1280 wide) into the model's width
+        out += [DitLayer("img_emb.proj.0", (1280,), norm=True),
+                DitLayer("img_emb.proj.1", (1280, 1280), diffusers=(DiffusersPart("condition_embedder.image_embedder.ff.net.0.proj"),)),
+                DitLayer("img_emb.proj.3", (d, 1280), diffusers=(DiffusersPart("condition_embedder.image_embedder.ff.net.2"),)),
+                DitLayer("img_emb.proj.4", (d,), norm=True)]
     return out
 
 

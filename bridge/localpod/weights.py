@@ -1,7 +1,7 @@
 """Deterministic random-weight models and LoRAs for tests, benchmarks and the demo.
 
-SD1.x checkpoints (``sd15_layout``) and transformer diffusion models (``dit_layout``: Flux.1,
-Wan 2.1), each with LoRAs in the key layouts the trainers publish.
+SD1.x and SDXL checkpoints (``unet_layout``) and transformer diffusion models (``dit_layout``:
+Flux.1, Wan 2.1/2.2, Qwen-Image, Z-Image), each with LoRAs in the key layouts the trainers publish.
 
 No model can be downloaded here, so we make our own: numpy + safetensors only (no torch).
 Norm weights are 1 and biases 0, everything else N(0, 0.02): zeroed GroupNorm weights give
@@ -20,9 +20,12 @@ from typing import Callable, Literal
 import numpy as np
 from safetensors.numpy import save_file
 
-from .dit_layout import DitSpec, dit_layers
-from .sd15_layout import (
+from .dit_layout import DitLayer, DitSpec, dit_layers
+from .unet_layout import (
+    CLIP_G,
+    CLIP_L,
     FULL_UNET,
+    SDXL_UNET,
     TINY_UNET,
     Layer,
     UNetSpec,
@@ -31,12 +34,17 @@ from .sd15_layout import (
     unet_layers,
 )
 
-LoraLayout = Literal["kohya", "peft", "loha"]
+# UNet LoRA layouts: kohya's sd-scripts ("lora_unet_…" with diffusers module names on SD1.x, the
+# LDM/SGM names on SDXL; "lora_te_", or "lora_te1_"/"lora_te2_" on SDXL), kohya LoCon (the same
+# plus the res blocks' convs), diffusers/PEFT ("unet.…lora_A", "text_encoder(_2).…") and LyCORIS LoHa
+LoraLayout = Literal["kohya", "locon", "peft", "loha"]
 # transformer LoRA layouts: kohya / musubi-tuner ("lora_unet_double_blocks_0_img_attn_qkv"), ComfyUI's own
 # and diffusion-pipe's ("diffusion_model.<module>.lora_A"), diffusers / PEFT / ai-toolkit ("transformer.<diffusers
 # module>"), DiffSynth-Studio (PEFT's adapter named "default", no prefix: "transformer_blocks.0.attn.to_q.lora_A.default"),
-# and ai-toolkit's for Z-Image (diffusers module names under "diffusion_model.")
-DitLoraLayout = Literal["kohya", "diffusion_model", "diffusers", "diffsynth", "ai_toolkit"]
+# ai-toolkit's for Z-Image (diffusers module names under "diffusion_model."), and ComfyUI's own TrainLoraNode's
+# (every module of the model: "diffusion_model.<module>.lora_up/lora_down", flattened convs, ".diff"/".diff_b" for
+# norms and biases, no alpha)
+DitLoraLayout = Literal["kohya", "diffusion_model", "diffusers", "diffsynth", "ai_toolkit", "comfyui"]
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None) -> Path:
@@ -55,25 +63,36 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     return path
 
 
+def _fill(out: dict[str, np.ndarray], rng: np.random.Generator, key: str, layer: Layer | DitLayer, dtype: type) -> None:
+    """A layer's tensors: norm scales 1, biases 0, weights N(0, 0.02); a raw parameter of rank 1 is a bias."""
+    if layer.raw:
+        out[key] = (np.zeros(layer.shape, dtype=dtype) if len(layer.shape) == 1
+                    else (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype))
+        return
+    if layer.norm:
+        out[f"{key}.{getattr(layer, 'scale_key', 'weight')}"] = np.ones(layer.shape, dtype=dtype)
+    else:
+        out[f"{key}.weight"] = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
+    if layer.bias:
+        out[f"{key}.bias"] = np.zeros(layer.shape[:1], dtype=dtype)
+
+
 def checkpoint_tensors(spec: UNetSpec = TINY_UNET, seed: int = 0, dtype: type = np.float16) -> dict[str, np.ndarray]:
-    """All tensors of an SD1.x checkpoint with random weights."""
+    """All tensors of an SD1.x or SDXL checkpoint with random weights."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for prefix, layer in checkpoint_layers(spec):
-        key = prefix + layer.name
-        if layer.norm:
-            out[key + ".weight"] = np.ones(layer.shape, dtype=dtype)
-        else:
-            out[key + ".weight"] = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
-        if layer.bias:
-            out[key + ".bias"] = np.zeros(layer.shape[:1], dtype=dtype)
+        _fill(out, rng, prefix + layer.name, layer, dtype)
     return out
 
 
-def write_checkpoint(path: Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0) -> Path:
-    """Write an fp16 SD1.5-layout checkpoint (tiny: ~233 M params, full: ~1.07 B) and return its path."""
-    spec = TINY_UNET if size == "tiny" else FULL_UNET
-    return write_safetensors(Path(path), checkpoint_tensors(spec, seed), {"format": "pt"})
+CHECKPOINTS = {"tiny": TINY_UNET, "full": FULL_UNET, "sdxl": SDXL_UNET}
+CheckpointSize = Literal["tiny", "full", "sdxl"]
+
+
+def write_checkpoint(path: Path, size: CheckpointSize = "tiny", seed: int = 0) -> Path:
+    """Write an fp16 checkpoint (SD1.5 tiny: ~233 M params, full: ~1.07 B; SDXL: ~1.7 B) and return its path."""
+    return write_safetensors(Path(path), checkpoint_tensors(CHECKPOINTS[size], seed), {"format": "pt"})
 
 
 @dataclass(frozen=True)
@@ -93,17 +112,20 @@ class LoraSpec:
 
 
 def _targets(spec: LoraSpec) -> list[tuple[str, Layer]]:
-    layers = [("unet", layer) for layer in unet_layers(spec.unet) if layer.diffusers_name]
+    """``(key, layer)`` of every layer the LoRA covers, keys in the layout's naming."""
+    sdxl, peft = spec.unet.sdxl, spec.layout == "peft"
+    out = []
+    for layer in unet_layers(spec.unet):
+        if layer.diffusers_name and (spec.layout == "locon" or not layer.conv_block):
+            name = layer.name if sdxl else layer.diffusers_name  # sd-scripts' SDXL UNet keeps the LDM names
+            out.append(("unet." + layer.diffusers_name if peft else "lora_unet_" + name.replace(".", "_"), layer))
     if spec.text_encoder:
-        layers += [("te", layer) for layer in clip_layers() if layer.diffusers_name]
-    return layers
-
-
-def _key(layout: LoraLayout, part: str, layer: Layer) -> str:
-    assert layer.diffusers_name
-    if layout == "peft":
-        return ("unet." if part == "unet" else "text_encoder.") + layer.diffusers_name
-    return ("lora_unet_" if part == "unet" else "lora_te_") + layer.diffusers_name.replace(".", "_")
+        encoders = [("text_encoder.", "lora_te1_", CLIP_L), ("text_encoder_2.", "lora_te2_", CLIP_G)] if sdxl \
+            else [("text_encoder.", "lora_te_", CLIP_L)]
+        for peft_prefix, kohya_prefix, clip in encoders:
+            out += [(peft_prefix + layer.diffusers_name if peft else kohya_prefix + layer.diffusers_name.replace(".", "_"), layer)
+                    for layer in clip_layers(clip) if layer.diffusers_name]
+    return out
 
 
 def lora_tensors(spec: LoraSpec) -> dict[str, np.ndarray]:
@@ -120,12 +142,11 @@ def lora_tensors(spec: LoraSpec) -> dict[str, np.ndarray]:
     def factor(shape: tuple[int, ...]) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float16)
 
-    for part, layer in _targets(spec):
-        key = _key(spec.layout, part, layer)
+    for key, layer in _targets(spec):
         out_dim, in_dim = layer.shape[0], layer.shape[1]
-        conv = layer.shape[2:]  # (1, 1) for SD1.5's conv proj_in/proj_out, () for linear layers
+        kernel = layer.shape[2:]  # (k, k) for convs, () for linear layers
         if spec.layout == "loha":
-            if conv:
+            if kernel:
                 continue  # LoHa here targets linear layers only
             out[f"{key}.hada_w1_a"] = factor((out_dim, r))
             out[f"{key}.hada_w1_b"] = factor((r, in_dim))
@@ -133,13 +154,13 @@ def lora_tensors(spec: LoraSpec) -> dict[str, np.ndarray]:
             out[f"{key}.hada_w2_b"] = factor((r, in_dim))
             out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
         elif spec.layout == "peft":
-            out[f"{key}.lora_A.weight"] = factor((r, in_dim, *conv))
-            out[f"{key}.lora_B.weight"] = factor((out_dim, r, *conv))
+            out[f"{key}.lora_A.weight"] = factor((r, in_dim, *kernel))
+            out[f"{key}.lora_B.weight"] = factor((out_dim, r, *(1,) * len(kernel)))
             if spec.alpha is not None:
                 out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
-        else:
-            out[f"{key}.lora_down.weight"] = factor((r, in_dim, *conv))
-            out[f"{key}.lora_up.weight"] = factor((out_dim, r, *conv))
+        else:  # kohya / LoCon: a conv's down factor has the layer's kernel, its up factor is 1x1
+            out[f"{key}.lora_down.weight"] = factor((r, in_dim, *kernel))
+            out[f"{key}.lora_up.weight"] = factor((out_dim, r, *(1,) * len(kernel)))
             out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
     return out
 
@@ -148,20 +169,24 @@ def lora_metadata(spec: LoraSpec) -> dict[str, str]:
     """kohya-style ``ss_*`` metadata (base model, rank, alpha, tag frequencies) plus modelspec."""
     tags = {spec.trigger: 12, **spec.extra_tags}
     module = "lycoris.kohya" if spec.layout == "loha" else "networks.lora"
-    return {
-        "ss_base_model_version": "sd_v1",
+    base, arch = ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base") if spec.unet.sdxl else ("sd_v1", "stable-diffusion-v1")
+    meta = {
+        "ss_base_model_version": base,
         "ss_network_module": module,
         "ss_network_dim": str(spec.rank),
         "ss_network_alpha": str(spec.alpha if spec.alpha is not None else spec.rank),
         "ss_output_name": spec.output_name,
         "ss_tag_frequency": json.dumps({f"10_{spec.trigger}": tags}),
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": f"{arch}/lora",
         "modelspec.title": spec.output_name,
     }
+    if spec.layout == "locon":
+        meta["ss_network_args"] = json.dumps({"conv_dim": str(spec.rank), "conv_alpha": str(meta["ss_network_alpha"])})
+    return meta
 
 
 def write_lora(path: Path, spec: LoraSpec = LoraSpec()) -> Path:
-    """Write a LoRA for the SD1.x checkpoint of ``spec.unet`` and return its path."""
+    """Write a LoRA for the SD1.x / SDXL checkpoint of ``spec.unet`` and return its path."""
     return write_safetensors(Path(path), lora_tensors(spec), lora_metadata(spec))
 
 
@@ -170,15 +195,7 @@ def dit_tensors(spec: DitSpec, seed: int = 0, dtype: type = np.float16) -> dict[
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for layer in dit_layers(spec):
-        if layer.norm:
-            out[f"{layer.name}.{layer.scale_key}"] = np.ones(layer.shape, dtype=dtype)
-            if layer.bias:
-                out[f"{layer.name}.bias"] = np.zeros(layer.shape, dtype=dtype)
-            continue
-        weights = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
-        out[layer.name if layer.raw else f"{layer.name}.weight"] = weights
-        if layer.bias and not layer.raw:
-            out[f"{layer.name}.bias"] = np.zeros(layer.shape[:1], dtype=dtype)
+        _fill(out, rng, layer.name, layer, dtype)
     return out
 
 
@@ -195,9 +212,13 @@ class DitLoraSpec:
 
 
 def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
-    """A LoRA on every targetable linear layer of ``spec.model``, in ``spec.layout``."""
+    """A LoRA on every targetable linear layer of ``spec.model``, in ``spec.layout`` (ComfyUI-trained:
+    on every module)."""
     rng = np.random.default_rng(spec.seed)
     r, out = spec.rank, {}
+
+    def small(shape: tuple[int, ...]) -> np.ndarray:  # a ".diff": the size of a rank-r delta's entries
+        return (rng.standard_normal(shape, dtype=np.float32) * spec.scale**2 * r**0.5).astype(np.float16)
 
     def pair(key: str, out_dim: int, in_dim: int, down: str, up: str) -> None:
         out[f"{key}.{down}"] = (rng.standard_normal((r, in_dim), dtype=np.float32) * spec.scale).astype(np.float16)
@@ -206,6 +227,17 @@ def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
             out[f"{key}.alpha"] = np.array(float(r), dtype=np.float32)
 
     for layer in dit_layers(spec.model):
+        if spec.layout == "comfyui":
+            if layer.raw or layer.scale_key != "weight":
+                continue  # bare parameters and Flux's RMSNorm scales are no comfy.ops modules: not trained
+            key = f"diffusion_model.{layer.name}"
+            if layer.norm:
+                out[f"{key}.diff"] = small(layer.shape)
+            else:  # convs are trained as flattened (out, r) x (r, in * kernel) pairs
+                pair(key, layer.shape[0], int(np.prod(layer.shape[1:])), "lora_down.weight", "lora_up.weight")
+            if layer.bias:
+                out[f"{key}.diff_b"] = small(layer.shape[:1])
+            continue
         if not layer.diffusers:
             continue
         out_dim, in_dim = layer.shape
@@ -224,8 +256,9 @@ def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
 
 
 def dit_lora_metadata(spec: DitLoraSpec) -> dict[str, str]:
-    """Trainer-style metadata: the base architecture and a trigger word."""
-    arch = {"flux": "flux-1-dev/lora", "wan": "wan_2.1_t2v_1.3B/lora", "qwen_image": "qwen-image/lora",
+    """Trainer-style metadata: the base architecture and a trigger word (ComfyUI's SaveLoRA writes none)."""
+    wan = {1536: "wan_2.1_t2v_1.3B", 5120: "wan_2.1_t2v_14B", 3072: "wan_2.2_ti2v_5B"}.get(spec.model.width, "wan")
+    arch = {"flux": "flux-1-dev/lora", "wan": f"{wan}/lora", "qwen_image": "qwen-image/lora",
             "lumina2": "z-image-turbo/lora"}[spec.model.family]
     return {"modelspec.architecture": arch, "modelspec.title": f"{spec.model.family}-{spec.layout}",
             "ss_tag_frequency": json.dumps({f"10_{spec.trigger}": {spec.trigger: 12}}),
@@ -243,7 +276,8 @@ def cached_dit_lora(spec: DitLoraSpec) -> Path:
     """The LoRA of ``dit_lora_tensors(spec)``, generated once into the local cache folder."""
     digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
     return _cached(f"lora-{spec.model.family}-{spec.layout}-{digest}.safetensors",
-                   lambda p: write_safetensors(p, dit_lora_tensors(spec), dit_lora_metadata(spec)))
+                   lambda p: write_safetensors(p, dit_lora_tensors(spec),
+                                               None if spec.layout == "comfyui" else dit_lora_metadata(spec)))
 
 
 def _cached(name: str, write: Callable[[Path], Path]) -> Path:
@@ -255,9 +289,10 @@ def _cached(name: str, write: Callable[[Path], Path]) -> Path:
     return path
 
 
-def cached_checkpoint(size: Literal["tiny", "full"] = "tiny", seed: int = 0) -> Path:
+def cached_checkpoint(size: CheckpointSize = "tiny", seed: int = 0) -> Path:
     """The checkpoint of ``write_checkpoint``, generated once into the local cache folder."""
-    return _cached(f"sd15-{size}-seed{seed}.safetensors", lambda p: write_checkpoint(p, size, seed))
+    name = f"sd15-{size}" if size != "sdxl" else f"sdxl-{hashlib.sha256(repr(SDXL_UNET).encode()).hexdigest()[:12]}"
+    return _cached(f"{name}-seed{seed}.safetensors", lambda p: write_checkpoint(p, size, seed))
 
 
 def cached_lora(spec: LoraSpec = LoraSpec()) -> Path:

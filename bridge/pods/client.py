@@ -357,7 +357,7 @@ class _Job:
         if not entry:
             raise PodError(f"job {self.result.prompt_id} finished but never appeared in /history")
         for node_id, output in entry.get("outputs", {}).items():
-            for item in output.get("images", []) + output.get("gifs", []) + output.get("videos", []):
+            for item in [*output.get("images", []), *output.get("gifs", []), *output.get("videos", []), *output.get("latents", [])]:
                 data = await self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
                 self.result.files.append(OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"), data))
         return self.result

@@ -37,6 +37,7 @@ from ..errors import (
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import load_template
+from ..lorafiles.families import FAMILY_NAMES
 from ..lorafiles.sources import FetchPolicy
 from ..pack_protocol import describe_validation_error
 from ..pods.client import OutputFile, PodEvent
@@ -101,7 +102,8 @@ class Generations:
         for kind in ("character", "brand"):
             owner = getattr(request, f"{kind}_id")
             if owner is not None:
-                rec = self.db.latest_for_owner(kind, str(owner), family)
+                # the owner's LoRA for this family, else its latest of any family (refused below, named)
+                rec = self.db.latest_for_owner(kind, str(owner), family) or self.db.latest_for_owner(kind, str(owner), None)
                 wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength))
         loras, warnings, styles = [], [], []
         for rec, label, sm, sc in wanted:
@@ -111,7 +113,8 @@ class Generations:
             elif rec["status"] != "ready":
                 reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['status']}, not ready"
             elif family and rec["family"] not in (None, "unknown", family):
-                reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['family']}; the model is {family}"
+                reason = (f"LoRA {rec['id']} ({rec['name']}) is {FAMILY_NAMES.get(rec['family'], rec['family'])}; "
+                          f"the model is {FAMILY_NAMES.get(family, family)}")
             elif not rec["source"]:
                 reason = f"LoRA {rec['id']} ({rec['name']}) has no source"
             if reason:

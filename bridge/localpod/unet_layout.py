@@ -1,0 +1,270 @@
+"""Tensor names and shapes of UNet checkpoints (SD1.x and SDXL, LDM/SGM layout), generated procedurally.
+
+ComfyUI detects the model family from these names and shapes, so a random-weight file with
+this layout loads as ``SD15`` or as an SDXL-family model. The UNet size is configurable: the
+tiny SD1.x preset keeps ``model_channels`` 320 and ``context_dim`` 768 (what detection needs)
+with one level and one res block; the full preset is SD1.5's real UNet (about 860 M
+parameters). SDXL's own depth (10 transformer blocks per deep level, 2.6 B parameters) is too
+large to generate here, so the SDXL preset takes the smallest depth ComfyUI detects as an SDXL
+model (Segmind Vega's ``[0, 0, 1, 1, 2, 2]``: the SDXL model class, both text encoders), with
+the real CLIP-L and CLIP-G (open_clip layout, as SDXL checkpoints store it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+Shape = tuple[int, ...]
+
+CLIP_VOCAB = 49408
+CLIP_POSITIONS = 77
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """Shape parameters of an SD1.x / SDXL UNet."""
+
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1,)
+    num_res_blocks: int = 1
+    transformer_depth: tuple[int, ...] = (1,)  # transformer blocks per attention, per level (0: none)
+    middle_depth: int = 1
+    context_dim: int = 768
+    linear_proj: bool = False  # SDXL's proj_in/proj_out are linear layers, SD1.x's 1x1 convs
+    adm_in_channels: int = 0  # SDXL's size/crop conditioning (``label_emb``)
+
+    @property
+    def sdxl(self) -> bool:
+        return self.context_dim == 2048
+
+
+TINY_UNET = UNetSpec()
+FULL_UNET = UNetSpec(channel_mult=(1, 2, 4, 4), num_res_blocks=2, transformer_depth=(1, 1, 1, 0))
+SDXL_UNET = UNetSpec(channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 2), context_dim=2048,
+                     linear_proj=True, adm_in_channels=2816)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weight-bearing layer: its LDM name, weight shape, and where LoRAs address it."""
+
+    name: str
+    shape: Shape
+    bias: bool = True
+    norm: bool = False
+    diffusers_name: str | None = None  # diffusers name of LoRA-targetable layers
+    conv_block: bool = False  # a res block / resampler layer: LoCon targets it, plain LoRAs do not
+    raw: bool = False  # a parameter stored under ``name`` itself (open_clip's embeddings)
+
+
+@dataclass
+class _Builder:
+    layers: list[Layer] = field(default_factory=list)
+
+    def add(self, name: str, shape: Shape, bias: bool = True, diffusers_name: str | None = None,
+            conv_block: bool = False) -> None:
+        self.layers.append(Layer(name, shape, bias=bias, diffusers_name=diffusers_name, conv_block=conv_block))
+
+    def norm(self, name: str, channels: int) -> None:
+        self.layers.append(Layer(name, (channels,), norm=True))
+
+    def raw(self, name: str, shape: Shape) -> None:
+        self.layers.append(Layer(name, shape, bias=False, raw=True))
+
+
+def _resblock(b: _Builder, p: str, cin: int, cout: int, emb: int, dp: str) -> None:
+    """A ResBlock; ``dp`` is its diffusers name (…resnets.N)."""
+    b.norm(f"{p}.in_layers.0", cin)
+    b.add(f"{p}.in_layers.2", (cout, cin, 3, 3), diffusers_name=f"{dp}.conv1", conv_block=True)
+    b.add(f"{p}.emb_layers.1", (cout, emb), diffusers_name=f"{dp}.time_emb_proj", conv_block=True)
+    b.norm(f"{p}.out_layers.0", cout)
+    b.add(f"{p}.out_layers.3", (cout, cout, 3, 3), diffusers_name=f"{dp}.conv2", conv_block=True)
+    if cin != cout:
+        b.add(f"{p}.skip_connection", (cout, cin, 1, 1), diffusers_name=f"{dp}.conv_shortcut", conv_block=True)
+
+
+def _transformer(b: _Builder, spec: UNetSpec, p: str, ch: int, depth: int, dp: str) -> None:
+    """A SpatialTransformer of ``depth`` blocks; ``dp`` is its diffusers name (…attentions.N)."""
+    proj = (ch, ch) if spec.linear_proj else (ch, ch, 1, 1)
+    b.norm(f"{p}.norm", ch)
+    b.add(f"{p}.proj_in", proj, diffusers_name=f"{dp}.proj_in")
+    for k in range(depth):
+        t, dt = f"{p}.transformer_blocks.{k}", f"{dp}.transformer_blocks.{k}"
+        for attn, kv_dim in (("attn1", ch), ("attn2", spec.context_dim)):
+            b.add(f"{t}.{attn}.to_q", (ch, ch), bias=False, diffusers_name=f"{dt}.{attn}.to_q")
+            b.add(f"{t}.{attn}.to_k", (ch, kv_dim), bias=False, diffusers_name=f"{dt}.{attn}.to_k")
+            b.add(f"{t}.{attn}.to_v", (ch, kv_dim), bias=False, diffusers_name=f"{dt}.{attn}.to_v")
+            b.add(f"{t}.{attn}.to_out.0", (ch, ch), diffusers_name=f"{dt}.{attn}.to_out.0")
+        b.add(f"{t}.ff.net.0.proj", (ch * 8, ch), diffusers_name=f"{dt}.ff.net.0.proj")
+        b.add(f"{t}.ff.net.2", (ch, ch * 4), diffusers_name=f"{dt}.ff.net.2")
+        for n in ("norm1", "norm2", "norm3"):
+            b.norm(f"{t}.{n}", ch)
+    b.add(f"{p}.proj_out", proj, diffusers_name=f"{dp}.proj_out")
+
+
+def unet_layers(spec: UNetSpec) -> list[Layer]:
+    """Layers of the UNet under ``model.diffusion_model.`` (names without that prefix)."""
+    b = _Builder()
+    mc, n = spec.model_channels, spec.num_res_blocks
+    emb = mc * 4
+    b.add("time_embed.0", (emb, mc))
+    b.add("time_embed.2", (emb, emb))
+    if spec.adm_in_channels:
+        b.add("label_emb.0.0", (emb, spec.adm_in_channels))
+        b.add("label_emb.0.2", (emb, emb))
+    b.add("input_blocks.0.0", (mc, 4, 3, 3))
+    ch, chans, idx = mc, [mc], 1
+    last = len(spec.channel_mult) - 1
+    for level, mult in enumerate(spec.channel_mult):
+        depth = spec.transformer_depth[level]
+        for j in range(n):
+            _resblock(b, f"input_blocks.{idx}.0", ch, mult * mc, emb, f"down_blocks.{level}.resnets.{j}")
+            ch = mult * mc
+            if depth:
+                _transformer(b, spec, f"input_blocks.{idx}.1", ch, depth, f"down_blocks.{level}.attentions.{j}")
+            chans.append(ch)
+            idx += 1
+        if level != last:
+            b.add(f"input_blocks.{idx}.0.op", (ch, ch, 3, 3), diffusers_name=f"down_blocks.{level}.downsamplers.0.conv",
+                  conv_block=True)
+            chans.append(ch)
+            idx += 1
+    _resblock(b, "middle_block.0", ch, ch, emb, "mid_block.resnets.0")
+    _transformer(b, spec, "middle_block.1", ch, spec.middle_depth, "mid_block.attentions.0")
+    _resblock(b, "middle_block.2", ch, ch, emb, "mid_block.resnets.1")
+    idx = 0
+    for up, (level, mult) in enumerate(reversed(list(enumerate(spec.channel_mult)))):
+        depth = spec.transformer_depth[level]
+        for j in range(n + 1):
+            _resblock(b, f"output_blocks.{idx}.0", ch + chans.pop(), mc * mult, emb, f"up_blocks.{up}.resnets.{j}")
+            ch = mc * mult
+            sub = 1
+            if depth:
+                _transformer(b, spec, f"output_blocks.{idx}.1", ch, depth, f"up_blocks.{up}.attentions.{j}")
+                sub = 2
+            if level and j == n:
+                b.add(f"output_blocks.{idx}.{sub}.conv", (ch, ch, 3, 3), diffusers_name=f"up_blocks.{up}.upsamplers.0.conv",
+                      conv_block=True)
+            idx += 1
+    b.norm("out.0", ch)
+    b.add("out.2", (4, ch, 3, 3))
+    return b.layers
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """A CLIP text encoder: CLIP-L (SD1.x, SDXL's first) or OpenCLIP bigG (SDXL's second)."""
+
+    width: int = 768
+    layers: int = 12
+
+
+CLIP_L = ClipSpec()
+CLIP_G = ClipSpec(1280, 32)
+
+
+def clip_layers(clip: ClipSpec = CLIP_L) -> list[Layer]:
+    """Text encoder layers in the transformers layout (under ``…transformer.text_model.``); their
+    names are also the ones LoRAs use for both encoders."""
+    b = _Builder()
+    w = clip.width
+    b.add("embeddings.token_embedding", (CLIP_VOCAB, w), bias=False)
+    b.add("embeddings.position_embedding", (CLIP_POSITIONS, w), bias=False)
+    for i in range(clip.layers):
+        p = f"encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            b.add(f"{p}.self_attn.{proj}", (w, w), diffusers_name=f"text_model.{p}.self_attn.{proj}")
+        b.norm(f"{p}.layer_norm1", w)
+        b.norm(f"{p}.layer_norm2", w)
+        b.add(f"{p}.mlp.fc1", (w * 4, w), diffusers_name=f"text_model.{p}.mlp.fc1")
+        b.add(f"{p}.mlp.fc2", (w, w * 4), diffusers_name=f"text_model.{p}.mlp.fc2")
+    b.norm("final_layer_norm", w)
+    return b.layers
+
+
+def open_clip_layers(clip: ClipSpec = CLIP_G) -> list[Layer]:
+    """A text encoder in the open_clip layout SDXL checkpoints store CLIP-G in (``…model.``)."""
+    b = _Builder()
+    w = clip.width
+    b.add("token_embedding", (CLIP_VOCAB, w), bias=False)
+    b.raw("positional_embedding", (CLIP_POSITIONS, w))
+    for i in range(clip.layers):
+        p = f"transformer.resblocks.{i}"
+        b.norm(f"{p}.ln_1", w)
+        b.raw(f"{p}.attn.in_proj_weight", (3 * w, w))
+        b.raw(f"{p}.attn.in_proj_bias", (3 * w,))
+        b.add(f"{p}.attn.out_proj", (w, w))
+        b.norm(f"{p}.ln_2", w)
+        b.add(f"{p}.mlp.c_fc", (4 * w, w))
+        b.add(f"{p}.mlp.c_proj", (w, 4 * w))
+    b.norm("ln_final", w)
+    b.raw("text_projection", (w, w))
+    return b.layers
+
+
+def _vae_resnet(b: _Builder, p: str, cin: int, cout: int) -> None:
+    b.norm(f"{p}.norm1", cin)
+    b.add(f"{p}.conv1", (cout, cin, 3, 3))
+    b.norm(f"{p}.norm2", cout)
+    b.add(f"{p}.conv2", (cout, cout, 3, 3))
+    if cin != cout:
+        b.add(f"{p}.nin_shortcut", (cout, cin, 1, 1))
+
+
+def _vae_mid(b: _Builder, p: str, ch: int) -> None:
+    _vae_resnet(b, f"{p}.block_1", ch, ch)
+    b.norm(f"{p}.attn_1.norm", ch)
+    for n in ("q", "k", "v", "proj_out"):
+        b.add(f"{p}.attn_1.{n}", (ch, ch, 1, 1))
+    _vae_resnet(b, f"{p}.block_2", ch, ch)
+
+
+def vae_layers() -> list[Layer]:
+    """The SD VAE (KL-f8, fixed size) under ``first_stage_model.``."""
+    b = _Builder()
+    ch, mult, z = 128, (1, 2, 4, 4), 4
+    b.add("encoder.conv_in", (ch, 3, 3, 3))
+    cin = ch
+    for i, m in enumerate(mult):
+        for j in range(2):
+            _vae_resnet(b, f"encoder.down.{i}.block.{j}", cin, ch * m)
+            cin = ch * m
+        if i != len(mult) - 1:
+            b.add(f"encoder.down.{i}.downsample.conv", (cin, cin, 3, 3))
+    _vae_mid(b, "encoder.mid", cin)
+    b.norm("encoder.norm_out", cin)
+    b.add("encoder.conv_out", (2 * z, cin, 3, 3))
+    b.add("quant_conv", (2 * z, 2 * z, 1, 1))
+    b.add("post_quant_conv", (z, z, 1, 1))
+    cin = ch * mult[-1]
+    b.add("decoder.conv_in", (cin, z, 3, 3))
+    _vae_mid(b, "decoder.mid", cin)
+    for i in reversed(range(len(mult))):
+        for j in range(3):
+            _vae_resnet(b, f"decoder.up.{i}.block.{j}", cin, ch * mult[i])
+            cin = ch * mult[i]
+        if i != 0:
+            b.add(f"decoder.up.{i}.upsample.conv", (cin, cin, 3, 3))
+    b.norm("decoder.norm_out", cin)
+    b.add("decoder.conv_out", (3, cin, 3, 3))
+    return b.layers
+
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
+VAE_PREFIX = "first_stage_model."
+
+
+def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, Layer]]:
+    """Every layer of a full SD1.x or SDXL checkpoint with its key prefix."""
+    if spec.sdxl:
+        parts = ((UNET_PREFIX, unet_layers(spec)), (SDXL_CLIP_L_PREFIX, clip_layers(CLIP_L)),
+                 (SDXL_CLIP_G_PREFIX, open_clip_layers(CLIP_G)), (VAE_PREFIX, vae_layers()))
+    else:
+        parts = ((UNET_PREFIX, unet_layers(spec)), (CLIP_PREFIX, clip_layers(CLIP_L)), (VAE_PREFIX, vae_layers()))
+    for prefix, layers in parts:
+        for layer in layers:
+            yield prefix, layer

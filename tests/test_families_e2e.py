@@ -83,7 +83,6 @@ FAMILIES = {
     "z_image": Family("z-image-test.safetensors", IMAGE_LATENT,
                       {"kohya": True, "diffusion_model": True, "ai_toolkit": True, "diffusers": None, "diffsynth": None}, Z_IMAGE),
 }
-WAN14B = DitSpec("wan", 5120, ffn_width=13824)  # for its LoRAs only: the variant a 1.3B model must refuse
 CASES = [(family, layout) for family, f in FAMILIES.items() for layout in f.layouts]
 # Wan 2.2 A14B: two experts of the 14B shape; musubi-tuner, diffusion-pipe and diffusers LoRAs trained per expert
 EXPERTS = {"high": "wan22-high-noise-test.safetensors", "low": "wan22-low-noise-test.safetensors"}
@@ -114,7 +113,7 @@ def pod(comfy):
         for layout in PAIR_LAYOUTS:
             lora = cached_dit_lora(DitLoraSpec(WAN22_EXPERT, layout, seed=10 + seed))  # type: ignore[arg-type]
             (comfy.models_dir("loras") / lora_name(f"wan22-{expert}", layout)).symlink_to(lora)
-    (comfy.models_dir("loras") / "wan14b-kohya.safetensors").symlink_to(cached_dit_lora(DitLoraSpec(WAN14B, "kohya")))
+    (comfy.models_dir("loras") / "wan14b-kohya.safetensors").symlink_to(cached_dit_lora(DitLoraSpec(WAN22_EXPERT, "kohya")))
     time.sleep(1.1)  # folder mtimes move on, so ComfyUI's cached file lists see the new files
     yield comfy
     request = urllib.request.Request(comfy.url + "/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
@@ -302,6 +301,7 @@ def register(service, s3, family: str, owner: str) -> dict:
     status, lora = service.call("POST", "/v1/loras", {"name": f"{family} character", "character_id": owner, "status": "ready",
                                                       "source": f"s3://loras/{key}"})
     assert status == 201 and lora["family"] == FAMILIES[family].family_id, lora
+    assert lora["variant"] == {"wan": "1.3B", "flux": "Flux.1"}.get(lora["family"]), lora  # inspected with the family
     return lora
 
 
@@ -324,11 +324,14 @@ def test_the_bridge_drops_or_refuses_a_lora_of_another_family(service, s3, base)
     request = {"workflow": graph("flux"), "family": "flux", "character_id": "fam-mixed"}
     status, rec = service.call("POST", "/v1/generations?wait=true", request)
     assert status == 200 and rec["status"] == "succeeded" and rec["applied"] == []
-    assert any("(wan character) is Wan 2.x; the model is Flux" in w for w in rec["warnings"]), rec["warnings"]
+    assert any("(wan character) is Wan 2.x 1.3B; the model is Flux" in w for w in rec["warnings"]), rec["warnings"]
     status, data = service.call("GET", f"/v1/generations/{rec['id']}/outputs/0")
     assert (load(data)["latent_tensor"].astype(np.float64) == base["flux"]).all()
     status, err = service.call("POST", "/v1/generations", {**request, "lora_policy": "strict"})
-    assert status == 422 and "is Wan 2.x; the model is Flux" in err["error"]["message"]
+    assert status == 422 and "is Wan 2.x 1.3B; the model is Flux" in err["error"]["message"]
+    # the same family, another variant: Wan 2.2 A14B's template with the character's Wan 1.3B LoRA
+    status, err = service.call("POST", "/v1/generations", {"template": "wan22_t2v", "character_id": "fam-mixed", "lora_policy": "strict"})
+    assert status == 422 and "is Wan 2.x 1.3B; the model is Wan 2.x 14B" in err["error"]["message"]
 
 
 @pytest.mark.parametrize("template", ["sdxl_txt2img", "sdxl_img2img"])

@@ -111,6 +111,42 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
     assert gens.resolve_loras(clip, "sd15")[0][0].strength_clip == 0.7  # clip follows model unless given
 
 
+def test_a_lora_of_another_variant_is_dropped_or_refused_naming_both(db: Database, tmp_path: Path) -> None:
+    add = db.add_lora
+    small = add({"name": "wan small", "owner_kind": "character", "owner_id": "w", "status": "ready", "family": "wan",
+                 "variant": "1.3B", "source": "s3://b/w13.safetensors", "version": 2})
+    gens = _gens(db, tmp_path)
+    request = GenerationCreate(template="wan22_t2v", character_id="w")  # the template declares Wan 2.2 A14B: "14B"
+    chosen, warnings, _ = gens.resolve_loras(request, "wan", "14B")
+    assert chosen == [] and any(f"LoRA {small['id']} (wan small) is Wan 2.x 1.3B; the model is Wan 2.x 14B" in w for w in warnings)
+    with pytest.raises(GenerationRefused, match="is Wan 2.x 1.3B; the model is Wan 2.x 14B"):
+        gens.prepare(request.model_copy(update={"lora_policy": "strict"}))
+    big = add({"name": "wan big", "owner_kind": "character", "owner_id": "w", "status": "ready", "family": "wan",
+               "variant": "14B", "source": "s3://b/w14.safetensors", "version": 1})
+    assert [lora.name for lora in gens.prepare(request).loras] == [f"lora-{big['id']}"]  # the owner's LoRA that fits
+    assert [lora.name for lora in gens.prepare(GenerationCreate(template="wan21_t2v", character_id="w")).loras] == \
+        [f"lora-{small['id']}"]  # no variant declared: the newest version, as before
+
+
+def test_a_database_of_the_first_schema_gains_the_new_columns_with_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE loras (id TEXT PRIMARY KEY, owner_kind TEXT, owner_id TEXT, name TEXT, version INTEGER, "
+                "status TEXT, family TEXT, trigger_word TEXT, fallback_style TEXT, source TEXT, sha256 TEXT, size INTEGER, "
+                "rank INTEGER, metadata TEXT, created REAL, updated REAL)")
+    old.execute("INSERT INTO loras VALUES ('old1', 'brand', 'b', 'kept', 1, 'ready', 'sdxl', 'tw', NULL, 's3://b/k.safetensors', "
+                "NULL, 10, 4, '{}', 1.0, 1.0)")
+    old.commit()
+    old.close()
+    db = Database(str(path))
+    kept = db.get_lora("old1")
+    assert kept["name"] == "kept" and kept["family"] == "sdxl" and kept["trigger_word"] == "tw" and kept["variant"] is None
+    new = db.add_lora({"name": "new", "family": "wan", "variant": "14B", "source": "s3://b/n.safetensors"})
+    assert db.get_lora(new["id"])["variant"] == "14B" and len(Database(str(path)).list_loras()) == 2
+
+
 def test_webhooks_need_a_secret_and_an_allowed_host(db: Database, tmp_path: Path) -> None:
     request = GenerationCreate(template="sd15_txt2img", webhook_url="http://127.0.0.1:9/hook")
     with pytest.raises(GenerationRefused, match="LORA_BRIDGE_WEBHOOK_SECRET"):

@@ -78,6 +78,7 @@ class Template:
     family: str
     params: dict[str, Param]
     source: str
+    variant: str | None = None  # the model size a LoRA cannot cross, where the template fixes it (Wan 2.2 A14B: "14B")
 
     def render(self, **values: Any) -> dict[str, Any]:
         """Render the API-format graph with ``values`` (validated; defaults fill the rest)."""
@@ -111,7 +112,7 @@ def load_template(name: str) -> Template:
                    tuple(spec["choices"]) if "choices" in spec else None, spec.get("multiple_of"))
         for key, spec in header.get("params", {}).items()
     }
-    return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source)
+    return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source, header.get("variant"))
 
 
 def list_templates() -> list[str]:

@@ -90,6 +90,7 @@ class Detection:
 # model width -> variant, for families whose sizes share key names but not shapes
 WAN_VARIANTS = {1536: "1.3B", 5120: "14B", 3072: "2.2 5B"}
 FLUX_VARIANTS = {3072: "Flux.1", 6144: "Flux.2"}
+VARIANTS = (*WAN_VARIANTS.values(), *FLUX_VARIANTS.values())
 _WAN_Q = re.compile(r"^blocks_\d+_(self_attn_q|attn1_to_q)$")
 _FLUX_QKV = re.compile(r"^(double_blocks_\d+_img_attn_qkv|transformer_blocks_\d+_attn_to_q)$")
 

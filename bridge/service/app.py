@@ -146,6 +146,7 @@ async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
         policy: FetchPolicy = request.app[POLICY]
         info = await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
         fields.setdefault("family", info.family)
+        fields.setdefault("variant", info.variant)
         fields.setdefault("rank", info.rank)
         fields.setdefault("size", info.size)
         if not fields.get("trigger_word") and info.trigger_words:
@@ -209,7 +210,8 @@ async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
         raise
     info = staged.info
     record = {**lora.registry_fields(), "source": source, "sha256": info.sha256, "size": info.size, "rank": info.rank,
-              "family": lora.family or info.family, "metadata": info.metadata,
+              "family": lora.family or info.family, "variant": info.variant if lora.family in (None, info.family) else None,
+              "metadata": info.metadata,
               "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)}
     return web.json_response(lora_view(request.app[DB].add_lora(record)), status=201)
 

@@ -29,8 +29,12 @@ CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, request TEXT,
     result TEXT, created REAL, updated REAL);
 CREATE TABLE IF NOT EXISTS events (job_id TEXT, seq INTEGER, type TEXT, data TEXT, at REAL, PRIMARY KEY (job_id, seq));
 """
+# registry columns added since the first schema: (name, SQL type), appended to older databases on open
+_ADDED_LORA_COLUMNS = (("variant", "TEXT"),)
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
-               "source", "sha256", "size", "rank", "metadata")
+               "source", "sha256", "size", "rank", "metadata", *(name for name, _ in _ADDED_LORA_COLUMNS))
+_LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated")
+_SELECT_LORAS = f"SELECT {', '.join(_LORA_COLUMNS)} FROM loras"
 
 
 def sqlite_path(url: str) -> str:
@@ -51,6 +55,15 @@ class Database:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a database made by an earlier version up to this schema, keeping its rows."""
+        with self.tx() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(loras)")}
+            for name, sql_type in _ADDED_LORA_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE loras ADD COLUMN {name} {sql_type}")
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -67,8 +80,7 @@ class Database:
 
     @staticmethod
     def _lora(row: sqlite3.Row | tuple) -> dict[str, Any]:
-        keys = ("id", *LORA_FIELDS, "created", "updated")
-        rec = dict(zip(keys, row))
+        rec = dict(zip(_LORA_COLUMNS, row))
         rec["metadata"] = json.loads(rec["metadata"] or "{}")
         return rec
 
@@ -80,13 +92,13 @@ class Database:
         values["status"] = values["status"] or "pending"
         values["version"] = values["version"] or 1
         with self.tx() as db:
-            db.execute(f"INSERT INTO loras VALUES (?, {', '.join('?' * len(LORA_FIELDS))}, ?, ?)",
+            db.execute(f"INSERT INTO loras ({', '.join(_LORA_COLUMNS)}) VALUES ({', '.join('?' * len(_LORA_COLUMNS))})",
                        (lora_id, *values.values(), now, now))
         return self.get_lora(lora_id)
 
     def get_lora(self, lora_id: str) -> dict[str, Any]:
         with self._lock:
-            row = self._conn.execute("SELECT * FROM loras WHERE id = ?", (lora_id,)).fetchone()
+            row = self._conn.execute(f"{_SELECT_LORAS} WHERE id = ?", (lora_id,)).fetchone()
         if row is None:
             raise NotFound(f"no LoRA with id {lora_id!r}")
         return self._lora(row)
@@ -107,18 +119,20 @@ class Database:
 
     def list_loras(self, **filters: Any) -> list[dict[str, Any]]:
         where = [(k, v) for k, v in filters.items() if v is not None and k in LORA_FIELDS]
-        sql = "SELECT * FROM loras" + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
+        sql = _SELECT_LORAS + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
         return [self._lora(r) for r in rows]
 
-    def latest_for_owner(self, owner_kind: str, owner_id: str, family: str | None) -> dict[str, Any] | None:
-        """The most recent LoRA of an owner (of ``family`` when given), whatever its status."""
-        sql = "SELECT * FROM loras WHERE owner_kind = ? AND owner_id = ?"
+    def latest_for_owner(self, owner_kind: str, owner_id: str, family: str | None,
+                         variant: str | None = None) -> dict[str, Any] | None:
+        """The most recent LoRA of an owner (of ``family`` and ``variant`` when given), whatever its status."""
+        sql = f"{_SELECT_LORAS} WHERE owner_kind = ? AND owner_id = ?"
         args: list[Any] = [owner_kind, owner_id]
-        if family:
-            sql += " AND family = ?"
-            args.append(family)
+        for column, value in (("family", family), ("variant", variant)):
+            if value:
+                sql += f" AND {column} = ?"
+                args.append(value)
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY (status = 'ready') DESC, version DESC, created DESC", args).fetchall()
         return self._lora(rows[0]) if rows else None

@@ -37,7 +37,7 @@ from ..errors import (
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import load_template
-from ..lorafiles.families import FAMILY_NAMES
+from ..lorafiles.families import variant_name
 from ..lorafiles.sources import FetchPolicy
 from ..pack_protocol import describe_validation_error
 from ..pods.client import OutputFile, PodEvent
@@ -88,7 +88,8 @@ class Generations:
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
 
-    def resolve_loras(self, request: GenerationCreate, family: str | None) -> tuple[list[LoraRequest], list[str], list[str]]:
+    def resolve_loras(self, request: GenerationCreate, family: str | None,
+                      variant: str | None = None) -> tuple[list[LoraRequest], list[str], list[str]]:
         """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped."""
         strict = request.lora_policy == "strict"
         wanted: list[tuple[dict[str, Any] | None, str, float, float]] = []
@@ -102,8 +103,10 @@ class Generations:
         for kind in ("character", "brand"):
             owner = getattr(request, f"{kind}_id")
             if owner is not None:
-                # the owner's LoRA for this family, else its latest of any family (refused below, named)
-                rec = self.db.latest_for_owner(kind, str(owner), family) or self.db.latest_for_owner(kind, str(owner), None)
+                # the owner's LoRA for this family and variant, else for this family, else its latest of any
+                # family (refused below, named)
+                rec = (self.db.latest_for_owner(kind, str(owner), family, variant)
+                       or self.db.latest_for_owner(kind, str(owner), family) or self.db.latest_for_owner(kind, str(owner), None))
                 wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength))
         loras, warnings, styles = [], [], []
         for rec, label, sm, sc in wanted:
@@ -113,8 +116,11 @@ class Generations:
             elif rec["status"] != "ready":
                 reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['status']}, not ready"
             elif family and rec["family"] not in (None, "unknown", family):
-                reason = (f"LoRA {rec['id']} ({rec['name']}) is {FAMILY_NAMES.get(rec['family'], rec['family'])}; "
-                          f"the model is {FAMILY_NAMES.get(family, family)}")
+                reason = (f"LoRA {rec['id']} ({rec['name']}) is {variant_name(rec['family'], rec['variant'])}; "
+                          f"the model is {variant_name(family, variant)}")
+            elif variant and rec["variant"] and rec["variant"] != variant:
+                reason = (f"LoRA {rec['id']} ({rec['name']}) is {variant_name(rec['family'], rec['variant'])}; "
+                          f"the model is {variant_name(family or rec['family'], variant)}")
             elif not rec["source"]:
                 reason = f"LoRA {rec['id']} ({rec['name']}) has no source"
             if reason:
@@ -138,12 +144,12 @@ class Generations:
         if request.workflow is not None and is_ui_workflow(request.workflow):
             check_editor_workflow(request.workflow)  # what needs the pod's node list is checked on the pod
         params = dict(request.params)
-        family = request.family
+        family, variant = request.family, request.variant
         template = load_template(request.template) if request.template is not None else None
         if template is not None:
             template.render(**params)  # parameter errors now, as 400s
-            family = family or template.family
-        loras, warnings, styles = self.resolve_loras(request, family)
+            family, variant = family or template.family, variant or template.variant
+        loras, warnings, styles = self.resolve_loras(request, family, variant)
         if styles and template is not None and "prompt" in template.params:
             prompt = params.get("prompt", template.params["prompt"].default)
             params["prompt"] = ", ".join([str(prompt), *styles])

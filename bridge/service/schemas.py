@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..lorafiles.families import FAMILY_NAMES
+from ..lorafiles.families import FAMILY_NAMES, VARIANTS
 from ..pack_protocol import ApplyMode, Sha256, SourceText, Strength
 from .database import LORA_STATUSES
 
@@ -29,6 +29,7 @@ OwnerId = Annotated[StrictStr, Field(min_length=1, max_length=128)] | Annotated[
 Text = Annotated[StrictStr, Field(max_length=1000)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Family = Literal[tuple(FAMILY_NAMES)]  # type: ignore[valid-type]
+Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 LoraStatus = Literal[LORA_STATUSES]  # type: ignore[valid-type]
 JsonScalar = StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False, strict=True)] | None
 Metadata = dict[Annotated[str, Field(max_length=256)], Annotated[StrictStr, Field(max_length=65536)] | JsonScalar]
@@ -50,6 +51,8 @@ class _LoraFields(Closed):
     version: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
     status: LoraStatus | None = None
     family: Family | None = Field(None, description="base model family; inspected from the file when left out")
+    variant: Variant | None = Field(None, description="the model size the LoRA cannot cross (Wan 1.3B / 14B / 2.2 5B, "
+                                                      "Flux.1 / Flux.2); inspected with the family")
     trigger_word: Text | None = None
     fallback_style: Text | None = Field(None, description="style words appended to the prompt when the LoRA is dropped")
     source: SourceText | None = Field(None, description="s3://bucket/key, https://…, or an uploaded file")
@@ -123,6 +126,7 @@ class GenerationCreate(Closed):
     params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(default_factory=dict)
     workflow: dict[str, Any] | None = Field(None, description="API-format or graph-editor workflow JSON")
     family: Family | None = Field(None, description="the workflow's base family (templates declare theirs)")
+    variant: Variant | None = Field(None, description="the workflow's model variant, where it has one (templates may declare theirs)")
     character_id: OwnerId | None = None
     brand_id: OwnerId | None = None
     loras: Annotated[list[LoraRef], Field(max_length=20)] | None = None

@@ -124,17 +124,17 @@ class Database:
             rows = self._conn.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
         return [self._lora(r) for r in rows]
 
-    def latest_for_owner(self, owner_kind: str, owner_id: str, family: str | None,
-                         variant: str | None = None) -> dict[str, Any] | None:
-        """The most recent LoRA of an owner (of ``family`` and ``variant`` when given), whatever its status."""
-        sql = f"{_SELECT_LORAS} WHERE owner_kind = ? AND owner_id = ?"
-        args: list[Any] = [owner_kind, owner_id]
-        for column, value in (("family", family), ("variant", variant)):
-            if value:
-                sql += f" AND {column} = ?"
-                args.append(value)
+    def best_for_owner(self, owner_kind: str, owner_id: str, family: str | None,
+                       variant: str | None = None) -> dict[str, Any] | None:
+        """The owner's LoRA that fits best, whatever its status or family: of ``family`` (when given)
+        first, then of ``variant`` (when given), then ready before not, then the newest version."""
+        wanted = [(column, value) for column, value in (("family", family), ("variant", variant)) if value]
+        order = [f"COALESCE({column} = ?, 0) DESC" for column, _ in wanted]
+        order += ["(status = 'ready') DESC", "version DESC", "created DESC"]
+        args = [owner_kind, owner_id, *(value for _, value in wanted)]
         with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY (status = 'ready') DESC, version DESC, created DESC", args).fetchall()
+            rows = self._conn.execute(f"{_SELECT_LORAS} WHERE owner_kind = ? AND owner_id = ? ORDER BY {', '.join(order)}",
+                                      args).fetchall()
         return self._lora(rows[0]) if rows else None
 
     # -- jobs and events --------------------------------------------------------------------

@@ -103,10 +103,7 @@ class Generations:
         for kind in ("character", "brand"):
             owner = getattr(request, f"{kind}_id")
             if owner is not None:
-                # the owner's LoRA for this family and variant, else for this family, else its latest of any
-                # family (refused below, named)
-                rec = (self.db.latest_for_owner(kind, str(owner), family, variant)
-                       or self.db.latest_for_owner(kind, str(owner), family) or self.db.latest_for_owner(kind, str(owner), None))
+                rec = self.db.best_for_owner(kind, str(owner), family, variant)  # another family's is refused below, named
                 wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength))
         loras, warnings, styles = [], [], []
         for rec, label, sm, sc in wanted:
@@ -115,10 +112,8 @@ class Generations:
                 reason = f"LoRA {label} not found" + (f" for base model {family}" if family else "")
             elif rec["status"] != "ready":
                 reason = f"LoRA {rec['id']} ({rec['name']}) is {rec['status']}, not ready"
-            elif family and rec["family"] not in (None, "unknown", family):
-                reason = (f"LoRA {rec['id']} ({rec['name']}) is {variant_name(rec['family'], rec['variant'])}; "
-                          f"the model is {variant_name(family, variant)}")
-            elif variant and rec["variant"] and rec["variant"] != variant:
+            elif ((family and rec["family"] not in (None, "unknown", family))
+                  or (variant and rec["variant"] and rec["variant"] != variant)):
                 reason = (f"LoRA {rec['id']} ({rec['name']}) is {variant_name(rec['family'], rec['variant'])}; "
                           f"the model is {variant_name(family or rec['family'], variant)}")
             elif not rec["source"]:

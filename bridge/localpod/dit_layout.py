@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .unet_layout import Shape
+from .unet_layout import Layer, Shape
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,10 @@ class DiffusersPart:
 
 
 @dataclass(frozen=True)
-class DitLayer:
-    """One weight-bearing layer of a transformer model, and its diffusers names (empty: not targeted)."""
+class DitLayer(Layer):
+    """A layer of a transformer model, and its diffusers names (empty: not targeted)."""
 
-    name: str
-    shape: Shape
-    bias: bool = True
-    norm: bool = False
-    scale_key: str = "weight"  # RMSNorm scales in Flux are saved as ``.scale``
     diffusers: tuple[DiffusersPart, ...] = ()
-    raw: bool = False  # a parameter stored under ``name`` itself (Wan's modulation tensors)
 
 
 @dataclass(frozen=True)

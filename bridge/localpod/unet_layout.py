@@ -47,30 +47,38 @@ SDXL_UNET = UNetSpec(channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth
 
 @dataclass(frozen=True)
 class Layer:
-    """One weight-bearing layer: its LDM name, weight shape, and where LoRAs address it."""
+    """One weight-bearing layer of a model file: its name, weight shape and how it is stored
+    (shared by the UNet and transformer layouts; ``weights`` fills it)."""
 
     name: str
     shape: Shape
     bias: bool = True
     norm: bool = False
+    raw: bool = False  # a parameter stored under ``name`` itself (open_clip's embeddings, Wan's modulation)
+    scale_key: str = "weight"  # a norm's scale parameter (Flux's RMSNorm saves ``.scale``)
+
+
+@dataclass(frozen=True)
+class UNetLayer(Layer):
+    """A UNet / CLIP layer (LDM name), and where LoRAs address it."""
+
     diffusers_name: str | None = None  # diffusers name of LoRA-targetable layers
     conv_block: bool = False  # a res block / resampler layer: LoCon targets it, plain LoRAs do not
-    raw: bool = False  # a parameter stored under ``name`` itself (open_clip's embeddings)
 
 
 @dataclass
 class _Builder:
-    layers: list[Layer] = field(default_factory=list)
+    layers: list[UNetLayer] = field(default_factory=list)
 
     def add(self, name: str, shape: Shape, bias: bool = True, diffusers_name: str | None = None,
             conv_block: bool = False) -> None:
-        self.layers.append(Layer(name, shape, bias=bias, diffusers_name=diffusers_name, conv_block=conv_block))
+        self.layers.append(UNetLayer(name, shape, bias=bias, diffusers_name=diffusers_name, conv_block=conv_block))
 
     def norm(self, name: str, channels: int) -> None:
-        self.layers.append(Layer(name, (channels,), norm=True))
+        self.layers.append(UNetLayer(name, (channels,), norm=True))
 
     def raw(self, name: str, shape: Shape) -> None:
-        self.layers.append(Layer(name, shape, bias=False, raw=True))
+        self.layers.append(UNetLayer(name, shape, bias=False, raw=True))
 
 
 def _resblock(b: _Builder, p: str, cin: int, cout: int, emb: int, dp: str) -> None:
@@ -103,7 +111,7 @@ def _transformer(b: _Builder, spec: UNetSpec, p: str, ch: int, depth: int, dp: s
     b.add(f"{p}.proj_out", proj, diffusers_name=f"{dp}.proj_out")
 
 
-def unet_layers(spec: UNetSpec) -> list[Layer]:
+def unet_layers(spec: UNetSpec) -> list[UNetLayer]:
     """Layers of the UNet under ``model.diffusion_model.`` (names without that prefix)."""
     b = _Builder()
     mc, n = spec.model_channels, spec.num_res_blocks
@@ -164,7 +172,7 @@ CLIP_L = ClipSpec()
 CLIP_G = ClipSpec(1280, 32)
 
 
-def clip_layers(clip: ClipSpec = CLIP_L) -> list[Layer]:
+def clip_layers(clip: ClipSpec = CLIP_L) -> list[UNetLayer]:
     """Text encoder layers in the transformers layout (under ``…transformer.text_model.``); their
     names are also the ones LoRAs use for both encoders."""
     b = _Builder()
@@ -183,7 +191,7 @@ def clip_layers(clip: ClipSpec = CLIP_L) -> list[Layer]:
     return b.layers
 
 
-def open_clip_layers(clip: ClipSpec = CLIP_G) -> list[Layer]:
+def open_clip_layers(clip: ClipSpec = CLIP_G) -> list[UNetLayer]:
     """A text encoder in the open_clip layout SDXL checkpoints store CLIP-G in (``…model.``)."""
     b = _Builder()
     w = clip.width
@@ -220,7 +228,7 @@ def _vae_mid(b: _Builder, p: str, ch: int) -> None:
     _vae_resnet(b, f"{p}.block_2", ch, ch)
 
 
-def vae_layers() -> list[Layer]:
+def vae_layers() -> list[UNetLayer]:
     """The SD VAE (KL-f8, fixed size) under ``first_stage_model.``."""
     b = _Builder()
     ch, mult, z = 128, (1, 2, 4, 4), 4
@@ -258,7 +266,7 @@ SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
 VAE_PREFIX = "first_stage_model."
 
 
-def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, Layer]]:
+def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, UNetLayer]]:
     """Every layer of a full SD1.x or SDXL checkpoint with its key prefix."""
     if spec.sdxl:
         parts = ((UNET_PREFIX, unet_layers(spec)), (SDXL_CLIP_L_PREFIX, clip_layers(CLIP_L)),

@@ -20,7 +20,7 @@ from typing import Callable, Literal
 import numpy as np
 from safetensors.numpy import save_file
 
-from .dit_layout import DitLayer, DitSpec, dit_layers
+from .dit_layout import DitSpec, dit_layers
 from .unet_layout import (
     CLIP_G,
     CLIP_L,
@@ -28,6 +28,7 @@ from .unet_layout import (
     SDXL_UNET,
     TINY_UNET,
     Layer,
+    UNetLayer,
     UNetSpec,
     checkpoint_layers,
     clip_layers,
@@ -63,14 +64,14 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     return path
 
 
-def _fill(out: dict[str, np.ndarray], rng: np.random.Generator, key: str, layer: Layer | DitLayer, dtype: type) -> None:
+def _fill(out: dict[str, np.ndarray], rng: np.random.Generator, key: str, layer: Layer, dtype: type) -> None:
     """A layer's tensors: norm scales 1, biases 0, weights N(0, 0.02); a raw parameter of rank 1 is a bias."""
     if layer.raw:
         out[key] = (np.zeros(layer.shape, dtype=dtype) if len(layer.shape) == 1
                     else (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype))
         return
     if layer.norm:
-        out[f"{key}.{getattr(layer, 'scale_key', 'weight')}"] = np.ones(layer.shape, dtype=dtype)
+        out[f"{key}.{layer.scale_key}"] = np.ones(layer.shape, dtype=dtype)
     else:
         out[f"{key}.weight"] = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
     if layer.bias:
@@ -111,7 +112,7 @@ class LoraSpec:
     extra_tags: dict[str, int] = field(default_factory=lambda: {"portrait": 7, "smiling": 3})
 
 
-def _targets(spec: LoraSpec) -> list[tuple[str, Layer]]:
+def _targets(spec: LoraSpec) -> list[tuple[str, UNetLayer]]:
     """``(key, layer)`` of every layer the LoRA covers, keys in the layout's naming."""
     sdxl, peft = spec.unet.sdxl, spec.layout == "peft"
     out = []

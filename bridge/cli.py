@@ -108,7 +108,7 @@ def _cache(args: argparse.Namespace) -> int:
 def _pool(args: argparse.Namespace):
     from .pods.pool import PodConfig, PodPool
 
-    return PodPool([PodConfig(url, settings().pod_token) for url in args.pod])
+    return PodPool([PodConfig(url, settings().pod_token) for url in args.pod], retry_delays=settings().retry_delays)
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -190,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy = FetchPolicy.from_settings(configured)
         uploads = LoraUploads(configured.local_store_dir, configured.upload_bucket, limits=policy.limits,
                               s3_endpoint=policy.s3_endpoint)
-        app = create_app(Database(db_url), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s), Path(args.outputs),
+        app = create_app(Database(db_url), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s, retry_delays=configured.retry_delays), Path(args.outputs),
                          configured, policy, uploads)
         web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10,
                     access_log_class=AccessLog)

@@ -67,7 +67,7 @@ def run_demo(out_dir: Path, steps: int = 4, size: int = 64, strength: float = 1.
         async def main() -> dict[str, dict[str, Any]]:
             db = Database(str(out_dir / "bridge.sqlite3"))
             configured = dataclasses.replace(settings(), api_keys=())
-            app = create_app(db, PodPool([PodConfig(pod.url, configured.pod_route_token)]), out_dir / "generations",
+            app = create_app(db, PodPool([PodConfig(pod.url, configured.pod_route_token)], retry_delays=configured.retry_delays), out_dir / "generations",
                              configured, FetchPolicy.configured(), LoraUploads(store))
             runner = web.AppRunner(app)
             await runner.setup()

@@ -58,6 +58,20 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
     return value
 
 
+def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated seconds (``2,4,8``); empty: ``default``; ``0`` alone: no retries."""
+    raw = _list(env, name)
+    if not raw:
+        return default
+    try:
+        values = tuple(float(v) for v in raw)
+    except ValueError:
+        raise ConfigError(f"{name}={env[name]!r}: give seconds separated by commas, e.g. 2,4,8") from None
+    if any(not 0 <= v <= 3600 for v in values):
+        raise ConfigError(f"{name}={env[name]!r}: each delay must be between 0 and 3600 seconds")
+    return () if values == (0.0,) else values
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -120,6 +134,8 @@ class Settings:
     memory_bytes: int = 4096 * MIB
     stream_heartbeat_s: float = 15.0
     pod_facts_ttl_s: float = 60.0
+    templates_dir: Path | None = None  # LORA_BRIDGE_TEMPLATES_DIR: a team's templates, before the shipped ones
+    retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)  # LORA_BRIDGE_RETRY_DELAYS: waits before each retry of a job's pod
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -159,6 +175,8 @@ class Settings:
             memory_bytes=int(_number(env, "LORA_BRIDGE_MEMORY_MB", 4096, minimum=1) * MIB),
             stream_heartbeat_s=_number(env, "LORA_BRIDGE_STREAM_HEARTBEAT_S", 15.0, minimum=0.1),
             pod_facts_ttl_s=_number(env, "LORA_BRIDGE_POD_FACTS_TTL_S", 60.0, minimum=0.0),
+            retry_delays=_delays(env, "LORA_BRIDGE_RETRY_DELAYS", (2.0, 4.0, 8.0)),
+            templates_dir=Path(templates).expanduser() if (templates := _text(env, "LORA_BRIDGE_TEMPLATES_DIR")) else None,
         )
 
     def store_path(self, models_dir: Path | None = None) -> Path:

@@ -30,7 +30,7 @@ class Service:
         self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_POD_TOKEN": POD_TOKEN,
                     "LORA_BRIDGE_COST_PER_HOUR": "3.6", "LORA_BRIDGE_WEBHOOK_SECRET": SECRET,
                     "LORA_BRIDGE_UPLOAD_DIR": str(tmp / "uploads"), "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
-                    "LORA_BRIDGE_STREAM_HEARTBEAT_S": "0.5"}
+                    "LORA_BRIDGE_STREAM_HEARTBEAT_S": "0.5", "LORA_BRIDGE_RETRY_DELAYS": "0.2,0.4,0.8"}  # 2,4,8 s scaled
         if s3_endpoint:
             self.env.update(LORA_BRIDGE_S3_ENDPOINT=s3_endpoint, LORA_BRIDGE_UPLOAD_BUCKET="loras",
                             LORA_BRIDGE_OUTPUT_BUCKET="loras")

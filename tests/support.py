@@ -60,6 +60,15 @@ def run_graph(pod: LocalComfy, graph: dict[str, Any]) -> JobResult:
     return asyncio.run(go())
 
 
+def pod_object_info(pod: LocalComfy) -> dict[str, Any]:
+    """The pod's ``/object_info`` (what the bridge builds and validates graphs against)."""
+    async def go() -> dict[str, Any]:
+        async with PodClient(pod.url, token=POD_TOKEN) as client:
+            return await client.object_info()
+
+    return asyncio.run(go())
+
+
 def node_text(result: JobResult, node_id: str) -> list[str]:
     """The summary lines a LoRA Bridge node showed for this run (its ``executed`` output)."""
     for event in result.events:

@@ -1,4 +1,5 @@
-"""A loopback TCP proxy that can drop every open connection on demand (a flaky network)."""
+"""A loopback TCP proxy that can drop every open connection on demand (a flaky network), or refuse
+new ones while ``down`` (a pod that is restarting)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class CuttingProxy:
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
         self.cuts = 0
+        self.down = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -26,6 +28,9 @@ class CuttingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
                 self.conns += [client, upstream]

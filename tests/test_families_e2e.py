@@ -23,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed
+from comfyui_lora_bridge.bridge.graphs.builder import build_graph
+from comfyui_lora_bridge.bridge.graphs.lora_insertion import PREFIX, LoraRequest
 from comfyui_lora_bridge.bridge.localpod.dit_layout import (
     FLUX,
     QWEN_IMAGE,
     WAN21_I2V,
     WAN21_T2V,
     WAN22_EXPERT,
+    WAN22_I2V_EXPERT,
     Z_IMAGE,
     DitSpec,
 )
@@ -37,6 +40,7 @@ from comfyui_lora_bridge.bridge.localpod.unet_layout import SDXL_UNET
 from comfyui_lora_bridge.bridge.localpod.weights import (
     DitLoraSpec,
     LoraSpec,
+    cached_aux_model,
     cached_checkpoint,
     cached_dit_lora,
     cached_dit_model,
@@ -44,7 +48,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import (
 )
 from safetensors.numpy import load, load_file
 from service_harness import Service
-from support import node_text, run_graph
+from support import node_text, pod_object_info, run_graph
 
 pytestmark = pytest.mark.comfy
 # hot-swap adds W·x and up(down(x)) where merge adds up·down to W first: rounding only, in fp32 for the
@@ -87,6 +91,12 @@ CASES = [(family, layout) for family, f in FAMILIES.items() for layout in f.layo
 # Wan 2.2 A14B: two experts of the 14B shape; musubi-tuner, diffusion-pipe and diffusers LoRAs trained per expert
 EXPERTS = {"high": "wan22-high-noise-test.safetensors", "low": "wan22-low-noise-test.safetensors"}
 PAIR_LAYOUTS = {"kohya": True, "diffusion_model": True, "diffusers": False}
+I2V_EXPERTS = {"high": "wan22-i2v-high-noise-test.safetensors", "low": "wan22-i2v-low-noise-test.safetensors"}
+# what the shipped templates load beside the diffusion model (generated with the real architectures)
+AUX_FILES = {"flux_vae": ("vae", "flux-ae-test.safetensors"), "wan21_vae": ("vae", "wan21-vae-test.safetensors"),
+             "clip_vision_h": ("clip_vision", "clip-vision-h-test.safetensors")}
+# listed in the pod's text encoders so the templates validate, never loaded: the test swaps the encoders out
+STANDIN_ENCODER = "standin-text-encoder.safetensors"
 
 
 def lora_name(family: str, layout: str) -> str:
@@ -114,6 +124,11 @@ def pod(comfy):
             lora = cached_dit_lora(DitLoraSpec(WAN22_EXPERT, layout, seed=10 + seed))  # type: ignore[arg-type]
             (comfy.models_dir("loras") / lora_name(f"wan22-{expert}", layout)).symlink_to(lora)
     (comfy.models_dir("loras") / "wan14b-kohya.safetensors").symlink_to(cached_dit_lora(DitLoraSpec(WAN22_EXPERT, "kohya")))
+    for seed, name in enumerate(I2V_EXPERTS.values()):
+        (comfy.models_dir("diffusion_models") / name).symlink_to(cached_dit_model(WAN22_I2V_EXPERT, seed))
+    for aux, (folder, name) in AUX_FILES.items():
+        (comfy.models_dir(folder) / name).symlink_to(cached_aux_model(aux))
+    (comfy.models_dir("text_encoders") / STANDIN_ENCODER).write_bytes(b"")
     time.sleep(1.1)  # folder mtimes move on, so ComfyUI's cached file lists see the new files
     yield comfy
     request = urllib.request.Request(comfy.url + "/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
@@ -356,3 +371,86 @@ def test_the_sdxl_templates_run_with_a_character_lora(service, s3, pod, template
         if owner:
             assert [a["name"] for a in rec["applied"]] == [f"lora-{lora['id']}"] and rec["trigger_words"] == ["ohwx"]
     assert images[0].shape in ((64, 64, 3), (256, 256, 3)) and np.abs(images[0] - images[1]).mean() > 0.3  # the LoRA shows
+
+
+# The shipped templates of the transformer families, with the test files for their loaders. The
+# bridge renders each, inserts the family's LoRA (Wan 2.2: each expert's own, chosen by file name)
+# and its trigger word, and validates it against the pod; then the text encoders too large to
+# generate are swapped for the test node, and the real ComfyUI runs it to an image or a video.
+IMAGE_SIZE = {"width": 256, "height": 256}  # these templates' smallest size
+CLIP = {"clip": STANDIN_ENCODER, "vae": AUX_FILES["wan21_vae"][1]}
+CLIP_WAN = {**CLIP, "width": 64, "height": 64, "length": 5}
+TEMPLATE_RUNS: dict[str, tuple[str, dict]] = {
+    "flux_txt2img": ("flux", {"unet": FAMILIES["flux"].model_file, "clip_l": STANDIN_ENCODER, "t5": STANDIN_ENCODER,
+                              "vae": AUX_FILES["flux_vae"][1], **IMAGE_SIZE}),
+    "z_image_txt2img": ("z_image", {"unet": FAMILIES["z_image"].model_file, **CLIP, "vae": AUX_FILES["flux_vae"][1],
+                                    **IMAGE_SIZE}),
+    "qwen_image_txt2img": ("qwen_image", {"unet": FAMILIES["qwen_image"].model_file, **CLIP, **IMAGE_SIZE}),
+    "wan21_t2v": ("wan", {"unet": FAMILIES["wan"].model_file, **CLIP_WAN}),
+    "wan21_i2v": ("wan_i2v", {"unet": FAMILIES["wan_i2v"].model_file, **CLIP_WAN, "clip_vision": AUX_FILES["clip_vision_h"][1],
+                              "image": "fam-start.png"}),
+    "wan22_t2v": ("wan22", {"high_noise": EXPERTS["high"], "low_noise": EXPERTS["low"], **CLIP_WAN, "switch_step": 1}),
+    "wan22_i2v": ("wan22", {"high_noise": I2V_EXPERTS["high"], "low_noise": I2V_EXPERTS["low"], **CLIP_WAN, "switch_step": 1,
+                            "image": "fam-start.png"}),
+}
+
+
+def template_loras(family: str, params: dict) -> list[LoraRequest]:
+    if family == "wan22":  # each expert's LoRA on the loader of that expert's file
+        return [LoraRequest(lora_name(f"wan22-{expert}", "kohya"), family="wan", text_encoder=False, trigger_words=("ohwx",),
+                            targets=(params[f"{expert}_noise"],)) for expert in EXPERTS]
+    return [LoraRequest(lora_name(family, "kohya"), family=FAMILIES[family].family_id, text_encoder=False, trigger_words=("ohwx",))]
+
+
+def with_test_encoders(graph: dict, spec: DitSpec) -> dict:
+    """``graph`` with its text encoders (CLIPLoader/DualCLIPLoader + CLIPTextEncode) swapped for the
+    test node, fed the same text (trigger words included)."""
+    loaders = {nid for nid, node in graph.items() if node["class_type"] in ("CLIPLoader", "DualCLIPLoader")}
+    out = {}
+    for nid, node in graph.items():
+        if nid in loaders:
+            continue
+        if node["class_type"] == "CLIPTextEncode":
+            node = {"class_type": "TestTextConditioning", "inputs": {
+                "text": node["inputs"]["text"], "width": spec.text_width, "tokens": 8,
+                "pooled_width": spec.pooled_width if spec.family == "flux" else 0}}
+        else:  # the LoRA stack's optional text-encoder input went with the loader
+            node = {**node, "inputs": {k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v[:1] and v[0] in loaders)}}
+        out[nid] = node
+    return out
+
+
+def frames_of(data: bytes) -> list[np.ndarray]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("template", TEMPLATE_RUNS)
+def test_the_transformer_templates_run_with_the_bridges_loras(pod, template) -> None:
+    from PIL import Image
+
+    family, params = TEMPLATE_RUNS[template]
+    if "image" in params:  # a textured start image in the pod's input folder
+        pixels = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(pod.base_dir / "input" / params["image"])
+    spec = WAN22_EXPERT if family == "wan22" else FAMILIES[family].spec
+    built = build_graph(pod_object_info(pod), template=template, params={**params, "steps": 2, "prompt": "a portrait"},
+                        loras=template_loras(family, params), mode="pack")
+    assert built.report.trigger_words == ["ohwx"] and not built.report.skipped
+    stacks = sorted(nid for nid, node in built.graph.items() if nid.startswith(PREFIX) and node["class_type"] == "LoraBridgeApplyStack")
+    assert len(stacks) == (2 if family == "wan22" else 1), built.graph
+    result = run_graph(pod, with_test_encoders(built.graph, spec))
+    for nid in stacks:  # every key of each LoRA landed on its model
+        lines = node_text(result, nid)
+        matched, total = keys_of(lines[0])
+        assert total >= 10 and matched == total, lines
+    (output,) = result.files
+    if template.startswith("wan"):  # a clip of the requested length and size
+        frames = frames_of(output.data)
+        assert len(frames) == params["length"] and frames[0].shape == (64, 64, 3)
+    else:
+        frames = [np.asarray(Image.open(io.BytesIO(output.data)).convert("RGB"))]
+        assert frames[0].shape == (256, 256, 3)
+    assert all(frame.std() > 1 for frame in frames)  # decoded content, not a blank (NaN) frame

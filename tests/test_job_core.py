@@ -87,7 +87,8 @@ def _registry(db: Database) -> dict[str, dict]:
 
 def _gens(db: Database, tmp_path: Path, **settings) -> Generations:
     configured = Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path), **settings})
-    return Generations(db, PodPool([PodConfig("http://127.0.0.1:9")]), tmp_path, configured, FetchPolicy())
+    return Generations(db, PodPool([PodConfig("http://127.0.0.1:9")], retry_delays=(0.05, 0.1, 0.2)), tmp_path, configured,
+                       FetchPolicy())
 
 
 def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
@@ -209,11 +210,38 @@ def test_stack_json_refusals_name_the_field(text: str, problem: str) -> None:
         protocol.parse_stack(text)
 
 
+def test_a_character_in_a_video_takes_the_path_its_loras_allow(db: Database, tmp_path: Path) -> None:
+    add = db.add_lora
+    gens = _gens(db, tmp_path)
+    image = add({"name": "hero sdxl", "owner_kind": "character", "owner_id": "hero", "status": "ready", "family": "sdxl",
+                 "source": "s3://b/hero.safetensors", "trigger_word": "ohwx"})
+    request = GenerationCreate(template="wan22_t2v", character_id="hero", params={"prompt": "running", "seed": 5, "width": 320},
+                               key_frame_params={"checkpoint": "sdxl.safetensors"}, lora_strength=0.8)
+    plan = gens.prepare(request)
+    assert plan.path == "preprocess" and plan.template == "wan22_i2v" and plan.loras == []
+    assert plan.key_frame is not None and plan.key_frame.template == "sdxl_txt2img"
+    assert plan.key_frame.params == {"prompt": "running", "seed": 5, "checkpoint": "sdxl.safetensors"}
+    assert [(lora.name, lora.strength_model) for lora in plan.key_frame.loras] == [(f"lora-{image['id']}", 0.8)]
+    assert plan.params == {"prompt": "running", "seed": 5, "width": 320}  # the UNets stay the image-to-video template's
+    with pytest.raises(TemplateError, match="'steps' = 0"):
+        gens.prepare(request.model_copy(update={"key_frame_params": {"steps": 0}}))  # the key frame's parameters, checked up front
+    add({"name": "hero wan", "owner_kind": "character", "owner_id": "hero", "status": "ready", "family": "wan",
+         "variant": "14B", "source": "s3://b/hero-wan.safetensors"})
+    plan = gens.prepare(request)
+    assert plan.path == "direct" and plan.template == "wan22_t2v" and plan.key_frame is None and len(plan.loras) == 1
+    plan = gens.prepare(GenerationCreate(template="wan22_t2v", character_id="nobody"))
+    assert plan.path == "fallback" and "has no LoRA" in plan.path_reason and plan.loras == []
+    assert gens.prepare(GenerationCreate(template="sdxl_txt2img", character_id="hero")).path is None  # an image: no path
+
+
 def test_settings_are_trimmed_and_contradictions_refused(tmp_path: Path) -> None:
     configured = Settings.from_env({"LORA_BRIDGE_API_KEYS": " k1, k2 ,", "LORA_BRIDGE_ALLOWED_HOSTS": "a.com , *.b.com",
                                     "LORA_BRIDGE_CACHE": str(tmp_path), "LORA_BRIDGE_COST_PER_HOUR": " 2.5 "})
     assert configured.api_keys == ("k1", "k2") and configured.allowed_hosts == ("a.com", "*.b.com")
     assert configured.cost_per_hour == 2.5 and configured.store_path() == tmp_path / "store"
+    assert configured.retry_delays == (2.0, 4.0, 8.0)
+    assert Settings.from_env({"LORA_BRIDGE_RETRY_DELAYS": "1, 3"}).retry_delays == (1.0, 3.0)
+    assert Settings.from_env({"LORA_BRIDGE_RETRY_DELAYS": "0"}).retry_delays == ()
     assert configured.store_path(tmp_path / "models") == tmp_path / "models" / "lora_bridge_store"
     secret = tmp_path / "token"
     secret.write_text("from-a-file\n")
@@ -221,7 +249,9 @@ def test_settings_are_trimmed_and_contradictions_refused(tmp_path: Path) -> None
     for env, problem in [({"LORA_BRIDGE_POD_TOKEN": "a", "LORA_BRIDGE_POD_TOKEN_FILE": str(secret)}, "not both"),
                          ({"LORA_BRIDGE_MAX_MB": "lots"}, "not a number"), ({"LORA_BRIDGE_COST_PER_HOUR": "-1"}, ">= 0"),
                          ({"LORA_BRIDGE_ALLOW_PICKLE": "maybe"}, "LORA_BRIDGE_ALLOW_PICKLE"),
-                         ({"LORA_BRIDGE_HTTP_AUTH": "[1]"}, "JSON object")]:
+                         ({"LORA_BRIDGE_HTTP_AUTH": "[1]"}, "JSON object"),
+                         ({"LORA_BRIDGE_RETRY_DELAYS": "2,soon"}, "seconds separated by commas"),
+                         ({"LORA_BRIDGE_RETRY_DELAYS": "2,-4"}, "between 0 and 3600")]:
         with pytest.raises(ConfigError, match=problem):
             Settings.from_env(env)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.errors import JobFailed, PromptRejected
+from comfyui_lora_bridge.bridge.errors import JobFailed, NoPodAvailable, PromptRejected
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
@@ -220,6 +220,35 @@ def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, 
     assert outcome.pod.endswith(f":{comfy.port}") and outcome.files
     assert [e.data["pod"] for e in events if e.type == "assigned"] == [pool.status[second_pod.url].config.name,
                                                                         pool.status[comfy.url].config.name]
+
+
+def test_a_pod_that_fails_once_is_retried_and_one_that_keeps_failing_ends_the_job(comfy) -> None:
+    """Retries after 2, 4 and 8 s (± jitter; scaled down here), each one an event, then the reason."""
+    proxy = CuttingProxy(comfy.port)
+    proxy.down = True  # the pod is restarting when the job comes
+    delays = (0.4, 0.8, 1.6)
+    pool = PodPool([PodConfig(proxy.url, POD_TOKEN)], retry_delays=delays, reconnects=1, backoff=0.1)
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.type == "retry":
+            proxy.down = False  # ... and back before the first retry
+
+    params = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2, "seed": 46}
+    try:
+        outcome = asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params, on_event=on_event))
+        types = [e.type for e in events]
+        assert types.count("retry") == 1 and types[-1] == "success" and outcome.files
+        assert "unreachable" in events[types.index("retry")].data["reason"]
+        proxy.down, events[:] = True, []
+        with pytest.raises(NoPodAvailable, match="failed after 3 retries; last: no healthy pod"):
+            asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params, on_event=events.append))
+        retries = [e.data for e in events if e.type == "retry"]
+        assert [r["retry"] for r in retries] == [1, 2, 3] and all(r["of"] == 3 for r in retries)
+        assert all(0.75 * d <= r["delay_s"] <= 1.25 * d for r, d in zip(retries, delays))
+    finally:
+        proxy.close()
 
 
 def test_cli_run_and_pods(comfy, tmp_path, weights, s3) -> None:

@@ -321,3 +321,31 @@ def test_trigger_words_skip_an_encoders_own_negative_prompt() -> None:
              "3": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["6", 1]}}}
     out, report = insert_loras(graph, [LoraRequest("char.safetensors", trigger_words=("ohwx",))], info)
     assert out["6"]["inputs"]["prompt"] == "ohwx, remove the hat" and out["6"]["inputs"]["negative_prompt"] == "blurry"
+
+
+def test_a_key_frame_graph_feeds_the_image_to_video_start_image() -> None:
+    from comfyui_lora_bridge.bridge.graphs.key_frame import attach_key_frame, stage_of
+
+    image, _ = insert_loras(load_template("sd15_txt2img").render(), [LoraRequest("char.safetensors", trigger_words=("ohwx",))])
+    video = load_template("wan21_i2v").render()
+    graph = attach_key_frame(video, image)
+    assert not any(n["class_type"] == "LoadImage" for n in graph.values())
+    (decode,) = [k for k, n in graph.items() if k.startswith("kf:") and n["class_type"] == "VAEDecode"]
+    assert graph["50"]["inputs"]["start_image"] == [decode, 0] and graph["51"]["inputs"]["image"] == [decode, 0]
+    assert {graph[k]["class_type"] for k in graph if k.startswith("kf:")} >= {"SaveImage", "LoraLoader", "CheckpointLoaderSimple"}
+    assert all(v[0] in graph for n in graph.values() for v in n["inputs"].values() if isinstance(v, list) and len(v) == 2
+               and isinstance(v[0], str))  # every link points at a node of the combined graph
+    assert graph["kf:6"]["inputs"]["text"].startswith("ohwx, ") and stage_of("kf:3") == "key_frame" and stage_of("3") == "video"
+    with pytest.raises(InsertionError, match="no LoadImage"):
+        attach_key_frame(load_template("wan21_t2v").render(), image)
+
+
+def test_the_compatibility_matrix_picks_a_path_per_family() -> None:
+    from comfyui_lora_bridge.bridge.service.character_paths import verdict
+
+    assert verdict("wan", "14B", "wan", "14B").path == "direct"
+    assert verdict("wan", None, "wan", "1.3B").path == "direct"  # a template that fixes no size: the pod checks
+    refused = verdict("wan", "14B", "wan", "1.3B")
+    assert refused.path is None and "Wan 2.x 1.3B" in refused.reason and "Wan 2.x 14B" in refused.reason
+    assert verdict("wan", "14B", "lumina2", None).path == "preprocess" and "z_image_txt2img" in verdict("wan", "14B", "lumina2", None).reason
+    assert verdict("wan", "1.3B", "sd3", None).path is None

@@ -64,6 +64,14 @@ class InsertionReport:
     prompt_nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def merge(self, other: "InsertionReport", node_prefix: str = "") -> None:
+        """Add what ``other`` (a stage whose node ids got ``node_prefix``) applied, skipped and said."""
+        self.applied += [{**a, "source_node": node_prefix + a["source_node"]} for a in other.applied]
+        self.skipped += other.skipped
+        self.trigger_words = list(dict.fromkeys(self.trigger_words + other.trigger_words))
+        self.prompt_nodes += [node_prefix + n for n in other.prompt_nodes]
+        self.warnings += other.warnings
+
 
 def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)

@@ -1,6 +1,7 @@
 """Workflow templates: jinja2 files in ``workflows/`` that render API-format graphs.
 
-Each template starts with a ``{#- params {...} -#}`` block declaring its parameters (type,
+Templates are looked up in ``LORA_BRIDGE_TEMPLATES_DIR`` first (a team's own, or its versions of
+the shipped ones under the same names), then in the shipped ``workflows/``. Each template starts with a ``{#- params {...} -#}`` block declaring its parameters (type,
 default, range, choices). Values are validated, then every ``{{ expression }}`` is emitted as
 JSON (the environment's ``finalize``), so a prompt holding quotes, braces or
 ``"}, "99": {…`` stays one JSON string and can never add nodes or break the document.
@@ -18,6 +19,7 @@ from typing import Any
 import jinja2
 
 from ..errors import LoraBridgeError
+from ..settings import settings
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 _PARAMS_BLOCK = re.compile(r"\{#-?\s*params\s*(\{.*?\})\s*-?#\}", re.S)
@@ -101,8 +103,8 @@ def load_template(name: str) -> Template:
     """Load ``workflows/<name>.json.j2``; ``name`` must be a plain template name."""
     if not _NAME.match(name) or ".." in name:
         raise TemplateError(f"invalid template name {name!r}")
-    path = WORKFLOWS_DIR / f"{name}.json.j2"
-    if not path.is_file():
+    path = next((p for d in _template_dirs() if (p := d / f"{name}.json.j2").is_file()), None)
+    if path is None:
         raise TemplateError(f"unknown template '{name}'; available: {list_templates()}")
     source = path.read_text()
     match = _PARAMS_BLOCK.search(source)
@@ -115,5 +117,10 @@ def load_template(name: str) -> Template:
     return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source, header.get("variant"))
 
 
+def _template_dirs() -> list[Path]:
+    own = settings().templates_dir
+    return [own, WORKFLOWS_DIR] if own is not None else [WORKFLOWS_DIR]
+
+
 def list_templates() -> list[str]:
-    return sorted(p.name[: -len(".json.j2")] for p in WORKFLOWS_DIR.glob("*.json.j2"))
+    return sorted({p.name[: -len(".json.j2")] for d in _template_dirs() for p in d.glob("*.json.j2")})

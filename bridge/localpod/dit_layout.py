@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .unet_layout import Layer, Shape
+from .layer import Layer, Shape
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ FLUX = DitSpec("flux", 3072)
 WAN21_T2V = DitSpec("wan", 1536)
 WAN21_I2V = DitSpec("wan", 1536, in_channels=36, clip_vision=True)  # Wan2.1-Fun-1.3B-InP's shape
 WAN22_EXPERT = DitSpec("wan", 5120, ffn_width=13824)  # each of Wan 2.2 A14B T2V's high- and low-noise experts
+WAN22_I2V_EXPERT = DitSpec("wan", 5120, ffn_width=13824, in_channels=36)  # Wan 2.2 A14B I2V's (no CLIP vision)
 QWEN_IMAGE = DitSpec("qwen_image", 3072, single_blocks=0, text_width=3584)  # text: Qwen2.5-VL 7B's width
 Z_IMAGE = DitSpec("lumina2", 3840, single_blocks=2, text_width=2560, ffn_width=10240)  # text: Qwen3-4B's width
 

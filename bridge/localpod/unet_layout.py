@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-Shape = tuple[int, ...]
+from .layer import Layer, Shape
+from .vae_layout import kl_vae_layers
 
 CLIP_VOCAB = 49408
 CLIP_POSITIONS = 77
@@ -43,19 +44,6 @@ TINY_UNET = UNetSpec()
 FULL_UNET = UNetSpec(channel_mult=(1, 2, 4, 4), num_res_blocks=2, transformer_depth=(1, 1, 1, 0))
 SDXL_UNET = UNetSpec(channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 2), context_dim=2048,
                      linear_proj=True, adm_in_channels=2816)
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One weight-bearing layer of a model file: its name, weight shape and how it is stored
-    (shared by the UNet and transformer layouts; ``weights`` fills it)."""
-
-    name: str
-    shape: Shape
-    bias: bool = True
-    norm: bool = False
-    raw: bool = False  # a parameter stored under ``name`` itself (open_clip's embeddings, Wan's modulation)
-    scale_key: str = "weight"  # a norm's scale parameter (Flux's RMSNorm saves ``.scale``)
 
 
 @dataclass(frozen=True)
@@ -162,7 +150,8 @@ def unet_layers(spec: UNetSpec) -> list[UNetLayer]:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """A CLIP text encoder: CLIP-L (SD1.x, SDXL's first) or OpenCLIP bigG (SDXL's second)."""
+    """A CLIP tower: text encoders CLIP-L (SD1.x, SDXL's first) or OpenCLIP bigG (SDXL's second), or
+    a vision encoder."""
 
     width: int = 768
     layers: int = 12
@@ -170,6 +159,25 @@ class ClipSpec:
 
 CLIP_L = ClipSpec()
 CLIP_G = ClipSpec(1280, 32)
+CLIP_VISION_H = ClipSpec(1280, 32)  # the vision tower of CLIP ViT-H/14
+
+
+def _clip_encoder(b: _Builder, clip: ClipSpec, prefix: str = "", lora_prefix: str | None = None) -> None:
+    """The transformer layers of a CLIP tower (transformers layout) under ``prefix``; LoRAs name them
+    ``{lora_prefix}{name}`` (none for a tower no LoRA targets)."""
+    w = clip.width
+    for i in range(clip.layers):
+        p = f"encoder.layers.{i}"
+
+        def add(name: str, shape: Shape) -> None:
+            b.add(f"{prefix}{p}.{name}", shape, diffusers_name=lora_prefix and f"{lora_prefix}{p}.{name}")
+
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            add(f"self_attn.{proj}", (w, w))
+        b.norm(f"{prefix}{p}.layer_norm1", w)
+        b.norm(f"{prefix}{p}.layer_norm2", w)
+        add("mlp.fc1", (w * 4, w))
+        add("mlp.fc2", (w, w * 4))
 
 
 def clip_layers(clip: ClipSpec = CLIP_L) -> list[UNetLayer]:
@@ -179,15 +187,23 @@ def clip_layers(clip: ClipSpec = CLIP_L) -> list[UNetLayer]:
     w = clip.width
     b.add("embeddings.token_embedding", (CLIP_VOCAB, w), bias=False)
     b.add("embeddings.position_embedding", (CLIP_POSITIONS, w), bias=False)
-    for i in range(clip.layers):
-        p = f"encoder.layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            b.add(f"{p}.self_attn.{proj}", (w, w), diffusers_name=f"text_model.{p}.self_attn.{proj}")
-        b.norm(f"{p}.layer_norm1", w)
-        b.norm(f"{p}.layer_norm2", w)
-        b.add(f"{p}.mlp.fc1", (w * 4, w), diffusers_name=f"text_model.{p}.mlp.fc1")
-        b.add(f"{p}.mlp.fc2", (w, w * 4), diffusers_name=f"text_model.{p}.mlp.fc2")
+    _clip_encoder(b, clip, lora_prefix="text_model.")
     b.norm("final_layer_norm", w)
+    return b.layers
+
+
+def clip_vision_layers() -> list[UNetLayer]:
+    """CLIP ViT-H/14's vision tower (``clip_vision_h``, which Wan 2.1 I2V conditions on) in the
+    transformers layout ComfyUI's ``CLIPVisionLoader`` detects by its 32 layers (632 M parameters)."""
+    b = _Builder()
+    w = CLIP_VISION_H.width
+    b.raw("vision_model.embeddings.class_embedding", (w,))
+    b.add("vision_model.embeddings.patch_embedding", (w, 3, 14, 14), bias=False)
+    b.add("vision_model.embeddings.position_embedding", ((224 // 14) ** 2 + 1, w), bias=False)
+    b.norm("vision_model.pre_layrnorm", w)
+    _clip_encoder(b, CLIP_VISION_H, "vision_model.")
+    b.norm("vision_model.post_layernorm", w)
+    b.add("visual_projection", (1024, w), bias=False)
     return b.layers
 
 
@@ -211,54 +227,6 @@ def open_clip_layers(clip: ClipSpec = CLIP_G) -> list[UNetLayer]:
     return b.layers
 
 
-def _vae_resnet(b: _Builder, p: str, cin: int, cout: int) -> None:
-    b.norm(f"{p}.norm1", cin)
-    b.add(f"{p}.conv1", (cout, cin, 3, 3))
-    b.norm(f"{p}.norm2", cout)
-    b.add(f"{p}.conv2", (cout, cout, 3, 3))
-    if cin != cout:
-        b.add(f"{p}.nin_shortcut", (cout, cin, 1, 1))
-
-
-def _vae_mid(b: _Builder, p: str, ch: int) -> None:
-    _vae_resnet(b, f"{p}.block_1", ch, ch)
-    b.norm(f"{p}.attn_1.norm", ch)
-    for n in ("q", "k", "v", "proj_out"):
-        b.add(f"{p}.attn_1.{n}", (ch, ch, 1, 1))
-    _vae_resnet(b, f"{p}.block_2", ch, ch)
-
-
-def vae_layers() -> list[UNetLayer]:
-    """The SD VAE (KL-f8, fixed size) under ``first_stage_model.``."""
-    b = _Builder()
-    ch, mult, z = 128, (1, 2, 4, 4), 4
-    b.add("encoder.conv_in", (ch, 3, 3, 3))
-    cin = ch
-    for i, m in enumerate(mult):
-        for j in range(2):
-            _vae_resnet(b, f"encoder.down.{i}.block.{j}", cin, ch * m)
-            cin = ch * m
-        if i != len(mult) - 1:
-            b.add(f"encoder.down.{i}.downsample.conv", (cin, cin, 3, 3))
-    _vae_mid(b, "encoder.mid", cin)
-    b.norm("encoder.norm_out", cin)
-    b.add("encoder.conv_out", (2 * z, cin, 3, 3))
-    b.add("quant_conv", (2 * z, 2 * z, 1, 1))
-    b.add("post_quant_conv", (z, z, 1, 1))
-    cin = ch * mult[-1]
-    b.add("decoder.conv_in", (cin, z, 3, 3))
-    _vae_mid(b, "decoder.mid", cin)
-    for i in reversed(range(len(mult))):
-        for j in range(3):
-            _vae_resnet(b, f"decoder.up.{i}.block.{j}", cin, ch * mult[i])
-            cin = ch * mult[i]
-        if i != 0:
-            b.add(f"decoder.up.{i}.upsample.conv", (cin, cin, 3, 3))
-    b.norm("decoder.norm_out", cin)
-    b.add("decoder.conv_out", (3, cin, 3, 3))
-    return b.layers
-
-
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
@@ -270,9 +238,9 @@ def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, UNetLayer]]:
     """Every layer of a full SD1.x or SDXL checkpoint with its key prefix."""
     if spec.sdxl:
         parts = ((UNET_PREFIX, unet_layers(spec)), (SDXL_CLIP_L_PREFIX, clip_layers(CLIP_L)),
-                 (SDXL_CLIP_G_PREFIX, open_clip_layers(CLIP_G)), (VAE_PREFIX, vae_layers()))
+                 (SDXL_CLIP_G_PREFIX, open_clip_layers(CLIP_G)), (VAE_PREFIX, kl_vae_layers()))
     else:
-        parts = ((UNET_PREFIX, unet_layers(spec)), (CLIP_PREFIX, clip_layers(CLIP_L)), (VAE_PREFIX, vae_layers()))
+        parts = ((UNET_PREFIX, unet_layers(spec)), (CLIP_PREFIX, clip_layers(CLIP_L)), (VAE_PREFIX, kl_vae_layers()))
     for prefix, layers in parts:
         for layer in layers:
             yield prefix, layer

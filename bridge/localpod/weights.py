@@ -1,7 +1,8 @@
 """Deterministic random-weight models and LoRAs for tests, benchmarks and the demo.
 
 SD1.x and SDXL checkpoints (``unet_layout``) and transformer diffusion models (``dit_layout``:
-Flux.1, Wan 2.1/2.2, Qwen-Image, Z-Image), each with LoRAs in the key layouts the trainers publish.
+Flux.1, Wan 2.1/2.2, Qwen-Image, Z-Image), each with LoRAs in the key layouts the trainers publish,
+and the VAEs and CLIP vision model their templates load (``vae_layout``, ``unet_layout``).
 
 No model can be downloaded here, so we make our own: numpy + safetensors only (no torch).
 Norm weights are 1 and biases 0, everything else N(0, 0.02): zeroed GroupNorm weights give
@@ -21,19 +22,21 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from .dit_layout import DitSpec, dit_layers
+from .layer import Layer
 from .unet_layout import (
     CLIP_G,
     CLIP_L,
     FULL_UNET,
     SDXL_UNET,
     TINY_UNET,
-    Layer,
     UNetLayer,
     UNetSpec,
     checkpoint_layers,
     clip_layers,
+    clip_vision_layers,
     unet_layers,
 )
+from .vae_layout import kl_vae_layers, wan21_vae_layers
 
 # UNet LoRA layouts: kohya's sd-scripts ("lora_unet_…" with diffusers module names on SD1.x, the
 # LDM/SGM names on SDXL; "lora_te_", or "lora_te1_"/"lora_te2_" on SDXL), kohya LoCon (the same
@@ -279,6 +282,29 @@ def cached_dit_lora(spec: DitLoraSpec) -> Path:
     return _cached(f"lora-{spec.model.family}-{spec.layout}-{digest}.safetensors",
                    lambda p: write_safetensors(p, dit_lora_tensors(spec),
                                                None if spec.layout == "comfyui" else dit_lora_metadata(spec)))
+
+
+# what the shipped templates load beside the diffusion models: Flux.1's and Z-Image's ``ae.safetensors``,
+# the Wan 2.1 VAE (Wan 2.1, Wan 2.2 A14B, Qwen-Image) and the CLIP vision model of Wan 2.1 I2V
+AUX_MODELS: dict[str, Callable[[], list[Layer]]] = {
+    "flux_vae": lambda: kl_vae_layers(z=16, quant_convs=False),
+    "wan21_vae": wan21_vae_layers,
+    "clip_vision_h": clip_vision_layers,
+}
+
+
+def cached_aux_model(name: str, seed: int = 0) -> Path:
+    """The file of ``AUX_MODELS[name]`` with random weights, generated once into the local cache folder."""
+    layers = AUX_MODELS[name]()
+    digest = hashlib.sha256(repr((layers, seed)).encode()).hexdigest()[:12]
+
+    def write(path: Path) -> Path:
+        rng, out = np.random.default_rng(seed), {}
+        for layer in layers:
+            _fill(out, rng, layer.name, layer, np.float16)
+        return write_safetensors(path, out, {"format": "pt"})
+
+    return _cached(f"{name}-{digest}.safetensors", write)
 
 
 def _cached(name: str, write: Callable[[Path], Path]) -> Path:

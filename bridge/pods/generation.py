@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from ..graphs.builder import build_graph
+from ..graphs.builder import KeyFrame, build_graph
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..lorafiles.inspect import inspect_source
 from ..lorafiles.sources import FetchPolicy
@@ -54,23 +54,27 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
                          apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,
                          on_built: Callable[[InsertionReport], None] | None = None,
-                         request_id: str | None = None) -> JobOutcome:
+                         request_id: str | None = None, key_frame: KeyFrame | None = None) -> JobOutcome:
     """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
 
     ``on_built`` sees what will be applied as soon as a pod's graph is built; ``request_id``
-    names the pod-side prefetches (so they can be cancelled).
+    names the pod-side prefetches (so they can be cancelled). A ``key_frame``'s LoRAs are routed
+    and prefetched with the job's own.
     """
     reports: dict[str, InsertionReport] = {}
+    frame_loras = key_frame.loras if key_frame is not None else []
 
     def build(pod: PodStatus, named: list[LoraRequest]) -> dict[str, Any]:
-        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=named,
-                            mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode)
+        own, frame = named[:len(loras)], named[len(loras):]
+        stage = KeyFrame(key_frame.template, key_frame.params, frame) if key_frame is not None else None
+        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=own,
+                            mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode, key_frame=stage)
         reports[pod.config.url] = built.report
         if on_built is not None:
             on_built(built.report)
         return built.graph
 
-    result, pod = await pool.run(build, loras, on_event, request_id=request_id)
+    result, pod = await pool.run(build, [*loras, *frame_loras], on_event, request_id=request_id)
     outcome = JobOutcome(result.prompt_id, pod.config.name, result.files, reports[pod.config.url])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

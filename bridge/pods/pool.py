@@ -3,15 +3,17 @@
 A pod is healthy while ``/system_stats`` and ``/queue`` answer; an unhealthy pod gets no new
 jobs until it answers again. A job goes to the healthy pod (matching its labels) that already
 holds most of the job's LoRAs, then with the fewest queued jobs; its LoRAs are prefetched there
-(``/lora_bridge/prefetch``) before the graph is submitted. A pod that dies before or during the
-job makes the job move to another pod (bounded attempts, each reported as an event); a job is
-never silently dropped. Pods without the node pack run in stock mode (LoraLoader, files
+(``/lora_bridge/prefetch``) before the graph is submitted. A pod that is down, or dies before or
+during the job, is retried after 2, 4 and 8 s (± jitter; each retry an event), on another pod
+where one is healthy, on the same one when it is back; after the last retry the job fails with
+the reason. A job is never silently dropped. Pods without the node pack run in stock mode (LoraLoader, files
 already on the pod); which mode a pod supports comes from its ``/object_info``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -74,11 +76,12 @@ GraphBuilder = Callable[[PodStatus, list[LoraRequest]], dict[str, Any]]  # a pod
 
 class PodPool:
     def __init__(self, pods: list[PodConfig], health_ttl: float = 3.0, facts_ttl: float = 60.0, reconnects: int = 3,
-                 backoff: float = 0.3) -> None:
+                 backoff: float = 0.3, retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0), jitter: float = 0.25) -> None:
         if not pods:
             raise PodError("configure at least one pod")
         self.status = {p.url: PodStatus(p) for p in pods}
         self.health_ttl, self.facts_ttl, self.reconnects, self.backoff = health_ttl, facts_ttl, reconnects, backoff
+        self.retry_delays, self.jitter = retry_delays, jitter
 
     def by_name(self, name: str | None) -> PodStatus | None:
         """The configured pod shown as ``name`` (job records name their pod), if any."""
@@ -204,12 +207,13 @@ class PodPool:
                 await client.post_json(ROUTE_PREFETCH_CANCEL, PrefetchCancel(request_id=request_id).model_dump())
 
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
-                  labels: frozenset[str] = frozenset(), attempts: int = 3,
-                  request_id: str | None = None) -> tuple[JobResult, PodStatus]:
-        """Run a job: choose a pod, prefetch, build its graph, submit, stream; move to another pod if
-        this one dies (``assigned`` and ``failover`` events). ``request_id`` names the prefetches."""
+                  labels: frozenset[str] = frozenset(), request_id: str | None = None) -> tuple[JobResult, PodStatus]:
+        """Run a job: choose a pod, prefetch, build its graph, submit, stream. A pod that is down or
+        dies is retried after each of ``retry_delays`` (``retry`` events; ``failover`` when a pod was
+        lost), preferring pods that have not failed this job. ``request_id`` names the prefetches."""
         failed: set[str] = set()
         shas = {lora.sha256 for lora in loras if lora.sha256}
+        reason = ""
 
         async def emit(type: str, data: dict[str, Any]) -> None:
             if on_event is not None:
@@ -217,9 +221,21 @@ class PodPool:
                 if asyncio.iscoroutine(maybe):
                     await maybe
 
-        for attempt in range(1, attempts + 1):
-            await self.refresh()
-            pod = self.choose(shas, labels, failed)
+        for attempt in range(1, len(self.retry_delays) + 2):
+            if attempt > 1:
+                delay = self.retry_delays[attempt - 2] * (1 + random.uniform(-self.jitter, self.jitter))
+                await emit("retry", {"retry": attempt - 1, "of": len(self.retry_delays), "delay_s": round(delay, 2),
+                                     "reason": reason})
+                await asyncio.sleep(delay)
+            await self.refresh(force=attempt > 1)
+            try:
+                try:
+                    pod = self.choose(shas, labels, failed)
+                except NoPodAvailable:
+                    pod = self.choose(shas, labels)  # only pods that failed this job: one that is back will do
+            except NoPodAvailable as exc:
+                reason = str(exc)
+                continue
             await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
             try:
                 named = await self.prefetch(pod, loras, request_id, on_event)
@@ -231,5 +247,6 @@ class PodPool:
             except PodUnavailable as exc:
                 pod.healthy, pod.error = False, str(exc)
                 failed.add(pod.config.url)
+                reason = f"{pod.config.name}: {exc}"
                 await emit("failover", {"pod": pod.config.name, "reason": str(exc), "attempt": attempt})
-        raise NoPodAvailable(f"job failed on {attempts} pod(s); last: {pod.error}")
+        raise NoPodAvailable(f"the job failed after {len(self.retry_delays)} retries; last: {reason}")

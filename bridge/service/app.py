@@ -43,6 +43,7 @@ from ..pack_protocol import (
 from ..pods.pool import PodPool, PodStatus
 from ..settings import Settings
 from . import schemas as s
+from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, matrix
 from .database import Database
 from .http_errors import answer, error_response
 from .job_states import is_terminal
@@ -348,6 +349,11 @@ async def list_pods(request: web.Request, inputs: Inputs) -> web.Response:
     return web.json_response({"pods": [p.summary() for p in await pool.refresh(force=True)]})
 
 
+async def compatibility(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response({"video_templates": VIDEO_TEMPLATES, "key_frame_templates": KEY_FRAME_TEMPLATES,
+                              "matrix": matrix()})
+
+
 async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -395,6 +401,8 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
        responses={101: "upgrade", 404: "unknown"}), generation_ws),
     (R("GET", "/v1/generations/{id}/outputs/{n}", "Output file n", path_params=s.OutputPath,
        responses={200: "file", 404: "unknown"}), generation_output),
+    (R("GET", "/v1/compatibility", "How a character reaches a video: video model x LoRA family -> direct, preprocess "
+       "(key frame + image-to-video) or not possible, with the templates used"), compatibility),
     (R("GET", "/v1/pods", "Pods: health, queue, mode, cache"), list_pods),
     (R("POST", "/v1/pods/{id}/cache/clear", "Clear a pod's memory and/or disk cache", path_params=s.PodPath,
        body=CacheClear, responses={200: "cleared", 404: "no such pod", 502: "the pod refused", 503: "pod unreachable"}),

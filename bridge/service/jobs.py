@@ -34,9 +34,11 @@ from ..errors import (
     PodError,
     PromptLost,
 )
+from ..graphs.builder import KeyFrame
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
+from ..graphs.key_frame import stage_of
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
-from ..graphs.templates import load_template
+from ..graphs.templates import Template, load_template
 from ..lorafiles.families import variant_name
 from ..lorafiles.sources import FetchPolicy
 from ..pack_protocol import describe_validation_error
@@ -45,6 +47,12 @@ from ..pods.generation import run_generation
 from ..pods.pool import PodPool, PrefetchFailed
 from ..settings import Settings
 from . import webhooks
+from .character_paths import (
+    KEY_FRAME_TEMPLATES,
+    VIDEO_TEMPLATES,
+    CharacterPath,
+    verdict,
+)
 from .database import Database
 from .job_states import JobState, is_terminal
 from .schemas import GenerationCreate
@@ -56,6 +64,20 @@ RUNNING_EVENTS = {"started", "executing", "progress", "cached", "output"}
 
 class OutputsNotSaved(LoraBridgeError):
     """The pod produced the outputs, but they could not be stored or uploaded."""
+
+
+def _carried(params: dict[str, Any], source: Template, target: Template) -> dict[str, Any]:
+    """The request's parameters that carry over to ``target`` (the image-to-video template): those
+    both templates have with the same default (prompt, seed, size, length, VAE…). A model the two
+    name differently (the text-to-video vs the image-to-video UNet) stays ``target``'s own."""
+    return {k: v for k, v in params.items()
+            if k in target.params and k in source.params and target.params[k].default == source.params[k].default}
+
+
+def _lora_request(rec: dict[str, Any], strength_model: float, strength_clip: float) -> LoraRequest:
+    """A registry entry as a LoRA to apply."""
+    return LoraRequest(f"lora-{rec['id']}", strength_model, strength_clip, source=rec["source"], sha256=rec["sha256"],
+                       family=rec["family"], trigger_words=(rec["trigger_word"],) if rec["trigger_word"] else ())
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +96,15 @@ class Plan:
     params: dict[str, Any]
     family: str | None
     warnings: list[str] = field(default_factory=list)
+    template: str | None = None  # the request's, or its image-to-video counterpart on the preprocess path
+    path: CharacterPath | None = None  # a character in a video: how it got there, and why
+    path_reason: str | None = None
+    key_frame: KeyFrame | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What the job record keeps of the plan from the start."""
+        path = {"path": self.path, "path_reason": self.path_reason} if self.path else {}
+        return {"warnings": self.warnings, **path}
 
 
 class Generations:
@@ -84,6 +115,7 @@ class Generations:
         self.changed: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
+        self.two_stage: set[str] = set()  # preprocess jobs: their events say which stage
         self.stopping = False
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
@@ -126,9 +158,25 @@ class Generations:
                     styles.append(rec["fallback_style"])
                 continue
             assert rec is not None
-            loras.append(LoraRequest(f"lora-{rec['id']}", sm, sc, source=rec["source"], sha256=rec["sha256"],
-                                     family=rec["family"], trigger_words=(rec["trigger_word"],) if rec["trigger_word"] else ()))
+            loras.append(_lora_request(rec, sm, sc))
         return loras, warnings, styles
+
+    def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
+                       video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None]:
+        """How the request's character gets into its video (``video``: the template's values): direct,
+        preprocess (with the key frame to draw, its prompt and seed the video's) or fallback, with the reason."""
+        rec = self.db.best_for_owner("character", str(request.character_id), family, variant)
+        if rec is None or rec["status"] != "ready" or not rec["source"]:
+            why = "has no LoRA" if rec is None else f"has no ready LoRA with a source ({rec['id']} is {rec['status']})"
+            return "fallback", f"character {request.character_id} {why}", None
+        v = verdict(family or "unknown", variant, rec["family"], rec["variant"])
+        if v.path is None:
+            return "fallback", f"LoRA {rec['id']} ({rec['name']}): {v.reason}", None
+        if v.path == "direct":
+            return "direct", v.reason, None
+        frame_params = {**{k: video[k] for k in ("prompt", "seed") if k in video}, **request.key_frame_params}
+        lora = _lora_request(rec, request.lora_strength, request.lora_strength)
+        return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora])
 
     def prepare(self, request: GenerationCreate) -> Plan:
         """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
@@ -144,12 +192,23 @@ class Generations:
         if template is not None:
             template.render(**params)  # parameter errors now, as 400s
             family, variant = family or template.family, variant or template.variant
-        loras, warnings, styles = self.resolve_loras(request, family, variant)
+        path, path_reason, key_frame, template_name = None, None, None, request.template
+        if template is not None and template.name in VIDEO_TEMPLATES and request.character_id is not None:
+            values = {name: params.get(name, p.default) for name, p in template.params.items()}
+            path, path_reason, key_frame = self.character_path(request, family, variant, values)
+        if template is not None and key_frame is not None:  # the character draws the key frame, image-to-video animates it
+            video, template_name = template, VIDEO_TEMPLATES[template.name]
+            template = load_template(template_name)
+            params = _carried(params, video, template)
+            load_template(key_frame.template).render(**key_frame.params)  # parameter errors now, as 400s
+            loras, warnings, styles = self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant)
+        else:
+            loras, warnings, styles = self.resolve_loras(request, family, variant)
         if styles and template is not None and "prompt" in template.params:
             prompt = params.get("prompt", template.params["prompt"].default)
             params["prompt"] = ", ".join([str(prompt), *styles])
             warnings.append(f"prompt-only fallback: appended {', '.join(styles)!r} to the prompt")
-        return Plan(request, loras, params, family, warnings)
+        return Plan(request, loras, params, family, warnings, template_name, path, path_reason, key_frame)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -157,8 +216,11 @@ class Generations:
         """Plan, store as ``queued`` and start a job; refusals raise before anything is stored."""
         plan = self.prepare(request)
         events = [("queued", {}), *(("warning", {"message": w}) for w in plan.warnings)]
-        job_id = self.db.add_job(request.model_dump(mode="json", exclude_defaults=True),
-                                 {"warnings": plan.warnings}, events)
+        if plan.path:
+            events.insert(1, ("path", {"path": plan.path, "reason": plan.path_reason}))
+        job_id = self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(), events)
+        if plan.key_frame is not None:
+            self.two_stage.add(job_id)
         self._spawn(job_id, self._run(job_id, plan))
         return job_id
 
@@ -173,6 +235,8 @@ class Generations:
                                                       f"({describe_validation_error(exc)})")
                 continue
             self.db.add_event(job["id"], "resumed", {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"]})
+            if job["result"].get("path") == "preprocess":
+                self.two_stage.add(job["id"])
             if job["prompt_id"] and job["pod"]:
                 self._spawn(job["id"], self._follow(job["id"], request))
             else:
@@ -241,6 +305,7 @@ class Generations:
         finally:
             self.tasks.pop(job_id, None)
             self.cancel_requested.discard(job_id)
+            self.two_stage.discard(job_id)
             self._signal(job_id)
         await self._notify(job_id)
 
@@ -258,10 +323,10 @@ class Generations:
 
         while True:
             try:
-                outcome = await run_generation(self.pool, loras, template=req.template, params=plan.params,
+                outcome = await run_generation(self.pool, loras, template=plan.template, params=plan.params,
                                                workflow=req.workflow, on_event=lambda e: self._on_pod_event(job_id, e),
                                                apply_mode=req.apply_mode, family=plan.family, on_built=built,
-                                               request_id=job_id)
+                                               request_id=job_id, key_frame=plan.key_frame)
                 break
             except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
                 if req.lora_policy == "strict":
@@ -346,6 +411,9 @@ class Generations:
         if event.type == "preview":
             return
         data = event.data
+        node = data.get("node")
+        if isinstance(node, str) and job_id in self.two_stage:
+            data = {**data, "stage": stage_of(node)}  # which of the two stages the node belongs to
         status = self.db.job_status(job_id)
         if event.type == "submitting":
             self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])

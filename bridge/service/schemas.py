@@ -124,6 +124,9 @@ class GenerationCreate(Closed):
 
     template: Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
     params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(default_factory=dict)
+    key_frame_params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(
+        default_factory=dict, description="a character in a video template with only an image LoRA: parameters of the "
+                                          "key frame's image template (its prompt and seed default to the video's)")
     workflow: dict[str, Any] | None = Field(None, description="API-format or graph-editor workflow JSON")
     family: Family | None = Field(None, description="the workflow's base family (templates declare theirs)")
     variant: Variant | None = Field(None, description="the workflow's model variant, where it has one (templates may declare theirs)")

@@ -1,0 +1,158 @@
+"""A character in a generated clip, through the bridge service and the real ComfyUI: the direct,
+pre-processing and fallback paths, and the compatibility matrix they follow.
+
+The video templates are the shipped Wan 2.1 ones, installed as a team's own versions
+(``LORA_BRIDGE_TEMPLATES_DIR``) with two changes: their default model names are the generated
+test files, and the UMT5-XXL encoder (5.7 B parameters, cannot be generated here) is swapped for
+the test conditioning node. The diffusion models, the Wan VAE, CLIP vision, the SD1.5 key-frame
+template and every LoRA patch are ComfyUI's real code.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfyui_lora_bridge.bridge.graphs.templates import WORKFLOWS_DIR
+from comfyui_lora_bridge.bridge.localpod.dit_layout import WAN21_I2V, WAN21_T2V
+from comfyui_lora_bridge.bridge.localpod.weights import (
+    DitLoraSpec,
+    cached_aux_model,
+    cached_dit_lora,
+    cached_dit_model,
+)
+from foreign_loras import write_foreign_lora
+from PIL import Image
+from service_harness import Service
+from support import CHECKPOINT
+
+pytestmark = pytest.mark.comfy
+MODELS = {  # pod file -> (models folder, generated file)
+    "cv-wan21-t2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_T2V)),
+    "cv-wan21-i2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_I2V)),
+    "cv-wan21-vae.safetensors": ("vae", lambda: cached_aux_model("wan21_vae")),
+    "cv-clip-vision-h.safetensors": ("clip_vision", lambda: cached_aux_model("clip_vision_h")),
+}
+DEFAULTS = {'"wan2.1_t2v_1.3B_fp16.safetensors"': '"cv-wan21-t2v.safetensors"',
+            '"wan2.1_i2v_480p_14B_fp16.safetensors"': '"cv-wan21-i2v.safetensors"',
+            '"wan_2.1_vae.safetensors"': '"cv-wan21-vae.safetensors"', '"clip_vision_h.safetensors"': '"cv-clip-vision-h.safetensors"'}
+VIDEO = {"width": 64, "height": 64, "length": 5, "steps": 2, "seed": 4, "prompt": "a portrait"}
+KEY_FRAME = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2}
+
+
+def team_template(name: str) -> str:
+    """A shipped Wan template as a team would install it here: test defaults, UMT5 swapped for the test node."""
+    source = (WORKFLOWS_DIR / f"{name}.json.j2").read_text()
+    for old, new in DEFAULTS.items():
+        source = source.replace(old, new)
+    source = re.sub(r'\n\s*"\d+": \{"class_type": "CLIPLoader".*\},?', "", source)
+    return re.sub(r'"class_type": "CLIPTextEncode", "inputs": \{"text": (\{\{ \w+ \}\}), "clip": \["\d+", 0\]\}',
+                  rf'"class_type": "TestTextConditioning", "inputs": {{"text": \1, "width": {WAN21_T2V.text_width}, '
+                  r'"tokens": 8, "pooled_width": 0}', source)
+
+
+@pytest.fixture(scope="module")
+def service(comfy, s3, tmp_path_factory):
+    for name, (folder, make) in MODELS.items():
+        path = comfy.models_dir(folder) / name
+        if not path.exists():
+            path.symlink_to(make())
+    templates = tmp_path_factory.mktemp("team-templates")
+    for name in ("wan21_t2v", "wan21_i2v"):
+        (templates / f"{name}.json.j2").write_text(team_template(name))
+        assert '"class_type": "CLIPLoader"' not in (templates / f"{name}.json.j2").read_text()
+    svc = Service([comfy.url], tmp_path_factory.mktemp("video-svc"), s3.endpoint,
+                  env={"LORA_BRIDGE_TEMPLATES_DIR": str(templates)}).start()
+    yield svc
+    svc.kill()
+
+
+def register(service, s3, owner: str, path: Path, name: str) -> dict:
+    key = f"video/{owner}/{path.name}"
+    s3.client.put_object(Bucket="loras", Key=key, Body=path.read_bytes())
+    status, lora = service.call("POST", "/v1/loras", {"name": name, "character_id": owner, "status": "ready",
+                                                      "source": f"s3://loras/{key}", "fallback_style": "red scarf"})
+    assert status == 201, lora
+    return lora
+
+
+def generate(service, **request) -> tuple[dict, list[bytes]]:
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "wan21_t2v", "params": VIDEO, **request})
+    assert status == 200 and rec["status"] == "succeeded", rec
+    files = []
+    for n in range(len(rec["outputs"])):
+        status, data = service.call("GET", f"/v1/generations/{rec['id']}/outputs/{n}")
+        assert status == 200
+        files.append(data)
+    return rec, files
+
+
+def frames_of(data: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]).astype(np.int16)
+
+
+def test_the_compatibility_matrix_is_served(service) -> None:
+    status, body = service.call("GET", "/v1/compatibility")
+    assert status == 200
+    rows = {(r["video_variant"], r["lora_family"], r["lora_variant"]): r for r in body["matrix"]}
+    assert rows["1.3B", "wan", "1.3B"]["path"] == "direct"
+    assert rows["14B", "wan", "1.3B"]["path"] == "not_possible" and "1.3B" in rows["14B", "wan", "1.3B"]["reason"]
+    assert rows["14B", "sdxl", None]["path"] == "preprocess" and rows["14B", "sdxl", None]["key_frame_template"] == "sdxl_txt2img"
+    assert rows["1.3B", "hunyuan_video", None]["path"] == "not_possible"
+    assert body["video_templates"]["wan21_t2v"] == "wan21_i2v"
+
+
+def test_direct_a_wan_lora_goes_into_the_video(service, s3) -> None:
+    lora = register(service, s3, "cv-direct", cached_dit_lora(DitLoraSpec(WAN21_T2V, "kohya")), "wan character")
+    rec, (video,) = generate(service, character_id="cv-direct")
+    assert rec["path"] == "direct" and "Wan 2.x 1.3B LoRA is inserted" in rec["path_reason"]
+    assert [a["name"] for a in rec["applied"]] == [f"lora-{lora['id']}"]
+    plain, (base,) = generate(service)
+    assert "path" not in plain
+    with_lora, without = frames_of(video), frames_of(base)
+    assert with_lora.shape == without.shape == (5, 64, 64, 3) and np.abs(with_lora - without).mean() > 0.5
+
+
+def test_preprocess_an_image_lora_draws_the_key_frame_of_the_clip(service, s3, weights) -> None:
+    register(service, s3, "cv-sd15-a", weights.loras["kohya"], "sd15 character a")
+    register(service, s3, "cv-sd15-b", weights.loras["kohya_b"], "sd15 character b")
+    outputs = {}
+    for owner in ("cv-sd15-a", "cv-sd15-b"):
+        rec, files = generate(service, character_id=owner, key_frame_params=KEY_FRAME)
+        assert rec["path"] == "preprocess" and "sd15_txt2img" in rec["path_reason"], rec
+        assert [a["source_node"].startswith("kf:") for a in rec["applied"]] == [True]
+        assert rec["trigger_words"] == (["ohwx"] if owner.endswith("a") else ["zwx"])
+        _, _, events = zip(*service.events(rec["id"]))
+        stages = {e.get("stage") for e in events if "node" in e}
+        assert {"key_frame", "video"} <= stages, stages  # both stages' progress in the stream
+        (png,) = [f for name, f in zip(rec["outputs"], files) if name.endswith(".png")]  # the key frame is kept
+        (mp4,) = [f for name, f in zip(rec["outputs"], files) if not name.endswith(".png")]
+        outputs[owner] = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16), frames_of(mp4))
+    (frame_a, clip_a), (frame_b, clip_b) = outputs.values()
+    assert frame_a.shape == (64, 64, 3) and clip_a.shape == (5, 64, 64, 3)
+    assert np.abs(frame_a - frame_b).mean() > 0.5  # another LoRA, another key frame
+    assert np.abs(clip_a - clip_b).mean() > 0.1  # ... and another clip: the frame is the clip's start image
+
+
+def test_fallback_without_a_usable_lora_and_strict_refuses(service, s3, tmp_path) -> None:
+    rec, (video,) = generate(service, character_id="cv-nobody")
+    assert rec["path"] == "fallback" and "has no LoRA" in rec["path_reason"] and rec["applied"] == []
+    assert any("not found" in w for w in rec["warnings"]), rec["warnings"]
+    assert frames_of(video).shape == (5, 64, 64, 3)
+    status, err = service.call("POST", "/v1/generations", {"template": "wan21_t2v", "params": VIDEO,
+                                                          "character_id": "cv-nobody", "lora_policy": "strict"})
+    assert status == 422 and "not found" in err["error"]["message"]
+    # a LoRA of a family with no key-frame template and no place in a Wan video: refused under strict
+    register(service, s3, "cv-hunyuan", write_foreign_lora(tmp_path / "hunyuan.safetensors", "hunyuan_video", "peft"), "hunyuan character")
+    status, err = service.call("POST", "/v1/generations", {"template": "wan21_t2v", "params": VIDEO,
+                                                          "character_id": "cv-hunyuan", "lora_policy": "strict"})
+    assert status == 422 and "HunyuanVideo" in err["error"]["message"], err
+    rec, _ = generate(service, character_id="cv-hunyuan")  # fallback: prompt only, with the character's style words
+    assert rec["path"] == "fallback" and "HunyuanVideo LoRAs have no key-frame template" in rec["path_reason"]
+    assert rec["applied"] == [] and any("'red scarf'" in w for w in rec["warnings"]), rec["warnings"]

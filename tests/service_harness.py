@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,15 @@ class Service:
         client = self.client if key == KEY else BridgeClient(self.url, key)
         resp = client.request(method, path, body, raw=raw, headers=headers, auth=key is not None)
         return resp.status, resp.data if resp.content_type == "application/json" else resp.body
+
+    def upload(self, fields: dict[str, str], files: dict[str, Path]) -> tuple[int, Any]:
+        """``POST /v1/loras/upload`` as a multipart form: text ``fields`` and ``files`` (part name -> file)."""
+        boundary = uuid.uuid4().hex
+        parts = [(f'name="{k}"'.encode(), v.encode()) for k, v in fields.items()]
+        parts += [(f'name="{k}"; filename="{path.name}"'.encode(), path.read_bytes()) for k, path in files.items()]
+        raw = b"".join(b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + h + b"\r\n\r\n" + v + b"\r\n"
+                       for h, v in parts) + b"--" + boundary.encode() + b"--\r\n"
+        return self.call("POST", "/v1/loras/upload", raw=raw, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def events(self, job_id: str, last: int = 0) -> list[tuple[int, str, dict]]:
         return [(e.id, e.event, e.data) for e in self.client.events(job_id, last)]

@@ -10,6 +10,7 @@ template and every LoRA patch are ComfyUI's real code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -17,12 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.graphs.templates import WORKFLOWS_DIR
-from comfyui_lora_bridge.bridge.localpod.dit_layout import WAN21_I2V, WAN21_T2V
+from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+    WAN21_I2V,
+    WAN21_T2V,
+    WAN22_EXPERT,
+)
 from comfyui_lora_bridge.bridge.localpod.weights import (
     DitLoraSpec,
+    LoraSpec,
     cached_aux_model,
     cached_dit_lora,
     cached_dit_model,
+    cached_lora,
 )
 from foreign_loras import write_foreign_lora
 from PIL import Image
@@ -34,11 +41,15 @@ MODELS = {  # pod file -> (models folder, generated file)
     "cv-wan21-t2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_T2V)),
     "cv-wan21-i2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_I2V)),
     "cv-wan21-vae.safetensors": ("vae", lambda: cached_aux_model("wan21_vae")),
+    "cv-wan22-high.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN22_EXPERT, 0)),
+    "cv-wan22-low.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN22_EXPERT, 1)),
     "cv-clip-vision-h.safetensors": ("clip_vision", lambda: cached_aux_model("clip_vision_h")),
 }
 DEFAULTS = {'"wan2.1_t2v_1.3B_fp16.safetensors"': '"cv-wan21-t2v.safetensors"',
             '"wan2.1_i2v_480p_14B_fp16.safetensors"': '"cv-wan21-i2v.safetensors"',
-            '"wan_2.1_vae.safetensors"': '"cv-wan21-vae.safetensors"', '"clip_vision_h.safetensors"': '"cv-clip-vision-h.safetensors"'}
+            '"wan_2.1_vae.safetensors"': '"cv-wan21-vae.safetensors"', '"clip_vision_h.safetensors"': '"cv-clip-vision-h.safetensors"',
+            '"wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"': '"cv-wan22-high.safetensors"',
+            '"wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"': '"cv-wan22-low.safetensors"'}
 VIDEO = {"width": 64, "height": 64, "length": 5, "steps": 2, "seed": 4, "prompt": "a portrait"}
 KEY_FRAME = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2}
 
@@ -61,7 +72,7 @@ def service(comfy, s3, tmp_path_factory):
         if not path.exists():
             path.symlink_to(make())
     templates = tmp_path_factory.mktemp("team-templates")
-    for name in ("wan21_t2v", "wan21_i2v"):
+    for name in ("wan21_t2v", "wan21_i2v", "wan22_t2v"):
         (templates / f"{name}.json.j2").write_text(team_template(name))
         assert '"class_type": "CLIPLoader"' not in (templates / f"{name}.json.j2").read_text()
     svc = Service([comfy.url], tmp_path_factory.mktemp("video-svc"), s3.endpoint,
@@ -70,17 +81,21 @@ def service(comfy, s3, tmp_path_factory):
     svc.kill()
 
 
-def register(service, s3, owner: str, path: Path, name: str) -> dict:
+def upload(s3, owner: str, path: Path) -> str:
     key = f"video/{owner}/{path.name}"
     s3.client.put_object(Bucket="loras", Key=key, Body=path.read_bytes())
+    return f"s3://loras/{key}"
+
+
+def register(service, s3, owner: str, path: Path, name: str, **fields) -> dict:
     status, lora = service.call("POST", "/v1/loras", {"name": name, "character_id": owner, "status": "ready",
-                                                      "source": f"s3://loras/{key}", "fallback_style": "red scarf"})
+                                                      "source": upload(s3, owner, path), "fallback_style": "red scarf", **fields})
     assert status == 201, lora
     return lora
 
 
-def generate(service, **request) -> tuple[dict, list[bytes]]:
-    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "wan21_t2v", "params": VIDEO, **request})
+def generate(service, template: str = "wan21_t2v", **request) -> tuple[dict, list[bytes]]:
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": template, "params": VIDEO, **request})
     assert status == 200 and rec["status"] == "succeeded", rec
     files = []
     for n in range(len(rec["outputs"])):
@@ -153,6 +168,49 @@ def test_fallback_without_a_usable_lora_and_strict_refuses(service, s3, tmp_path
     status, err = service.call("POST", "/v1/generations", {"template": "wan21_t2v", "params": VIDEO,
                                                           "character_id": "cv-hunyuan", "lora_policy": "strict"})
     assert status == 422 and "HunyuanVideo" in err["error"]["message"], err
+    # the key frame's LoRA left the bucket before any pod cached it: the video is made from the prompt alone
+    gone = cached_lora(LoraSpec(seed=31, output_name="gone"))
+    register(service, s3, "cv-gone", gone, "sd15 gone")
+    s3.client.delete_object(Bucket="loras", Key=f"video/cv-gone/{gone.name}")
+    rec, (video,) = generate(service, character_id="cv-gone", key_frame_params=KEY_FRAME)
+    assert rec["path"] == "fallback" and "the key frame is not drawn" in rec["path_reason"] and rec["applied"] == []
+    assert [e["path"] for _, kind, e in service.events(rec["id"]) if kind == "path"] == ["preprocess", "fallback"]
     rec, _ = generate(service, character_id="cv-hunyuan")  # fallback: prompt only, with the character's style words
     assert rec["path"] == "fallback" and "HunyuanVideo LoRAs have no key-frame template" in rec["path_reason"]
     assert rec["applied"] == [] and any("'red scarf'" in w for w in rec["warnings"]), rec["warnings"]
+
+
+def test_direct_a_wan22_pair_puts_each_file_on_its_expert(service, s3) -> None:
+    high, low = (cached_dit_lora(DitLoraSpec(WAN22_EXPERT, "kohya", seed=10 + i)) for i in range(2))
+    status, err = service.call("POST", "/v1/loras", {"name": "half", "source": upload(s3, "cv-pair", high),
+                                                     "low_noise_source": "s3://loras/video/cv-pair/missing.safetensors"})
+    assert status in (400, 422) and "missing.safetensors" in err["error"]["message"]  # a pair needs both files
+    status, err = service.call("POST", "/v1/loras", {"name": "mixed", "source": upload(s3, "cv-pair", high),
+                                                     "low_noise_source": upload(s3, "cv-pair", cached_dit_lora(DitLoraSpec(WAN21_T2V, "kohya")))})
+    assert status == 422 and "high-noise 14B, low-noise 1.3B" in err["error"]["message"]
+    pair = register(service, s3, "cv-pair", high, "wan22 pair", low_noise_source=upload(s3, "cv-pair", low))
+    assert pair["family"] == "wan" and pair["variant"] == "14B" and pair["low_noise_source"].endswith(low.name)
+    status, uploaded = service.upload({"name": "uploaded pair"}, {"file": high, "low_noise_file": low})  # both files in one form
+    assert status == 201 and uploaded["low_noise_sha256"] == hashlib.sha256(low.read_bytes()).hexdigest(), uploaded
+    status, err = service.upload({"name": "bad pair"}, {"file": high, "low_noise_file": cached_dit_lora(DitLoraSpec(WAN21_T2V, "kohya"))})
+    assert status == 422 and "high-noise 14B, low-noise 1.3B" in err["error"]["message"]
+    video = {**VIDEO, "steps": 2, "switch_step": 1}
+    runs = {}
+    for label, extra in {"none": {}, "pair": {"character_id": "cv-pair"},
+                         "high only": {"character_id": "cv-pair", "expert_strengths": {"low_noise": 0.0}}}.items():
+        rec, (clip,) = generate(service, "wan22_t2v", **{"params": video, **extra})
+        runs[label] = frames_of(clip)
+        if extra:
+            assert rec["path"] == "direct" and sorted(a["source_node"] for a in rec["applied"]) == ["75", "76"], rec
+    for a, b in (("pair", "none"), ("high only", "none"), ("pair", "high only")):  # each expert's file and strength act
+        assert np.abs(runs[a] - runs[b]).mean() > 0.1, (a, b)
+    # a pair whose low-noise file left the bucket before any pod cached it: dropped as one (fallback), or the
+    # job fails naming it (strict)
+    high2, low2 = (cached_dit_lora(DitLoraSpec(WAN22_EXPERT, "kohya", seed=20 + i)) for i in range(2))
+    register(service, s3, "cv-pair-2", high2, "wan22 pair 2", low_noise_source=upload(s3, "cv-pair-2", low2))
+    s3.client.delete_object(Bucket="loras", Key=f"video/cv-pair-2/{low2.name}")
+    rec, _ = generate(service, "wan22_t2v", params=video, character_id="cv-pair-2")
+    assert rec["applied"] == [] and any("could not be fetched" in w for w in rec["warnings"]), rec["warnings"]
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "wan22_t2v", "params": video,
+                                                                    "character_id": "cv-pair-2", "lora_policy": "strict"})
+    assert status == 200 and rec["status"] == "failed" and "could not be fetched" in rec["reason"], rec

@@ -124,7 +124,8 @@ def test_a_lora_of_another_variant_is_dropped_or_refused_naming_both(db: Databas
         gens.prepare(request.model_copy(update={"lora_policy": "strict"}))
     big = add({"name": "wan big", "owner_kind": "character", "owner_id": "w", "status": "ready", "family": "wan",
                "variant": "14B", "source": "s3://b/w14.safetensors", "version": 1})
-    assert [lora.name for lora in gens.prepare(request).loras] == [f"lora-{big['id']}"]  # the owner's LoRA that fits
+    chosen = gens.prepare(request).loras  # the owner's LoRA that fits, on both experts of Wan 2.2 A14B
+    assert [(lora.name, lora.source_nodes) for lora in chosen] == [(f"lora-{big['id']}", ("75",)), (f"lora-{big['id']}", ("76",))]
     assert [lora.name for lora in gens.prepare(GenerationCreate(template="wan21_t2v", character_id="w")).loras] == \
         [f"lora-{small['id']}"]  # no variant declared: the newest version, as before
 
@@ -161,14 +162,18 @@ def test_routing_prefers_the_pod_holding_the_loras_then_the_shortest_queue() -> 
     pods = list(pool.status.values())
     for pod, queue, cached in zip(pods, (0, 5, 1, 0), ({"a"}, {"a", "b"}, set(), set())):
         pod.healthy, pod.queue, pod.cached = True, queue, cached
-    assert pool.choose({"a", "b"}) is pods[1]  # holds both LoRAs: worth its queue
-    assert pool.choose({"a"}) is pods[0]  # both hold "a": shorter queue
-    assert pool.choose(set()) is pods[0]  # equal: configuration order
-    assert pool.choose(set(), frozenset({"gpu"})) is pods[3]
+    assert pool.choose([{"a"}, {"b"}]) is pods[1]  # holds both LoRAs: worth its queue
+    assert pool.choose([{"a"}]) is pods[0]  # both hold "a": shorter queue
+    assert pool.choose([]) is pods[0]  # equal: configuration order
+    assert pool.choose([], frozenset({"gpu"})) is pods[3]
+    # a Wan 2.2 pair (files h and l) is one unit: half of it cached counts for nothing
+    for pod, queue, cached in zip(pods, (0, 3, 5), ({"h"}, {"h", "l"}, {"a", "b"})):
+        pod.queue, pod.cached = queue, cached
+    assert pool.choose([{"h", "l"}]) is pods[1] and pool.choose([{"h", "l"}, {"a"}, {"b"}]) is pods[2]
     pods[0].healthy, pods[0].error = False, "connection refused"
-    assert pool.choose({"a"}) is pods[1]
+    assert pool.choose([{"h"}]) is pods[1]
     with pytest.raises(NoPodAvailable, match="connection refused"):
-        pool.choose(set(), frozenset({"gpu"}), exclude={"http://gpu"})
+        pool.choose([], frozenset({"gpu"}), exclude={"http://gpu"})
 
 
 def test_the_error_table() -> None:
@@ -228,10 +233,29 @@ def test_a_character_in_a_video_takes_the_path_its_loras_allow(db: Database, tmp
     add({"name": "hero wan", "owner_kind": "character", "owner_id": "hero", "status": "ready", "family": "wan",
          "variant": "14B", "source": "s3://b/hero-wan.safetensors"})
     plan = gens.prepare(request)
-    assert plan.path == "direct" and plan.template == "wan22_t2v" and plan.key_frame is None and len(plan.loras) == 1
+    assert plan.path == "direct" and plan.template == "wan22_t2v" and plan.key_frame is None and len(plan.loras) == 2  # both experts
     plan = gens.prepare(GenerationCreate(template="wan22_t2v", character_id="nobody"))
     assert plan.path == "fallback" and "has no LoRA" in plan.path_reason and plan.loras == []
     assert gens.prepare(GenerationCreate(template="sdxl_txt2img", character_id="hero")).path is None  # an image: no path
+
+
+def test_a_wan22_pair_puts_each_file_on_its_expert(db: Database, tmp_path: Path) -> None:
+    add = db.add_lora
+    pair = add({"name": "hero pair", "owner_kind": "character", "owner_id": "duo", "status": "ready", "family": "wan",
+                "variant": "14B", "source": "s3://b/high.safetensors", "sha256": "a" * 64,
+                "low_noise_source": "s3://b/low.safetensors", "low_noise_sha256": "b" * 64})
+    gens = _gens(db, tmp_path)
+    placed = gens.prepare(GenerationCreate(template="wan22_t2v", character_id="duo", lora_strength=0.9,
+                                           expert_strengths={"low_noise": 0.4})).loras
+    assert [(lora.source, lora.sha256, lora.source_nodes, lora.strength_model) for lora in placed] == [
+        ("s3://b/high.safetensors", "a" * 64, ("75",), 0.9), ("s3://b/low.safetensors", "b" * 64, ("76",), 0.4)]
+    assert {lora.name for lora in placed} == {f"lora-{pair['id']}"}  # one unit: dropped or routed together
+    request = GenerationCreate(template="wan21_t2v", character_id="duo")  # a graph whose experts nobody named
+    with pytest.raises(GenerationRefused, match="is a Wan 2.2 expert pair; the graph does not say which model is which expert"):
+        gens.prepare(request.model_copy(update={"lora_policy": "strict"}))
+    single = add({"name": "one file", "family": "wan", "variant": "14B", "status": "ready", "source": "s3://b/one.safetensors"})
+    placed = gens.prepare(GenerationCreate(template="wan22_i2v", loras=[{"lora_id": single["id"]}], experts=["high_noise"])).loras
+    assert [lora.source_nodes for lora in placed] == [("75",)]  # a single file on the expert the caller names
 
 
 def test_settings_are_trimmed_and_contradictions_refused(tmp_path: Path) -> None:

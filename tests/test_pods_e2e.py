@@ -198,7 +198,7 @@ def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, 
                 await asyncio.sleep(0.05)
     asyncio.run(idle(comfy.url))
     asyncio.run(pool.refresh(force=True))
-    assert pool.choose(set()).config.url == comfy.url and pool.choose({sha}).config.url == second_pod.url
+    assert pool.choose([]).config.url == comfy.url and pool.choose([{sha}]).config.url == second_pod.url
     lora = describe_lora(url, 1.0, 1.0, sha256=sha, policy=LOOPBACK)
     assert lora.family == "sd15" and lora.trigger_words == ("zwx",)
     params = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 3, "seed": 45}

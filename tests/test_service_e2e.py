@@ -199,15 +199,8 @@ async def _json_messages(ws):
 
 
 def test_upload_registers_and_generates(service, weights) -> None:
-    import uuid
-
-    boundary = uuid.uuid4().hex
-    data = Path(weights.loras["kohya_b"]).read_bytes()
-    parts = [(b'name="name"', b"brand xyz style"), (b'name="brand_id"', b"xyz"), (b'name="status"', b"ready"),
-             (b'name="file"; filename="xyz.safetensors"', data)]
-    raw = b"".join(b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + h + b"\r\n\r\n" + v + b"\r\n" for h, v in parts)
-    raw += b"--" + boundary.encode() + b"--\r\n"
-    status, lora = service.call("POST", "/v1/loras/upload", raw=raw, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, lora = service.upload({"name": "brand xyz style", "brand_id": "xyz", "status": "ready"},
+                                  {"file": Path(weights.loras["kohya_b"])})
     assert status == 201, lora
     assert lora["source"].startswith("s3://loras/") and lora["family"] == "sd15" and lora["trigger_word"] == "zwx"
     status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS, "brand_id": "xyz"})

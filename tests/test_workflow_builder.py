@@ -349,3 +349,13 @@ def test_the_compatibility_matrix_picks_a_path_per_family() -> None:
     assert refused.path is None and "Wan 2.x 1.3B" in refused.reason and "Wan 2.x 14B" in refused.reason
     assert verdict("wan", "14B", "lumina2", None).path == "preprocess" and "z_image_txt2img" in verdict("wan", "14B", "lumina2", None).reason
     assert verdict("wan", "1.3B", "sd3", None).path is None
+
+
+@pytest.mark.parametrize("name", ["wan22_t2v", "wan22_i2v"])
+def test_two_expert_templates_name_their_experts_loaders(name: str) -> None:
+    tpl = load_template(name)
+    graph = tpl.render(high_noise="h.safetensors", low_noise="l.safetensors")
+    assert tpl.experts is not None and {expert: graph[node]["inputs"]["unet_name"] for expert, node in tpl.experts.items()} == {
+        "high_noise": "h.safetensors", "low_noise": "l.safetensors"}
+    _, report = insert_loras(graph, [LoraRequest("low.safetensors", source_nodes=(tpl.experts["low_noise"],))])
+    assert [a["source_node"] for a in report.applied] == [tpl.experts["low_noise"]]

@@ -54,6 +54,7 @@ class LoraRequest:
     text_encoder: bool = True  # has text-encoder weights
     trigger_words: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None  # model-source node ids or loader file names (substrings)
+    source_nodes: tuple[str, ...] | None = None  # exactly these model-source nodes (a template's experts)
 
 
 @dataclass
@@ -158,6 +159,8 @@ def find_model_sources(graph: Graph, object_info: ObjectInfo | None = None) -> l
 
 
 def _targets(lora: LoraRequest, src: _Source) -> bool:
+    if lora.source_nodes is not None:
+        return src.node_id in lora.source_nodes
     if lora.targets:
         return any(t == src.node_id or (t and t in src.file) for t in lora.targets)
     return True

@@ -81,6 +81,7 @@ class Template:
     params: dict[str, Param]
     source: str
     variant: str | None = None  # the model size a LoRA cannot cross, where the template fixes it (Wan 2.2 A14B: "14B")
+    experts: dict[str, str] | None = None  # two-expert models (Wan 2.2 A14B): expert -> its loader's node id
 
     def render(self, **values: Any) -> dict[str, Any]:
         """Render the API-format graph with ``values`` (validated; defaults fill the rest)."""
@@ -114,7 +115,8 @@ def load_template(name: str) -> Template:
                    tuple(spec["choices"]) if "choices" in spec else None, spec.get("multiple_of"))
         for key, spec in header.get("params", {}).items()
     }
-    return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source, header.get("variant"))
+    return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source, header.get("variant"),
+                    header.get("experts"))
 
 
 def _template_dirs() -> list[Path]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Collection, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -128,15 +129,16 @@ class PodPool:
         await asyncio.gather(*(self._check(p) for p in stale))
         return list(self.status.values())
 
-    def choose(self, shas: set[str], labels: set[str] | frozenset[str] = frozenset(), exclude: set[str] = frozenset()) -> PodStatus:
-        """The healthy pod with the requested labels that holds most of ``shas``, then the shortest
-        queue, then the first configured."""
+    def choose(self, units: Collection[Set[str]], labels: Set[str] = frozenset(), exclude: Set[str] = frozenset()) -> PodStatus:
+        """The healthy pod with the requested labels that holds most of the job's LoRAs, then the
+        shortest queue, then the first configured. A LoRA is a unit of files (its SHA-256s; a Wan
+        2.2 pair has two) and counts only where all of them are cached."""
         candidates = [p for p in self.status.values() if p.healthy and p.config.url not in exclude and labels <= p.config.labels]
         if not candidates:
             reasons = "; ".join(f"{p.config.name}: {p.error or 'excluded or lacks labels'}" for p in self.status.values())
             raise NoPodAvailable(f"no healthy pod can take the job ({reasons})")
         order = list(self.status)
-        return min(candidates, key=lambda p: (-len(shas & p.cached), p.queue, order.index(p.config.url)))
+        return min(candidates, key=lambda p: (-sum(unit <= p.cached for unit in units), p.queue, order.index(p.config.url)))
 
     async def prefetch(self, pod: PodStatus, loras: list[LoraRequest], request_id: str | None = None,
                        on_event: EventCallback | None = None) -> list[LoraRequest]:
@@ -212,7 +214,11 @@ class PodPool:
         dies is retried after each of ``retry_delays`` (``retry`` events; ``failover`` when a pod was
         lost), preferring pods that have not failed this job. ``request_id`` names the prefetches."""
         failed: set[str] = set()
-        shas = {lora.sha256 for lora in loras if lora.sha256}
+        files: dict[str, set[str]] = {}  # a LoRA's files by its name: a Wan 2.2 pair routes as one unit
+        for lora in loras:
+            if lora.sha256:
+                files.setdefault(lora.name, set()).add(lora.sha256)
+        units = list(files.values())
         reason = ""
 
         async def emit(type: str, data: dict[str, Any]) -> None:
@@ -230,9 +236,9 @@ class PodPool:
             await self.refresh(force=attempt > 1)
             try:
                 try:
-                    pod = self.choose(shas, labels, failed)
+                    pod = self.choose(units, labels, failed)
                 except NoPodAvailable:
-                    pod = self.choose(shas, labels)  # only pods that failed this job: one that is back will do
+                    pod = self.choose(units, labels)  # only pods that failed this job: one that is back will do
             except NoPodAvailable as exc:
                 reason = str(exc)
                 continue

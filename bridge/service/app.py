@@ -23,8 +23,9 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from ..errors import NotFound, RequestInvalid
-from ..lorafiles.inspect import inspect_source
+from ..errors import GenerationRefused, NotFound, RequestInvalid
+from ..lorafiles.families import variant_name
+from ..lorafiles.inspect import LoraInfo, inspect_source
 from ..lorafiles.sources import (
     FetchPolicy,
     carries_credentials,
@@ -48,7 +49,7 @@ from .database import Database
 from .http_errors import answer, error_response
 from .job_states import is_terminal
 from .jobs import Generations, job_view
-from .uploads import LoraUploads
+from .uploads import LoraUploads, StagedUpload
 
 log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
@@ -126,9 +127,9 @@ def _gens(request: web.Request) -> Generations:
 
 
 def lora_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A registry record as the API shows it: a source URL without its query string (credentials)."""
-    source = record.get("source")
-    return {**record, "source": redact_url(source)} if source and carries_credentials(source) else record
+    """A registry record as the API shows it: source URLs without their query string (credentials)."""
+    return {**record, **{key: redact_url(record[key]) for key in ("source", "low_noise_source")
+                         if record.get(key) and carries_credentials(record[key])}}
 
 
 async def _check_source(request: web.Request, source: str) -> None:
@@ -137,15 +138,38 @@ async def _check_source(request: web.Request, source: str) -> None:
     await asyncio.get_running_loop().run_in_executor(None, lambda: check_source(parse_source(source), policy))
 
 
+async def _inspect(request: web.Request, source: str) -> LoraInfo:
+    policy: FetchPolicy = request.app[POLICY]
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
+
+
+def check_pair(infos: dict[str, LoraInfo]) -> None:
+    """A Wan 2.2 expert pair (expert -> its file's header): both Wan 2.x of one size, else refused naming which."""
+    for expert, info in infos.items():
+        if info.family != "wan":
+            raise GenerationRefused(f"a Wan 2.2 pair's {expert} file is {variant_name(info.family, info.variant)}, not Wan 2.x")
+    high, low = infos.values()
+    if high.variant != low.variant:
+        raise GenerationRefused(f"the pair's files are of two sizes: high-noise {high.variant}, low-noise {low.variant}")
+
+
+async def _check_pair(request: web.Request, fields: dict[str, Any]) -> None:
+    """A pair registered by source: the low-noise file allowed too, both headers inspected."""
+    await _check_source(request, fields["low_noise_source"])
+    check_pair({"high-noise": await _inspect(request, fields["source"]),
+                "low-noise": await _inspect(request, fields["low_noise_source"])})
+
+
 async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
     body: s.LoraCreate = inputs.body
     fields = body.registry_fields()
     source = fields.get("source")
     if source:
         await _check_source(request, source)
+    if fields.get("low_noise_source"):
+        await _check_pair(request, fields)
     if source and not fields.get("family"):  # fill family, rank, trigger word from the header (ranged reads)
-        policy: FetchPolicy = request.app[POLICY]
-        info = await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
+        info = await _inspect(request, source)
         fields.setdefault("family", info.family)
         fields.setdefault("variant", info.variant)
         fields.setdefault("rank", info.rank)
@@ -173,6 +197,8 @@ async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
     request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
     if fields.get("source"):
         await _check_source(request, fields["source"])
+    if fields.get("low_noise_source"):
+        await _check_pair(request, fields)
     return web.json_response(lora_view(request.app[DB].update_lora(inputs.path.id, fields)))
 
 
@@ -181,38 +207,46 @@ async def delete_lora(request: web.Request, inputs: Inputs) -> web.Response:
     return web.Response(status=204)
 
 
+UPLOAD_PARTS = ("file", "low_noise_file")  # a single LoRA, or a Wan 2.2 pair's high- and low-noise files
+
+
 async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    """Multipart ``file`` + ``UploadFields``: staged, checked whole, then kept and registered."""
+    """Multipart ``file`` (+ ``low_noise_file`` for a Wan 2.2 pair) + ``UploadFields``: staged, checked
+    whole, then kept and registered."""
     if not request.content_type.startswith("multipart/"):
         raise RequestInvalid("body: send multipart/form-data with a 'file' part (a .safetensors LoRA)")
     uploads: LoraUploads = request.app[UPLOADS]
     texts: dict[str, str] = {}
-    staged = None
+    staged: dict[str, StagedUpload] = {}
     try:
         try:
             async for part in await request.multipart():
                 if not isinstance(part, BodyPartReader):
                     raise RequestInvalid("body: nested multipart parts are not accepted")
-                if part.name == "file" and staged is None:
-                    staged = await uploads.stage(part)
-                elif part.name and part.name != "file" and part.name not in texts:
+                if part.name in UPLOAD_PARTS and part.name not in staged:
+                    staged[part.name] = await uploads.stage(part)
+                elif part.name and part.name not in UPLOAD_PARTS and part.name not in texts:
                     texts[part.name] = (await part.text()).strip()
                 else:
                     raise RequestInvalid(f"body: unexpected or repeated form part {part.name!r}")
         except (ValueError, RuntimeError, HttpProcessingError) as exc:  # what aiohttp raises for a malformed body
             raise RequestInvalid(f"body: malformed multipart/form-data ({exc})") from None
-        if staged is None:
+        if "file" not in staged:
             raise RequestInvalid("body: multipart field 'file' is required")
-        lora = _validate(s.UploadFields, {k: v for k, v in texts.items() if v}, "form").lora(staged.filename)
-        source = await uploads.commit(staged)
+        lora = _validate(s.UploadFields, {k: v for k, v in texts.items() if v}, "form").lora(staged["file"].filename)
+        if "low_noise_file" in staged:
+            check_pair({"high-noise": staged["file"].info, "low-noise": staged["low_noise_file"].info})
+        sources = {name: await uploads.commit(upload) for name, upload in staged.items()}
     except BaseException:
-        if staged is not None:
-            uploads.discard(staged)
+        for upload in staged.values():
+            uploads.discard(upload)
         raise
-    info = staged.info
-    record = {**lora.registry_fields(), "source": source, "sha256": info.sha256, "size": info.size, "rank": info.rank,
+    info = staged["file"].info
+    pair = {"low_noise_source": sources["low_noise_file"], "low_noise_sha256": staged["low_noise_file"].info.sha256} \
+        if "low_noise_file" in staged else {}
+    record = {**lora.registry_fields(), "source": sources["file"], "sha256": info.sha256, "size": info.size, "rank": info.rank,
               "family": lora.family or info.family, "variant": info.variant if lora.family in (None, info.family) else None,
-              "metadata": info.metadata,
+              "metadata": info.metadata, **pair,
               "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)}
     return web.json_response(lora_view(request.app[DB].add_lora(record)), status=201)
 

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, request TEXT,
 CREATE TABLE IF NOT EXISTS events (job_id TEXT, seq INTEGER, type TEXT, data TEXT, at REAL, PRIMARY KEY (job_id, seq));
 """
 # registry columns added since the first schema: (name, SQL type), appended to older databases on open
-_ADDED_LORA_COLUMNS = (("variant", "TEXT"),)
+# (a Wan 2.2 expert pair keeps its high-noise file in ``source``, its low-noise file in ``low_noise_source``)
+_ADDED_LORA_COLUMNS = (("variant", "TEXT"), ("low_noise_source", "TEXT"), ("low_noise_sha256", "TEXT"))
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
                "source", "sha256", "size", "rank", "metadata", *(name for name, _ in _ADDED_LORA_COLUMNS))
 _LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable
 
@@ -120,25 +120,27 @@ class Generations:
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
 
-    def resolve_loras(self, request: GenerationCreate, family: str | None,
-                      variant: str | None = None) -> tuple[list[LoraRequest], list[str], list[str]]:
-        """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped."""
+    def resolve_loras(self, request: GenerationCreate, family: str | None, variant: str | None = None,
+                      experts: dict[str, str] | None = None) -> tuple[list[LoraRequest], list[str], list[str]]:
+        """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped.
+        ``experts`` (a two-expert template's expert -> loader node) places each LoRA on its experts."""
         strict = request.lora_policy == "strict"
-        wanted: list[tuple[dict[str, Any] | None, str, float, float]] = []
+        wanted: list[tuple[dict[str, Any] | None, str, float, float, dict[str, float]]] = []
         for ref in request.lora_refs:
             try:
                 rec = self.db.get_lora(ref.lora_id)
             except NotFound:
                 rec = None
             clip = ref.strength_model if ref.strength_clip is None else ref.strength_clip
-            wanted.append((rec, ref.lora_id, ref.strength_model, clip))
+            wanted.append((rec, ref.lora_id, ref.strength_model, clip, {}))
         for kind in ("character", "brand"):
             owner = getattr(request, f"{kind}_id")
             if owner is not None:
                 rec = self.db.best_for_owner(kind, str(owner), family, variant)  # another family's is refused below, named
-                wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength))
+                wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength,
+                               dict(request.expert_strengths or {})))
         loras, warnings, styles = [], [], []
-        for rec, label, sm, sc in wanted:
+        for rec, label, sm, sc, per_expert in wanted:
             reason = None
             if rec is None:
                 reason = f"LoRA {label} not found" + (f" for base model {family}" if family else "")
@@ -150,6 +152,9 @@ class Generations:
                           f"the model is {variant_name(family or rec['family'], variant)}")
             elif not rec["source"]:
                 reason = f"LoRA {rec['id']} ({rec['name']}) has no source"
+            elif rec["low_noise_source"] and not experts:
+                reason = (f"LoRA {rec['id']} ({rec['name']}) is a Wan 2.2 expert pair; the graph does not say which "
+                          f"model is which expert (use a wan22 template)")
             if reason:
                 if strict:
                     raise GenerationRefused(reason)
@@ -158,7 +163,15 @@ class Generations:
                     styles.append(rec["fallback_style"])
                 continue
             assert rec is not None
-            loras.append(_lora_request(rec, sm, sc))
+            if not experts:
+                loras.append(_lora_request(rec, sm, sc))
+                continue
+            pair = bool(rec["low_noise_source"])  # each file on its own expert; a single file on those named (default all)
+            for expert in experts if pair else (request.experts or list(experts)):
+                lora = _lora_request(rec, per_expert.get(expert, sm), sc)
+                if pair and expert == "low_noise":
+                    lora = replace(lora, source=rec["low_noise_source"], sha256=rec["low_noise_sha256"])
+                loras.append(replace(lora, source_nodes=(experts[expert],)))
         return loras, warnings, styles
 
     def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
@@ -201,9 +214,10 @@ class Generations:
             template = load_template(template_name)
             params = _carried(params, video, template)
             load_template(key_frame.template).render(**key_frame.params)  # parameter errors now, as 400s
-            loras, warnings, styles = self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant)
+            loras, warnings, styles = self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
+                                                         template.experts)
         else:
-            loras, warnings, styles = self.resolve_loras(request, family, variant)
+            loras, warnings, styles = self.resolve_loras(request, family, variant, template.experts if template else None)
         if styles and template is not None and "prompt" in template.params:
             prompt = params.get("prompt", template.params["prompt"].default)
             params["prompt"] = ", ".join([str(prompt), *styles])
@@ -331,11 +345,34 @@ class Generations:
             except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
                 if req.lora_policy == "strict":
                     raise
-                loras = [lora for lora in loras if lora is not exc.lora]
+                if plan.key_frame is not None and any(lora.name == exc.lora.name for lora in plan.key_frame.loras):
+                    plan = self._without_key_frame(job_id, plan, str(exc))  # the character's only LoRA: prompt only
+                    loras = list(plan.loras)
+                    continue
+                loras = [lora for lora in loras if lora.name != exc.lora.name]  # a pair's two files go together
                 plan.warnings.append(f"{exc}; generating without it")
                 self.db.patch_job(job_id, {"warnings": plan.warnings}, "warning", {"message": plan.warnings[-1]})
                 self._signal(job_id)
         await self._complete(job_id, outcome.files)
+
+    def _without_key_frame(self, job_id: str, plan: Plan, reason: str) -> Plan:
+        """The preprocess path fell through (its key-frame LoRA could not be fetched): the video
+        template, prompt only, as the fallback path; recorded on the job."""
+        fallback = self.prepare(plan.request.model_copy(update={"character_id": None}))
+        fallback.request, fallback.path, fallback.path_reason = plan.request, "fallback", f"{reason}; the key frame is not drawn"
+        fallback.warnings = plan.warnings + [f"{reason}; generating the video from the prompt only"]
+        assert plan.key_frame is not None and fallback.template is not None
+        try:
+            style = self.db.get_lora(plan.key_frame.loras[0].name.removeprefix("lora-")).get("fallback_style")
+        except NotFound:  # deleted meanwhile
+            style = None
+        template = load_template(fallback.template)
+        if style and "prompt" in template.params:
+            fallback.params["prompt"] = f"{fallback.params.get('prompt', template.params['prompt'].default)}, {style}"
+        self.two_stage.discard(job_id)
+        self.db.patch_job(job_id, {**fallback.record()}, "path", {"path": "fallback", "reason": fallback.path_reason})
+        self._signal(job_id)
+        return fallback
 
     async def _follow(self, job_id: str, request: GenerationCreate) -> None:
         """Re-attach to a prompt on its pod; one the pod does not know runs again."""

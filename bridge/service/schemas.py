@@ -30,6 +30,7 @@ Text = Annotated[StrictStr, Field(max_length=1000)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Family = Literal[tuple(FAMILY_NAMES)]  # type: ignore[valid-type]
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
+Expert = Literal["high_noise", "low_noise"]
 LoraStatus = Literal[LORA_STATUSES]  # type: ignore[valid-type]
 JsonScalar = StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False, strict=True)] | None
 Metadata = dict[Annotated[str, Field(max_length=256)], Annotated[StrictStr, Field(max_length=65536)] | JsonScalar]
@@ -55,8 +56,11 @@ class _LoraFields(Closed):
                                                       "Flux.1 / Flux.2); inspected with the family")
     trigger_word: Text | None = None
     fallback_style: Text | None = Field(None, description="style words appended to the prompt when the LoRA is dropped")
-    source: SourceText | None = Field(None, description="s3://bucket/key, https://…, or an uploaded file")
+    source: SourceText | None = Field(None, description="s3://bucket/key, https://…, or an uploaded file (a Wan 2.2 pair: "
+                                                        "the high-noise expert's file)")
     sha256: Sha256 | None = None
+    low_noise_source: SourceText | None = Field(None, description="a Wan 2.2 expert pair: the low-noise expert's file")
+    low_noise_sha256: Sha256 | None = None
     size: Annotated[StrictInt, Field(ge=0, le=2**53)] | None = None
     rank: Annotated[StrictInt, Field(ge=1, le=65536)] | None = None
     metadata: Metadata | None = None
@@ -68,6 +72,8 @@ class _LoraFields(Closed):
             raise ValueError(f"give one owner, not {' and '.join(given)}")
         if (self.owner_id is None) != (self.owner_kind is None):
             raise ValueError("owner_kind and owner_id go together")
+        if self.low_noise_source is not None and self.source is None:
+            raise ValueError("a Wan 2.2 pair needs both files: 'source' (high-noise expert) and 'low_noise_source'")
         return self
 
     def registry_fields(self) -> dict[str, Any]:
@@ -135,6 +141,12 @@ class GenerationCreate(Closed):
     loras: Annotated[list[LoraRef], Field(max_length=20)] | None = None
     lora_configs: Annotated[list[LoraRef], Field(max_length=20)] | None = Field(None, description="alias of loras")
     lora_strength: Strength = Field(1.0, description="strength of the character's or brand's LoRA")
+    experts: Annotated[list[Expert], Field(min_length=1, max_length=2)] | None = Field(
+        None, description="two-expert templates (Wan 2.2 A14B): the experts a single-file LoRA goes on (default both; "
+                          "a pair puts each file on its own expert)")
+    expert_strengths: dict[Expert, Strength] | None = Field(
+        None, description="two-expert templates: model strength of the character's or brand's LoRA per expert "
+                          "(default lora_strength)")
     lora_policy: Literal["fallback", "strict"] = "fallback"
     apply_mode: ApplyMode = "hotswap"
     webhook_url: Annotated[StrictStr, Field(max_length=2048, pattern=r"^https?://")] | None = None
@@ -200,6 +212,8 @@ class UploadFields(Closed):
 
 
 class UploadForm(UploadFields):
-    """The multipart form, for the OpenAPI document: ``file`` plus ``UploadFields``."""
+    """The multipart form, for the OpenAPI document: ``file`` (+ ``low_noise_file``) plus ``UploadFields``."""
 
-    file: bytes = Field(json_schema_extra={"format": "binary"})
+    file: bytes = Field(json_schema_extra={"format": "binary"}, description="the LoRA (a Wan 2.2 pair: the high-noise expert's)")
+    low_noise_file: bytes | None = Field(None, json_schema_extra={"format": "binary"},
+                                         description="a Wan 2.2 pair: the low-noise expert's file")

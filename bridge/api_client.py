@@ -112,6 +112,17 @@ class BridgeClient:
             raise ServiceError(resp.status, error.get("type", "http"), error.get("message", ""))
         return resp.data
 
+    def train(self, request: dict[str, Any], dataset_zip: bytes | None = None) -> dict[str, Any]:
+        """Start a training: ``POST /v1/trainings/upload`` with the zip, or ``POST /v1/trainings`` (dataset by URLs)."""
+        if dataset_zip is None:
+            return self.json("POST", "/v1/trainings", request)
+        body, content_type = multipart({"request": json.dumps(request)}, "dataset", "dataset.zip", dataset_zip)
+        resp = self.request("POST", "/v1/trainings/upload", raw=body, headers={"Content-Type": content_type})
+        if resp.status >= 400:
+            error = (resp.data or {}).get("error", {})
+            raise ServiceError(resp.status, error.get("type", "http"), error.get("message", ""))
+        return resp.data
+
     def events(self, job_id: str, last_event_id: int = 0) -> Iterator[SseEvent]:
         """A job's events from ``last_event_id`` on, until the job has ended (Server-Sent Events)."""
         headers = {"Last-Event-ID": str(last_event_id)}
@@ -146,6 +157,11 @@ class ProgressPrinter:
             "reconnected": lambda: f"reconnected (attempt {d['attempt']})",
             "fetch_retry": lambda: f"the pod retries downloading {d['source']} (retry {d['retries']}: {d.get('reason')})",
             "resumed": lambda: "the bridge restarted; job resumed",
+            "dataset": lambda: f"dataset on pod {d.get('pod')}: {d.get('images')} images",
+            "loss": lambda: f"trained; final loss {d.get('final'):.4f}",
+            "stored": lambda: f"LoRA stored (sha256 {str(d.get('sha256'))[:12]}…, {d.get('family')})",
+            "validating": lambda: "validating: a sample generation with the new LoRA",
+            "validated": lambda: f"validated: {d.get('image')}",
             "succeeded": lambda: "done", "success": lambda: "done on the pod",
             "failed": lambda: f"failed: {d.get('message')}", "cancelled": lambda: "cancelled",
             "interrupted": lambda: f"interrupted: {d.get('message')}",

@@ -223,6 +223,32 @@ def _generate(args: argparse.Namespace) -> int:
     return 0 if record["status"] == "succeeded" else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .api_client import ProgressPrinter
+
+    request: dict = {"name": args.name, "trigger_word": args.trigger_word, "checkpoint": args.checkpoint, "preset": args.preset,
+                     "template": args.template}
+    for key in ("character_id", "brand_id", "steps", "rank", "learning_rate", "batch_size", "resolution"):
+        if getattr(args, key) is not None:
+            request[key] = getattr(args, key)
+    dataset = None
+    if args.dataset.startswith("s3://") and args.dataset.endswith("/"):
+        request["dataset_s3_prefix"] = args.dataset
+    elif "://" in args.dataset:
+        request["dataset_urls"] = [args.dataset]
+    else:
+        dataset = Path(args.dataset).read_bytes()
+    client = _client()
+    job = client.train(request, dataset)
+    print(f"training {job['id']}: LoRA {job['lora']['id']} ({job['lora']['status']})", file=sys.stderr)
+    show = ProgressPrinter()
+    for event in client.events(job["id"]):
+        show(event.event, event.data)
+    record = client.json("GET", f"/v1/trainings/{job['id']}")
+    print(json.dumps({"job": record, "lora": client.json("GET", f"/v1/loras/{job['lora']['id']}")}, indent=2))
+    return 0 if record["status"] == "succeeded" else 1
+
+
 def _loras(args: argparse.Namespace) -> int:
     if args.action == "add":
         fields = {"name": args.name, "source": args.source, "status": args.status}
@@ -303,6 +329,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora-id", action="append", default=[])
     gen.add_argument("--policy", choices=["fallback", "strict"], default="fallback")
     gen.set_defaults(func=_generate)
+
+    train = sub.add_parser("train", help="train a LoRA on a pod through the bridge service (LORA_BRIDGE_URL), with live "
+                                          "progress; it is registered, validated and ready at the end")
+    train.add_argument("dataset", help="a zip of images with same-name .txt captions, or s3://bucket/prefix/ (every file "
+                                       "under it), or one URL")
+    train.add_argument("--name", required=True)
+    train.add_argument("--trigger-word", required=True)
+    train.add_argument("--checkpoint", required=True, help="the base model's file on the pods")
+    train.add_argument("--template", default="train_sd15_lora")
+    train.add_argument("--preset", choices=["fast", "balanced", "quality"], default="balanced")
+    train.add_argument("--character-id")
+    train.add_argument("--brand-id")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--rank", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--resolution", type=int)
+    train.set_defaults(func=_train)
 
     loras = sub.add_parser("loras", help="the bridge service's LoRA registry: add, ls, show")
     loras.add_argument("action", choices=["add", "ls", "show"])

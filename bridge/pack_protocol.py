@@ -9,6 +9,7 @@ import from here, so a change to the contract is made and tested in one place.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,6 +30,12 @@ NODE_LOAD = "LoraBridgeLoadFile"
 NODE_APPLY = "LoraBridgeApply"
 NODE_APPLY_STACK = "LoraBridgeApplyStack"
 NODE_TRIGGER_WORDS = "LoraBridgeTriggerWords"
+NODE_SAVE_TRAINED = "LoraBridgeSaveTrainedLora"
+# training on a pod: the dataset in ``input/<TRAINING_DATASETS>/<job>``, the LoRA in ``output/<TRAINING_OUTPUTS>/<job>``
+TRAINING_DATASETS = "lora_bridge_datasets"
+TRAINING_OUTPUTS = "lora_bridge_trainings"
+TRAINING_UI_KEY = "lora_bridge_training"  # the save node's entry in the prompt's history outputs
+JOB_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_STEP = -100.0, 100.0, 0.01
 STORE_SCHEME = "sha256:"  # a source naming a file already in the pod's store by content: no URL, no credentials
@@ -156,6 +163,7 @@ ROUTE_PREFETCH = f"{ROUTE_PREFIX}/prefetch"
 ROUTE_PREFETCH_CANCEL = f"{ROUTE_PREFIX}/prefetch/cancel"
 ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
+ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
 PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}
 
 
@@ -181,6 +189,20 @@ class CacheClear(_Closed):
 
     memory: StrictBool = True
     disk: StrictBool = False
+
+
+class DatasetPath(_Closed):
+    """``/lora_bridge/datasets/{job}``: a training job's folder name."""
+
+    job: Annotated[str, Field(pattern=JOB_FOLDER.pattern, description="letters, digits, '-' and '_' (1-64)")]
+
+
+def parse_path(model: type[_Closed], match_info: Any) -> Any:
+    """A pod route's path parameters as ``model``; ``ProtocolError`` otherwise."""
+    try:
+        return model.model_validate(dict(match_info))
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc, "path")) from None
 
 
 def parse_payload(model: type[_Closed], raw: bytes) -> Any:

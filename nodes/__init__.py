@@ -6,11 +6,11 @@ import logging
 import sys
 import threading
 
-from . import lora_apply, lora_files, trigger_words
+from . import lora_apply, lora_files, lora_training, trigger_words
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in (lora_files, lora_apply, trigger_words):
+for _module in (lora_files, lora_apply, trigger_words, lora_training):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

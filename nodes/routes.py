@@ -210,6 +210,51 @@ async def list_loras(request: web.Request) -> web.Response:
     return web.json_response({"loras": await asyncio.get_running_loop().run_in_executor(None, _list_loras)})
 
 
+def _job_folder(request: web.Request) -> str:
+    return protocol.parse_path(protocol.DatasetPath, request.match_info).job
+
+
+def _training_dirs(job: str) -> tuple[Path, Path]:
+    """The job's dataset folder (under ``input/``) and its output folder (under ``output/``)."""
+    import folder_paths
+
+    return (Path(folder_paths.get_input_directory()) / protocol.TRAINING_DATASETS / job,
+            Path(folder_paths.get_output_directory()) / protocol.TRAINING_OUTPUTS / job)
+
+
+async def put_dataset(request: web.Request) -> web.Response:
+    """A training dataset (zip of images + captions) checked whole, then extracted into the job's input folder."""
+    from ..bridge.training.dataset import DatasetInvalid, DatasetLimits, extract
+
+    job = _job_folder(request)
+    limit = DatasetLimits().max_bytes
+    if request.content_length and request.content_length > limit:
+        return _error(413, "too_large", f"dataset over {limit} bytes")
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        return _error(413, "too_large", f"dataset over {limit} bytes")
+    folder = _training_dirs(job)[0]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dataset = await asyncio.get_running_loop().run_in_executor(None, extract, data, folder)
+    except DatasetInvalid as exc:
+        return _error(422, "invalid_dataset", str(exc))
+    return web.json_response({"folder": f"{protocol.TRAINING_DATASETS}/{job}", **dataset.summary()})
+
+
+async def delete_dataset(request: web.Request) -> web.Response:
+    """Remove a training job's dataset and outputs from the pod (whatever of them exists)."""
+    import shutil
+
+    removed = []
+    for folder in _training_dirs(_job_folder(request)):
+        for path in (folder, folder.with_name(f".{folder.name}.partial")):
+            if path.exists():
+                await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path)
+                removed.append(str(path.relative_to(path.parents[1])))
+    return web.json_response({"removed": removed})
+
+
 ROUTES: list[tuple[RouteSpec, Handler]] = [
     (RouteSpec("GET", protocol.ROUTE_CACHE, "Disk and memory caches: stats and items"), get_cache),
     (RouteSpec("POST", protocol.ROUTE_CACHE_CLEAR, "Clear the memory and/or unpinned, unused disk files",
@@ -222,6 +267,12 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     (RouteSpec("POST", protocol.ROUTE_PREFETCH_CANCEL, "Stop the downloads started under a request id",
                body=protocol.PrefetchCancel), cancel_prefetch),
     (RouteSpec("GET", protocol.ROUTE_LORAS, "Files in the loras folders with their inspection summary"), list_loras),
+    (RouteSpec("PUT", f"{protocol.ROUTE_DATASETS}/{{job}}", "A training job's dataset (zip of images with .txt captions), "
+               "checked and extracted into input/lora_bridge_datasets/<job>", path_params=protocol.DatasetPath,
+               responses={200: "extracted", 400: "invalid job name", 413: "too large", 422: "not a usable dataset"}),
+     put_dataset),
+    (RouteSpec("DELETE", f"{protocol.ROUTE_DATASETS}/{{job}}", "Remove a training job's dataset and outputs",
+               path_params=protocol.DatasetPath, responses={200: "removed", 400: "invalid job name"}), delete_dataset),
 ]
 
 

@@ -87,12 +87,16 @@ class Service:
 
     def upload(self, fields: dict[str, str], files: dict[str, Path]) -> tuple[int, Any]:
         """``POST /v1/loras/upload`` as a multipart form: text ``fields`` and ``files`` (part name -> file)."""
+        return self.form("/v1/loras/upload", fields, {k: (path.name, path.read_bytes()) for k, path in files.items()})
+
+    def form(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[int, Any]:
+        """``POST path`` as a multipart form: text ``fields`` and ``files`` (part name -> (file name, bytes))."""
         boundary = uuid.uuid4().hex
         parts = [(f'name="{k}"'.encode(), v.encode()) for k, v in fields.items()]
-        parts += [(f'name="{k}"; filename="{path.name}"'.encode(), path.read_bytes()) for k, path in files.items()]
+        parts += [(f'name="{k}"; filename="{name}"'.encode(), data) for k, (name, data) in files.items()]
         raw = b"".join(b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + h + b"\r\n\r\n" + v + b"\r\n"
                        for h, v in parts) + b"--" + boundary.encode() + b"--\r\n"
-        return self.call("POST", "/v1/loras/upload", raw=raw, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.call("POST", path, raw=raw, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def events(self, job_id: str, last: int = 0) -> list[tuple[int, str, dict]]:
         return [(e.id, e.event, e.data) for e in self.client.events(job_id, last)]

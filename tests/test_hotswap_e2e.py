@@ -67,13 +67,12 @@ def test_strength_zero_and_no_lora_give_the_base_image_exactly(comfy) -> None:
 
 def test_alternating_loras_leave_no_state(comfy, weights) -> None:
     a, b = [(LORA_FILES["kohya"], 1.0, 1.0)], [(LORA_FILES["kohya_b"], 0.8, 0.8)]
-    fresh = {}
-    for label, loras in (("A", a), ("B", b), ("none", [])):
-        with LocalComfy() as pod:  # a fresh ComfyUI per reference image
-            (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
-            for key in ("kohya", "kohya_b"):
-                (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(weights.loras[key])
-            fresh[label] = image_of(run_graph(pod, stacked(34, loras, "hotswap")))
+    # the reference images: a ComfyUI that keeps nothing between prompts (it loads the checkpoint anew for each)
+    with LocalComfy(extra_args=["--cache-none"]) as pod:
+        (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
+        for key in ("kohya", "kohya_b"):
+            (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(weights.loras[key])
+        fresh = {label: image_of(run_graph(pod, stacked(34, loras, "hotswap"))) for label, loras in (("A", a), ("B", b), ("none", []))}
     for label in ("A", "B", "none", "A", "B", "A"):
         loras = {"A": a, "B": b, "none": []}[label]
         assert (image_of(run_graph(comfy, stacked(34, loras, "hotswap"))) == fresh[label]).all(), label

@@ -82,6 +82,7 @@ class Template:
     source: str
     variant: str | None = None  # the model size a LoRA cannot cross, where the template fixes it (Wan 2.2 A14B: "14B")
     experts: dict[str, str] | None = None  # two-expert models (Wan 2.2 A14B): expert -> its loader's node id
+    kind: str = "generation"  # or "training": a graph that trains a LoRA (``POST /v1/trainings``)
 
     def render(self, **values: Any) -> dict[str, Any]:
         """Render the API-format graph with ``values`` (validated; defaults fill the rest)."""
@@ -116,7 +117,7 @@ def load_template(name: str) -> Template:
         for key, spec in header.get("params", {}).items()
     }
     return Template(name, header.get("description", ""), header.get("family", "unknown"), params, source, header.get("variant"),
-                    header.get("experts"))
+                    header.get("experts"), header.get("kind", "generation"))
 
 
 def _template_dirs() -> list[Path]:

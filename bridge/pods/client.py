@@ -26,6 +26,7 @@ from ..errors import (
     PromptLost,
     PromptRejected,
 )
+from ..pack_protocol import ROUTE_DATASETS
 
 # ComfyUI message type -> our event type
 EVENT_TYPES = {
@@ -63,6 +64,7 @@ class JobResult:
     prompt_id: str
     files: list[OutputFile] = field(default_factory=list)
     events: list[PodEvent] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # the prompt's history outputs (node -> UI output)
 
 
 EventCallback = Callable[[PodEvent], Awaitable[None] | None]
@@ -186,6 +188,14 @@ class PodClient:
         form.add_field("overwrite", "true" if overwrite else "false")
         result = await self._request("POST", "/upload/image", data=form)
         return f"{result['subfolder']}/{result['name']}" if result.get("subfolder") else result["name"]
+
+    async def put_dataset(self, job: str, data: bytes) -> dict[str, Any]:
+        """Send a training dataset (normalized zip) into the pod's ``input/lora_bridge_datasets/<job>``."""
+        return await self._request("PUT", f"{ROUTE_DATASETS}/{job}", data=data, headers={"Content-Type": "application/zip"})
+
+    async def delete_dataset(self, job: str) -> dict[str, Any]:
+        """Remove a training job's dataset and outputs from the pod."""
+        return await self._request("DELETE", f"{ROUTE_DATASETS}/{job}")
 
     async def cancel(self, prompt_id: str) -> None:
         """Stop a running job (``/interrupt``) or drop a queued one (``/queue`` delete)."""
@@ -356,7 +366,8 @@ class _Job:
             await asyncio.sleep(0.05)
         if not entry:
             raise PodError(f"job {self.result.prompt_id} finished but never appeared in /history")
-        for node_id, output in entry.get("outputs", {}).items():
+        self.result.outputs = entry.get("outputs", {})
+        for node_id, output in self.result.outputs.items():
             for item in [*output.get("images", []), *output.get("gifs", []), *output.get("videos", []), *output.get("latents", [])]:
                 data = await self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
                 self.result.files.append(OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"), data))

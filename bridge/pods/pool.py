@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Collection, Set
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..errors import NoPodAvailable, PodError, PodUnavailable
 from ..graphs.lora_insertion import LoraRequest
@@ -121,6 +121,8 @@ class PodPool:
             if not exc.pod_facts:
                 raise
         await self.refresh_facts(pod)
+        if not pod.healthy:  # it went away meanwhile: a pod failure (retried elsewhere), not a bad graph
+            raise PodUnavailable(f"{pod.config.name} went away while its node list was re-read: {pod.error}")
         return build(pod)
 
     async def refresh(self, force: bool = False) -> list[PodStatus]:
@@ -209,10 +211,14 @@ class PodPool:
                 await client.post_json(ROUTE_PREFETCH_CANCEL, PrefetchCancel(request_id=request_id).model_dump())
 
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
-                  labels: frozenset[str] = frozenset(), request_id: str | None = None) -> tuple[JobResult, PodStatus]:
-        """Run a job: choose a pod, prefetch, build its graph, submit, stream. A pod that is down or
-        dies is retried after each of ``retry_delays`` (``retry`` events; ``failover`` when a pod was
-        lost), preferring pods that have not failed this job. ``request_id`` names the prefetches."""
+                  labels: frozenset[str] = frozenset(), request_id: str | None = None,
+                  stage: Callable[[PodStatus], Awaitable[None]] | None = None,
+                  retry_delays: tuple[float, ...] | None = None) -> tuple[JobResult, PodStatus]:
+        """Run a job: choose a pod, prefetch, ``stage`` (put the job's inputs on it), build its graph,
+        submit, stream. A pod that is down or dies is retried after each of ``retry_delays`` (the
+        pool's unless given; ``retry`` events; ``failover`` when a pod was lost), preferring pods that
+        have not failed this job. ``request_id`` names the prefetches."""
+        delays = self.retry_delays if retry_delays is None else retry_delays
         failed: set[str] = set()
         files: dict[str, set[str]] = {}  # a LoRA's files by its name: a Wan 2.2 pair routes as one unit
         for lora in loras:
@@ -227,10 +233,10 @@ class PodPool:
                 if asyncio.iscoroutine(maybe):
                     await maybe
 
-        for attempt in range(1, len(self.retry_delays) + 2):
+        for attempt in range(1, len(delays) + 2):
             if attempt > 1:
-                delay = self.retry_delays[attempt - 2] * (1 + random.uniform(-self.jitter, self.jitter))
-                await emit("retry", {"retry": attempt - 1, "of": len(self.retry_delays), "delay_s": round(delay, 2),
+                delay = delays[attempt - 2] * (1 + random.uniform(-self.jitter, self.jitter))
+                await emit("retry", {"retry": attempt - 1, "of": len(delays), "delay_s": round(delay, 2),
                                      "reason": reason})
                 await asyncio.sleep(delay)
             await self.refresh(force=attempt > 1)
@@ -245,6 +251,8 @@ class PodPool:
             await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
             try:
                 named = await self.prefetch(pod, loras, request_id, on_event)
+                if stage is not None:
+                    await stage(pod)
                 graph = await self.build(pod, lambda p: build(p, named))
                 pod.queue += 1
                 async with self.client(pod, timeout=300) as client:
@@ -255,4 +263,4 @@ class PodPool:
                 failed.add(pod.config.url)
                 reason = f"{pod.config.name}: {exc}"
                 await emit("failover", {"pod": pod.config.name, "reason": str(exc), "attempt": attempt})
-        raise NoPodAvailable(f"the job failed after {len(self.retry_delays)} retries; last: {reason}")
+        raise NoPodAvailable(f"the job failed after {len(delays)} retries; last: {reason}")

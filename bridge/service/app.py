@@ -43,12 +43,15 @@ from ..pack_protocol import (
 )
 from ..pods.pool import PodPool, PodStatus
 from ..settings import Settings
+from ..training.dataset import DatasetLimits
 from . import schemas as s
 from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, matrix
 from .database import Database
 from .http_errors import answer, error_response
 from .job_states import is_terminal
 from .jobs import Generations, job_view
+from .trainings import KIND as TRAINING
+from .trainings import Trainings
 from .uploads import LoraUploads, StagedUpload
 
 log = logging.getLogger("lora_bridge.service")
@@ -60,6 +63,7 @@ POLICY = web.AppKey("policy", FetchPolicy)
 REGISTRY_POLICY = web.AppKey("registry_policy", FetchPolicy)
 UPLOADS = web.AppKey("uploads", LoraUploads)
 GENERATIONS = web.AppKey("generations", Generations)
+TRAININGS = web.AppKey("trainings", Trainings)
 OPENAPI = web.AppKey("openapi", dict)
 VERSION = "0.2.0"
 
@@ -342,6 +346,76 @@ async def cancel_generation(request: web.Request, inputs: Inputs) -> web.Respons
     return web.json_response(job_view(request.app[DB].get_job(inputs.path.id)))
 
 
+# -- trainings -----------------------------------------------------------------------------------
+
+
+def _trainings(request: web.Request) -> Trainings:
+    return request.app[TRAININGS]
+
+
+def _started(job_id: str, entry: dict[str, Any]) -> web.Response:
+    return web.json_response({"id": job_id, "status": "queued", "lora": lora_view(entry)}, status=202)
+
+
+def _training(request: web.Request, job_id: str) -> dict[str, Any]:
+    job = request.app[DB].get_job(job_id)
+    if job["request"].get("kind") != TRAINING:
+        raise NotFound(f"no training with id {job_id!r} (it is a generation)")
+    return job
+
+
+async def get_training(request: web.Request, inputs: Inputs) -> web.Response:
+    return web.json_response(job_view(_training(request, inputs.path.id)))
+
+
+async def cancel_training(request: web.Request, inputs: Inputs) -> web.Response:
+    _training(request, inputs.path.id)
+    return await cancel_generation(request, inputs)
+
+
+async def create_training(request: web.Request, inputs: Inputs) -> web.Response:
+    """A training whose dataset is given by URLs, S3 keys or an S3 prefix (fetched and checked first)."""
+    trainings = _trainings(request)
+    body: s.TrainingCreate = inputs.body
+    trainings.check(body)
+    dataset = await trainings.dataset_from_sources(body)
+    return _started(*trainings.start(body, dataset))
+
+
+async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
+    """Multipart: ``request`` (the TrainingCreate JSON) and ``dataset`` (the zip), checked whole before
+    anything is stored."""
+    if not request.content_type.startswith("multipart/"):
+        raise RequestInvalid("body: send multipart/form-data with a 'request' part (JSON) and a 'dataset' part (zip)")
+    limits = {"request": MAX_BODY, "dataset": DatasetLimits().max_bytes}
+    parts: dict[str, bytes] = {}
+    try:
+        async for part in await request.multipart():
+            if not isinstance(part, BodyPartReader) or part.name not in limits or part.name in parts:
+                raise RequestInvalid(f"body: unexpected or repeated form part {getattr(part, 'name', None)!r}")
+            data = bytearray()
+            while chunk := await part.read_chunk(1 << 20):
+                data += chunk
+                if len(data) > limits[part.name]:
+                    raise RequestInvalid(f"body: the {part.name} part is over {limits[part.name]} bytes")
+            parts[part.name] = bytes(data)
+    except (ValueError, RuntimeError, HttpProcessingError) as exc:  # what aiohttp raises for a malformed body
+        raise RequestInvalid(f"body: malformed multipart/form-data ({exc})") from None
+    for name in ("request", "dataset"):
+        if name not in parts:
+            raise RequestInvalid(f"body: multipart field {name!r} is required")
+    fields = strict_json(parts["request"])
+    if not isinstance(fields, dict):
+        raise RequestInvalid("request: must be a JSON object")
+    body: s.TrainingCreate = _validate(s.TrainingCreate, fields, "request")
+    if body.dataset_urls is not None or body.dataset_s3_prefix is not None:
+        raise RequestInvalid("request: the dataset is the uploaded zip; leave out dataset_urls and dataset_s3_prefix")
+    trainings = _trainings(request)
+    trainings.check(body)
+    dataset = await asyncio.get_running_loop().run_in_executor(None, trainings.dataset_from_zip, body, parts["dataset"])
+    return _started(*trainings.start(body, dataset))
+
+
 # -- pods ----------------------------------------------------------------------------------------
 
 
@@ -435,6 +509,24 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
        responses={101: "upgrade", 404: "unknown"}), generation_ws),
     (R("GET", "/v1/generations/{id}/outputs/{n}", "Output file n", path_params=s.OutputPath,
        responses={200: "file", 404: "unknown"}), generation_output),
+    (R("POST", "/v1/trainings", "Train a LoRA on a pod from a dataset given by URLs, S3 keys or an S3 prefix: the registry "
+       "entry is created in 'training' at once; events on /v1/generations/{id}/events (and /ws)", body=s.TrainingCreate,
+       responses={202: "job id and LoRA entry", 400: "invalid request", 422: "refused dataset or template",
+                  502: "a dataset file could not be fetched"}), create_training),
+    (R("POST", "/v1/trainings/upload", "Train a LoRA from an uploaded zip (multipart 'request' JSON + 'dataset')",
+       body=s.TrainingForm, content_type="multipart/form-data",
+       responses={202: "job id and LoRA entry", 400: "invalid request", 422: "refused dataset or template"}), upload_training),
+    (R("GET", "/v1/trainings/{id}", "Training job: state, LoRA, settings, loss, timings, cost, validation image",
+       path_params=s.JobPath, responses={200: "job", 404: "unknown"}), get_training),
+    (R("DELETE", "/v1/trainings/{id}", "Cancel a training (in any state; the LoRA entry fails as cancelled)",
+       path_params=s.JobPath, responses={200: "job", 404: "unknown"}), cancel_training),
+    (R("GET", "/v1/trainings/{id}/events", "Server-Sent Events of a training (the generations' stream)",
+       path_params=s.JobPath, query=s.EventsQuery, headers=s.EventsHeaders,
+       responses={200: "text/event-stream", 404: "unknown"}), generation_events),
+    (R("GET", "/v1/trainings/{id}/ws", "WebSocket twin of a training's events", path_params=s.JobPath, query=s.EventsQuery,
+       responses={101: "upgrade", 404: "unknown"}), generation_ws),
+    (R("GET", "/v1/trainings/{id}/outputs/{n}", "A training's output n (the validation image)", path_params=s.OutputPath,
+       responses={200: "file", 404: "unknown"}), generation_output),
     (R("GET", "/v1/compatibility", "How a character reaches a video: video model x LoRA family -> direct, preprocess "
        "(key frame + image-to-video) or not possible, with the templates used"), compatibility),
     (R("GET", "/v1/pods", "Pods: health, queue, mode, cache"), list_pods),
@@ -470,10 +562,12 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     # registered sources obey the pods' policy; the service's own upload folder is one of the allowed roots
     app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, uploads.local_dir))
     app[GENERATIONS] = gens = Generations(db, pool, outputs_dir, settings, policy)
+    app[TRAININGS] = trainings = Trainings(gens, uploads)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
     async def on_startup(app: web.Application) -> None:
         gens.resume_unfinished()
+        trainings.resume_unfinished()
 
     async def on_shutdown(app: web.Application) -> None:
         await gens.detach_all()

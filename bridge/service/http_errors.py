@@ -30,6 +30,7 @@ from ..lorafiles.header import InvalidLoraFile
 from ..lorafiles.sources import SourceError, SourceRefused
 from ..lorafiles.validate import LoraValidationError
 from ..pack_protocol import ProtocolError
+from ..training.dataset import DatasetInvalid
 
 log = logging.getLogger("lora_bridge.service")
 
@@ -42,6 +43,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     SourceRefused: (400, "source_refused"),
     NotFound: (404, "not_found"),
     GenerationRefused: (422, "refused"),
+    DatasetInvalid: (422, "invalid_dataset"),
     InsertionError: (422, "lora_refused"),
     GraphInvalid: (422, "invalid_graph"),
     InvalidLoraFile: (422, "invalid_lora_file"),

@@ -38,7 +38,7 @@ from ..graphs.builder import KeyFrame
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
 from ..graphs.key_frame import stage_of
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
-from ..graphs.templates import Template, load_template
+from ..graphs.templates import Template, TemplateError, load_template
 from ..lorafiles.families import variant_name
 from ..lorafiles.sources import FetchPolicy
 from ..pack_protocol import describe_validation_error
@@ -60,6 +60,7 @@ from .schemas import GenerationCreate
 log = logging.getLogger("lora_bridge.jobs")
 INTERNAL_RESULT_FIELDS = ("client_id",)
 RUNNING_EVENTS = {"started", "executing", "progress", "cached", "output"}
+GENERATION = "generation"  # a job record's request kind, when it has none (trainings.py: "training")
 
 
 class OutputsNotSaved(LoraBridgeError):
@@ -202,6 +203,8 @@ class Generations:
         params = dict(request.params)
         family, variant = request.family, request.variant
         template = load_template(request.template) if request.template is not None else None
+        if template is not None and template.kind != "generation":
+            raise TemplateError(f"template '{template.name}' trains a LoRA: start it with POST /v1/trainings")
         if template is not None:
             template.render(**params)  # parameter errors now, as 400s
             family, variant = family or template.family, variant or template.variant
@@ -242,6 +245,8 @@ class Generations:
         """After a restart: re-attach to jobs on their pods, run again what never reached one.
         Each job is resumed on its own; one that cannot be resumed fails with the reason."""
         for job in self.db.unfinished_jobs():
+            if job["request"].get("kind", GENERATION) != GENERATION:
+                continue  # another kind's own runner resumes it
             try:
                 request = GenerationCreate.model_validate(job["request"])
             except ValidationError as exc:

@@ -217,3 +217,54 @@ class UploadForm(UploadFields):
     file: bytes = Field(json_schema_extra={"format": "binary"}, description="the LoRA (a Wan 2.2 pair: the high-noise expert's)")
     low_noise_file: bytes | None = Field(None, json_schema_extra={"format": "binary"},
                                          description="a Wan 2.2 pair: the low-noise expert's file")
+
+
+# -- trainings -----------------------------------------------------------------------------------
+
+class TrainingCreate(Closed):
+    """``POST /v1/trainings``: what to train (JSON; or multipart: this JSON as the ``request`` part,
+    the dataset zip as the ``dataset`` part)."""
+
+    name: Name
+    trigger_word: Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[^,\n]+$")]
+    character_id: OwnerId | None = Field(None, description="owner of the LoRA: a character")
+    brand_id: OwnerId | None = Field(None, description="owner of the LoRA: a brand")
+    template: Id = Field("train_sd15_lora", description="a training template of workflows/ (its family is the LoRA's)")
+    checkpoint: Annotated[StrictStr, Field(min_length=1, max_length=255)] = Field(
+        description="the base model's checkpoint (or UNet) file name on the pods")
+    preset: Literal["fast", "balanced", "quality"] = "balanced"
+    steps: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(None, description="default: epochs x images / batch")
+    epochs: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    rank: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    batch_size: Annotated[StrictInt, Field(ge=1, le=64)] | None = None
+    resolution: Annotated[StrictInt, Field(ge=64, le=2048, multiple_of=8)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+    training_dtype: Literal["bf16", "fp32"] = "bf16"
+    dataset_urls: Annotated[list[SourceText], Field(min_length=1, max_length=1000)] | None = Field(
+        None, description="the dataset as files: images and their same-name .txt captions (https:// or s3://)")
+    dataset_s3_prefix: SourceText | None = Field(None, description="the dataset as every file under s3://bucket/prefix/")
+    validation_prompt: Text = Field("a portrait", description="the sample generation's prompt (after the trigger word)")
+    validation_params: dict[Annotated[str, Field(max_length=64)], JsonScalar] = Field(
+        default_factory=dict, description="parameters of the sample generation's template (steps, size, seed…)")
+    retries: Annotated[StrictInt, Field(ge=0, le=3)] = Field(0, description="run again on another pod when the pod dies")
+    webhook_url: Annotated[StrictStr, Field(max_length=2048)] | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> "TrainingCreate":
+        if self.character_id is not None and self.brand_id is not None:
+            raise ValueError("give one owner, not character_id and brand_id")
+        if self.dataset_urls is not None and self.dataset_s3_prefix is not None:
+            raise ValueError("give the dataset one way: dataset_urls or dataset_s3_prefix")
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("steps", "epochs", "rank", "learning_rate", "batch_size", "resolution")}
+
+
+class TrainingForm(Closed):
+    """The multipart form of ``POST /v1/trainings``, for the OpenAPI document."""
+
+    request: StrictStr = Field(description="the TrainingCreate JSON")
+    dataset: bytes = Field(json_schema_extra={"format": "binary"}, description="zip: images (PNG, JPEG, WebP) with "
+                                                                               "same-name .txt captions")

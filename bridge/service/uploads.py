@@ -54,6 +54,19 @@ class LoraUploads:
         info.sha256 = sha.hexdigest()
         return StagedUpload(filename, tmp, info)
 
+    def stage_bytes(self, data: bytes, filename: str) -> StagedUpload:
+        """Stage a file the bridge holds already (a LoRA trained on a pod); raises if it is not a LoRA."""
+        self.limits.check(len(data), f"LoRA {filename}")
+        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
+        try:
+            tmp.write_bytes(data)
+            info = inspect_file(tmp, with_hash=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        info.sha256 = hashlib.sha256(data).hexdigest()
+        return StagedUpload(filename, tmp, info)
+
     def discard(self, staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
 

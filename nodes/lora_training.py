@@ -1,0 +1,77 @@
+"""Saving a LoRA that ComfyUI's ``TrainLoraNode`` trained, so that an API client can find it.
+
+ComfyUI's own ``SaveLoRA`` writes the file under a name with a counter and reports nothing in the
+prompt's history; this node writes it to ``output/lora_bridge_trainings/<folder>/`` (atomically:
+a hidden temporary name, then a rename), with the trigger word and base model in the header, and
+reports file, steps and the loss history as the node's UI output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+from ..bridge.pack_protocol import (
+    JOB_FOLDER,
+    NODE_SAVE_TRAINED,
+    TRAINING_OUTPUTS,
+    TRAINING_UI_KEY,
+)
+
+CATEGORY = "LoRA Bridge"
+FILE_NAME = "lora.safetensors"
+
+
+class LoraBridgeSaveTrainedLora:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "lora": ("LORA_MODEL", {"tooltip": "The trained LoRA weights (TrainLoraNode's 'lora' output)."}),
+                "loss_map": ("LOSS_MAP", {"tooltip": "TrainLoraNode's loss history; reported with the file."}),
+                "steps": ("INT", {"forceInput": True, "tooltip": "TrainLoraNode's total training steps."}),
+                "folder": ("STRING", {"default": "my-lora", "tooltip": "Folder under output/lora_bridge_trainings/ "
+                                                                       "(letters, digits, - and _)."}),
+                "trigger_word": ("STRING", {"default": "", "tooltip": "Written to the file's header "
+                                                                      "(modelspec.trigger_phrase)."}),
+                "base_model": ("STRING", {"default": "sd15", "tooltip": "The base model family, written to the header."}),
+            }
+        }
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Saves a trained LoRA to output/lora_bridge_trainings/<folder>/lora.safetensors with its trigger word "
+                   "and reports the file, its SHA-256, the steps and the loss history in the prompt's history.")
+
+    def save(self, lora: dict, loss_map: dict, steps: int, folder: str, trigger_word: str, base_model: str) -> dict:
+        import folder_paths
+        import safetensors.torch
+
+        if not JOB_FOLDER.match(folder):
+            raise ValueError(f"folder {folder!r}: use 1-64 letters, digits, '-' and '_'")
+        target_dir = Path(folder_paths.get_output_directory()) / TRAINING_OUTPUTS / folder
+        target_dir.mkdir(parents=True, exist_ok=True)
+        losses = [float(v) for v in (loss_map or {}).get("loss", []) if math.isfinite(float(v))]
+        metadata = {"modelspec.trigger_phrase": trigger_word.strip(), "lora_bridge.base_model": base_model,
+                    "lora_bridge.training_steps": str(int(steps))}
+        if losses:
+            metadata["lora_bridge.final_loss"] = f"{losses[-1]:.6f}"
+        tmp = target_dir / f".{FILE_NAME}.partial"
+        tensors = {k: v.detach().contiguous() for k, v in lora.items()}
+        safetensors.torch.save_file(tensors, str(tmp), metadata={k: v for k, v in metadata.items() if v})
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        os.replace(tmp, target_dir / FILE_NAME)
+        report = {"filename": FILE_NAME, "subfolder": f"{TRAINING_OUTPUTS}/{folder}", "type": "output",
+                  "sha256": digest.hexdigest(), "steps": int(steps), "loss": losses}
+        return {"ui": {TRAINING_UI_KEY: [report]}}
+
+
+NODE_CLASS_MAPPINGS = {NODE_SAVE_TRAINED: LoraBridgeSaveTrainedLora}
+NODE_DISPLAY_NAME_MAPPINGS = {NODE_SAVE_TRAINED: "Save Trained LoRA (Bridge)"}

@@ -90,3 +90,11 @@ def assert_steps(values: list[float], last: int) -> None:
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
+
+
+def frames_of(data: bytes) -> np.ndarray:
+    """A video file's decoded frames, (frames, height, width, 3) as int16 (differences stay signed)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]).astype(np.int16)

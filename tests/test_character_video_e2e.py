@@ -34,7 +34,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import (
 from foreign_loras import write_foreign_lora
 from PIL import Image
 from service_harness import Service
-from support import CHECKPOINT
+from support import CHECKPOINT, frames_of
 
 pytestmark = pytest.mark.comfy
 MODELS = {  # pod file -> (models folder, generated file)
@@ -103,13 +103,6 @@ def generate(service, template: str = "wan21_t2v", **request) -> tuple[dict, lis
         assert status == 200
         files.append(data)
     return rec, files
-
-
-def frames_of(data: bytes) -> np.ndarray:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]).astype(np.int16)
 
 
 def test_the_compatibility_matrix_is_served(service) -> None:

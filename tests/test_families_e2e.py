@@ -48,7 +48,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import (
 )
 from safetensors.numpy import load, load_file
 from service_harness import Service
-from support import node_text, pod_object_info, run_graph
+from support import frames_of, node_text, pod_object_info, run_graph
 
 pytestmark = pytest.mark.comfy
 # hot-swap adds W·x and up(down(x)) where merge adds up·down to W first: rounding only, in fp32 for the
@@ -375,18 +375,14 @@ def test_the_sdxl_templates_run_with_a_character_lora(service, s3, pod, template
         params.update(image="fam-sdxl-start.png", denoise=0.6)
     else:
         params.update(width=256, height=256)  # the template's smallest size
-    images = []
-    # the LoRA's effect on SDXL is shown by the other tests of this module: img2img renders with it only
-    for owner in ({"character_id": "fam-sdxl-templates"}, {}) if template.endswith("txt2img") else ({"character_id": "fam-sdxl-templates"},):
-        status, rec = service.call("POST", "/v1/generations?wait=true", {"template": template, "params": params, **owner})
-        assert status == 200 and rec["status"] == "succeeded", rec
-        status, png = service.call("GET", f"/v1/generations/{rec['id']}/outputs/0")
-        images.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16))
-        if owner:
-            assert [a["name"] for a in rec["applied"]] == [f"lora-{lora['id']}"] and rec["trigger_words"] == ["ohwx"]
-    assert images[0].shape in ((64, 64, 3), (256, 256, 3)) and images[0].std() > 1  # decoded content
-    if len(images) == 2:
-        assert np.abs(images[0] - images[1]).mean() > 0.3  # the LoRA shows
+    # (what the LoRA does to SDXL's output is this module's other tests: here, that the templates run with it)
+    status, rec = service.call("POST", "/v1/generations?wait=true",
+                               {"template": template, "params": params, "character_id": "fam-sdxl-templates"})
+    assert status == 200 and rec["status"] == "succeeded", rec
+    assert [a["name"] for a in rec["applied"]] == [f"lora-{lora['id']}"] and rec["trigger_words"] == ["ohwx"]
+    status, png = service.call("GET", f"/v1/generations/{rec['id']}/outputs/0")
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    assert image.shape in ((64, 64, 3), (256, 256, 3)) and image.std() > 1  # decoded content
 
 
 # The shipped templates of the transformer families, with the test files for their loaders. The
@@ -434,13 +430,6 @@ def with_test_encoders(graph: dict, spec: DitSpec) -> dict:
             node = {**node, "inputs": {k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v[:1] and v[0] in loaders)}}
         out[nid] = node
     return out
-
-
-def frames_of(data: bytes) -> list[np.ndarray]:
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
 @pytest.mark.parametrize("template", TEMPLATE_RUNS)

@@ -81,6 +81,13 @@ def _lora_request(rec: dict[str, Any], strength_model: float, strength_clip: flo
                        family=rec["family"], trigger_words=(rec["trigger_word"],) if rec["trigger_word"] else ())
 
 
+def _append_styles(params: dict[str, Any], template: Template | None, styles: list[str], warnings: list[str]) -> None:
+    """Dropped LoRAs' fallback style words at the end of the prompt (where the template has one), with a warning."""
+    if styles and template is not None and "prompt" in template.params:
+        params["prompt"] = ", ".join([str(params.get("prompt", template.params["prompt"].default)), *styles])
+        warnings.append(f"prompt-only fallback: appended {', '.join(styles)!r} to the prompt")
+
+
 def job_view(job: dict[str, Any]) -> dict[str, Any]:
     """A job as the API shows it (internal fields left out)."""
     result = {k: v for k, v in job["result"].items() if k not in INTERNAL_RESULT_FIELDS}
@@ -101,6 +108,7 @@ class Plan:
     path: CharacterPath | None = None  # a character in a video: how it got there, and why
     path_reason: str | None = None
     key_frame: KeyFrame | None = None
+    key_frame_style: str | None = None  # the key-frame LoRA's fallback style words, should the key frame fall through
 
     def record(self) -> dict[str, Any]:
         """What the job record keeps of the plan from the start."""
@@ -176,21 +184,22 @@ class Generations:
         return loras, warnings, styles
 
     def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
-                       video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None]:
+                       video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None, str | None]:
         """How the request's character gets into its video (``video``: the template's values): direct,
-        preprocess (with the key frame to draw, its prompt and seed the video's) or fallback, with the reason."""
+        preprocess (with the key frame to draw, its prompt and seed the video's, and its LoRA's fallback
+        style words) or fallback, with the reason."""
         rec = self.db.best_for_owner("character", str(request.character_id), family, variant)
         if rec is None or rec["status"] != "ready" or not rec["source"]:
             why = "has no LoRA" if rec is None else f"has no ready LoRA with a source ({rec['id']} is {rec['status']})"
-            return "fallback", f"character {request.character_id} {why}", None
+            return "fallback", f"character {request.character_id} {why}", None, None
         v = verdict(family or "unknown", variant, rec["family"], rec["variant"])
         if v.path is None:
-            return "fallback", f"LoRA {rec['id']} ({rec['name']}): {v.reason}", None
+            return "fallback", f"LoRA {rec['id']} ({rec['name']}): {v.reason}", None, None
         if v.path == "direct":
-            return "direct", v.reason, None
+            return "direct", v.reason, None, None
         frame_params = {**{k: video[k] for k in ("prompt", "seed") if k in video}, **request.key_frame_params}
         lora = _lora_request(rec, request.lora_strength, request.lora_strength)
-        return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora])
+        return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora]), rec["fallback_style"]
 
     def prepare(self, request: GenerationCreate) -> Plan:
         """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
@@ -208,10 +217,10 @@ class Generations:
         if template is not None:
             template.render(**params)  # parameter errors now, as 400s
             family, variant = family or template.family, variant or template.variant
-        path, path_reason, key_frame, template_name = None, None, None, request.template
+        path, path_reason, key_frame, style, template_name = None, None, None, None, request.template
         if template is not None and template.name in VIDEO_TEMPLATES and request.character_id is not None:
             values = {name: params.get(name, p.default) for name, p in template.params.items()}
-            path, path_reason, key_frame = self.character_path(request, family, variant, values)
+            path, path_reason, key_frame, style = self.character_path(request, family, variant, values)
         if template is not None and key_frame is not None:  # the character draws the key frame, image-to-video animates it
             video, template_name = template, VIDEO_TEMPLATES[template.name]
             template = load_template(template_name)
@@ -221,11 +230,8 @@ class Generations:
                                                          template.experts)
         else:
             loras, warnings, styles = self.resolve_loras(request, family, variant, template.experts if template else None)
-        if styles and template is not None and "prompt" in template.params:
-            prompt = params.get("prompt", template.params["prompt"].default)
-            params["prompt"] = ", ".join([str(prompt), *styles])
-            warnings.append(f"prompt-only fallback: appended {', '.join(styles)!r} to the prompt")
-        return Plan(request, loras, params, family, warnings, template_name, path, path_reason, key_frame)
+        _append_styles(params, template, styles, warnings)
+        return Plan(request, loras, params, family, warnings, template_name, path, path_reason, key_frame, style)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -366,14 +372,9 @@ class Generations:
         fallback = self.prepare(plan.request.model_copy(update={"character_id": None}))
         fallback.request, fallback.path, fallback.path_reason = plan.request, "fallback", f"{reason}; the key frame is not drawn"
         fallback.warnings = plan.warnings + [f"{reason}; generating the video from the prompt only"]
-        assert plan.key_frame is not None and fallback.template is not None
-        try:
-            style = self.db.get_lora(plan.key_frame.loras[0].name.removeprefix("lora-")).get("fallback_style")
-        except NotFound:  # deleted meanwhile
-            style = None
-        template = load_template(fallback.template)
-        if style and "prompt" in template.params:
-            fallback.params["prompt"] = f"{fallback.params.get('prompt', template.params['prompt'].default)}, {style}"
+        assert fallback.template is not None
+        _append_styles(fallback.params, load_template(fallback.template), [plan.key_frame_style] if plan.key_frame_style else [],
+                       fallback.warnings)
         self.two_stage.discard(job_id)
         self.db.patch_job(job_id, {**fallback.record()}, "path", {"path": "fallback", "reason": fallback.path_reason})
         self._signal(job_id)

@@ -101,11 +101,22 @@ def _guarded(handler: Handler) -> Handler:
     return wrapped
 
 
+async def _read(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it is over ``limit`` bytes (a body arrives in several
+    reads: ``StreamReader.read(n)`` answers with what is buffered, not with ``n`` bytes)."""
+    if request.content_length and request.content_length > limit:
+        return None
+    data = bytearray()
+    while chunk := await request.content.read(1 << 20):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
 async def _body(request: web.Request, model: type[protocol._Closed]) -> Any:
-    if request.content_length and request.content_length > MAX_BODY:
-        raise protocol.ProtocolError(f"body over {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    raw = await _read(request, MAX_BODY)
+    if raw is None:
         raise protocol.ProtocolError(f"body over {MAX_BODY} bytes")
     return protocol.parse_payload(model, raw)
 
@@ -228,10 +239,8 @@ async def put_dataset(request: web.Request) -> web.Response:
 
     job = _job_folder(request)
     limit = DatasetLimits().max_bytes
-    if request.content_length and request.content_length > limit:
-        return _error(413, "too_large", f"dataset over {limit} bytes")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
+    data = await _read(request, limit)
+    if data is None:
         return _error(413, "too_large", f"dataset over {limit} bytes")
     folder = _training_dirs(job)[0]
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -195,10 +195,12 @@ def test_the_pod_dataset_route_checks_for_itself(comfy) -> None:
     status, err = put("route-check", zip_of({**dataset(1), "../../escape.png": png(1)}))
     assert status == 422 and "'..' would leave" in err["error"]["message"]
     assert put("..%2Fescape", zip_of(dataset(1)))[0] in (400, 404)
-    status, ok = put("route-check", zip_of(dataset(2)))
+    big = {**dataset(1), "photos/big.png": png(7, (1024, 1024)), "photos/big.txt": b"a portrait, large"}  # a body of many reads
+    status, ok = put("route-check", zip_of(big))
     folder = comfy.base_dir / "input" / TRAINING_DATASETS / "route-check"
     assert status == 200 and ok["images"] == 2 and sorted(p.name for p in folder.iterdir()) == ["0001.png", "0001.txt", "0002.png", "0002.txt"]
-    assert (folder / "0001.txt").read_text() == "a portrait, pattern 0"
+    assert sorted(p.read_bytes() for p in folder.glob("*.png")) == sorted(v for k, v in big.items() if k.endswith(".png"))
+    assert {p.read_text() for p in folder.glob("*.txt")} == {"a portrait, pattern 0", "a portrait, large"}
     request = urllib.request.Request(f"{comfy.url}/lora_bridge/datasets/route-check", method="DELETE",
                                      headers={"Authorization": f"Bearer {POD_TOKEN}"})
     with urllib.request.urlopen(request) as resp:

@@ -84,7 +84,7 @@ async def direct(pod: LocalComfy, pool: PodPool, data: bytes, params: dict) -> t
 
 
 async def bridged(trainings: Trainings, zip_bytes: bytes, request: TrainingCreate) -> tuple[float, float, float]:
-    job_id, _ = trainings.start(request, trainings.dataset_from_zip(request, zip_bytes))
+    job_id, _ = trainings.start(request, trainings.check(request), trainings.dataset_from_zip(request, zip_bytes))
     while not is_terminal(trainings.db.job_status(job_id)):
         await trainings.jobs.wait_change(job_id, 1.0)
     job = trainings.db.get_job(job_id)

@@ -377,9 +377,9 @@ async def create_training(request: web.Request, inputs: Inputs) -> web.Response:
     """A training whose dataset is given by URLs, S3 keys or an S3 prefix (fetched and checked first)."""
     trainings = _trainings(request)
     body: s.TrainingCreate = inputs.body
-    trainings.check(body)
+    family = trainings.check(body)  # before any dataset file is fetched
     dataset = await trainings.dataset_from_sources(body)
-    return _started(*trainings.start(body, dataset))
+    return _started(*trainings.start(body, family, dataset))
 
 
 async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
@@ -411,9 +411,9 @@ async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
     if body.dataset_urls is not None or body.dataset_s3_prefix is not None:
         raise RequestInvalid("request: the dataset is the uploaded zip; leave out dataset_urls and dataset_s3_prefix")
     trainings = _trainings(request)
-    trainings.check(body)
+    family = trainings.check(body)
     dataset = await asyncio.get_running_loop().run_in_executor(None, trainings.dataset_from_zip, body, parts["dataset"])
-    return _started(*trainings.start(body, dataset))
+    return _started(*trainings.start(body, family, dataset))
 
 
 # -- pods ----------------------------------------------------------------------------------------

@@ -415,12 +415,16 @@ class Generations:
             except Exception as exc:  # botocore raises many types; all mean the same here
                 raise OutputsNotSaved(f"the outputs are on the bridge but could not be uploaded to s3://{bucket}: "
                                       f"{type(exc).__name__}: {exc}") from None
+        result.update(self.completion(job_id))
+        self._transition(job_id, JobState.SUCCEEDED, "succeeded", result=result, data={"outputs": names})
+
+    def completion(self, job_id: str) -> dict[str, Any]:
+        """A completed job's end: time, GPU-seconds since execution first started (across restarts), cost."""
         job = self.db.get_job(job_id)
         now = time.time()
         seconds = max(0.0, now - job["result"]["started_at"]) if "started_at" in job["result"] else 0.0
-        result.update(finished_at=now, gpu_seconds=round(seconds, 3),
-                      cost=round(seconds * self.settings.cost_per_hour / 3600, 6), reason="completed")
-        self._transition(job_id, JobState.SUCCEEDED, "succeeded", result=result, data={"outputs": names})
+        return {"finished_at": now, "gpu_seconds": round(seconds, 3),
+                "cost": round(seconds * self.settings.cost_per_hour / 3600, 6), "reason": "completed"}
 
     def _upload_outputs(self, job_id: str, files: list[Path], expires: int = 24 * 3600) -> list[str]:
         """Copy a job's outputs to S3 (``s3://bucket/generations/<job>/<file>``); presigned GET URLs."""

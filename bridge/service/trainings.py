@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from . import webhooks
 from .character_paths import KEY_FRAME_TEMPLATES
 from .job_states import JobState
 from .jobs import Generations
-from .schemas import TrainingCreate
+from .schemas import LoraCreate, TrainingCreate
 from .uploads import LoraUploads
 
 KIND = "training"  # the job record's request kind (jobs.GENERATION for generations)
@@ -123,16 +122,14 @@ class Trainings:
     def dataset_from_zip(request: TrainingCreate, data: bytes) -> Dataset:
         return read_zip(data, request.trigger_word)
 
-    def start(self, request: TrainingCreate, dataset: Dataset) -> tuple[str, dict[str, Any]]:
-        """Store the registry entry (``training``) and the job (``queued``), keep the dataset, start it."""
-        family = self.check(request)
+    def start(self, request: TrainingCreate, family: str, dataset: Dataset) -> tuple[str, dict[str, Any]]:
+        """Store the registry entry (``training``) and the job (``queued``), keep the dataset, start it
+        (``family``: what ``check`` answered for the request)."""
         plan = TrainingPlan(request, family, settings_for(request.preset, request.overrides()), len(dataset.items))
-        owner = {}
-        for kind in ("character", "brand"):
-            if getattr(request, f"{kind}_id") is not None:
-                owner = {"owner_kind": kind, "owner_id": str(getattr(request, f"{kind}_id"))}
-        entry = self.db.add_lora({"name": request.name, "status": "training", "family": family, "trigger_word": request.trigger_word,
-                                  **owner, "rank": plan.settings.rank, "metadata": {"dataset": dataset.summary()}})
+        owner = LoraCreate(name=request.name, **{k: v for k in ("character_id", "brand_id")
+                                                 if (v := getattr(request, k)) is not None}).registry_fields()
+        entry = self.db.add_lora({**owner, "status": "training", "family": family, "trigger_word": request.trigger_word,
+                                  "rank": plan.settings.rank, "metadata": {"dataset": dataset.summary()}})
         record = {"kind": KIND, "lora_id": entry["id"], "dataset": dataset.summary(),
                   "settings": plan.settings.to_dict(plan.images)}
         request_json = {"kind": KIND, **request.model_dump(mode="json", exclude_defaults=True)}
@@ -265,15 +262,12 @@ class Trainings:
         self.jobs.record(job_id, "stored", {"lora_id": lora_id, "sha256": info.sha256, "size": info.size,
                                             "family": info.family, "trigger_words": info.trigger_words})
         image = await self._validate(job_id, lora_id, plan)
-        now = time.time()
-        started = self.db.get_job(job_id)["result"].get("started_at", now)
-        seconds = max(0.0, now - started)
+        end = self.jobs.completion(job_id)
         await self._clean(job_id)
         self.db.update_lora(lora_id, {"status": "ready", "metadata": {**metadata, "validation_image": image,
                                                                        "validation_job": job_id}})
-        self.jobs._transition(job_id, JobState.SUCCEEDED, "succeeded", {"lora_id": lora_id, "outputs": [image]}, {
-            "outputs": [image], "finished_at": now, "gpu_seconds": round(seconds, 3), "reason": "completed",
-            "cost": round(seconds * self.jobs.settings.cost_per_hour / 3600, 6)})
+        self.jobs._transition(job_id, JobState.SUCCEEDED, "succeeded", {"lora_id": lora_id, "outputs": [image]},
+                              {"outputs": [image], **end})
 
     async def _validate(self, job_id: str, lora_id: str, plan: TrainingPlan) -> str:
         """A sample generation with the trigger word and the new LoRA; its image kept as the job's output."""

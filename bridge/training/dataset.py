@@ -11,6 +11,7 @@ zip bomb is refused from its directory before anything is inflated).
 from __future__ import annotations
 
 import io
+import shutil
 import stat
 import zipfile
 from dataclasses import dataclass, field
@@ -182,8 +183,6 @@ def extract(data: bytes, folder: Path, limits: DatasetLimits = DatasetLimits()) 
             (tmp / f"{n:04d}{CAPTION}").write_text(item.caption, encoding="utf-8")
         tmp.rename(folder)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dataset

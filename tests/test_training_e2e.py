@@ -258,3 +258,20 @@ def test_a_dataset_by_s3_prefix_or_urls_is_fetched_under_the_source_policy(servi
     assert status == 400 and err["error"]["type"] == "source_refused", err
     status, err = service.call("POST", "/v1/trainings", TRAIN)
     assert status == 422 and "no dataset" in err["error"]["message"], err
+
+
+def test_a_training_survives_a_restart_of_the_bridge(service, comfy) -> None:
+    """SIGTERM mid-training leaves it running on the pod; the next start follows it to the end."""
+    status, started = train(service, dataset(2), name="restarted", steps=20, character_id="restarted-char")
+    assert status == 202, started
+    deadline = time.monotonic() + 120
+    while not any(t == "progress" and d.get("node") == "6" for _, t, d in service.peek(started["id"])):
+        assert time.monotonic() < deadline, service.peek(started["id"])
+        time.sleep(0.1)
+    assert service.stop() == 0
+    service.start()
+    job = service.wait_end(started["id"], timeout=300)
+    types = [t for _, t, _ in service.events(started["id"])]
+    assert job["status"] == "succeeded" and types.index("detached") < types.index("resumed") < types.index("stored"), (job, types)
+    status, lora = service.call("GET", f"/v1/loras/{started['lora']['id']}")
+    assert lora["status"] == "ready" and pod_files(comfy, started["id"]) == []

@@ -153,6 +153,7 @@ def _pods(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import contextlib
     import logging
+    import socket
 
     from aiohttp import web
 
@@ -190,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
         policy = FetchPolicy.from_settings(configured)
         uploads = LoraUploads(configured.local_store_dir, configured.upload_bucket, limits=policy.limits,
                               s3_endpoint=policy.s3_endpoint)
-        app = create_app(Database(db_url), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s, retry_delays=configured.retry_delays), Path(args.outputs),
+        replica = args.replica_id or f"{socket.gethostname()}:{args.port}"
+        app = create_app(Database(db_url, replica, configured.lease_s), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s, retry_delays=configured.retry_delays), Path(args.outputs),
                          configured, policy, uploads)
         web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10,
                     access_log_class=AccessLog)
@@ -315,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the bridge HTTP service")
     serve.add_argument("--pod", action="append", default=[], help="ComfyUI pod URL (repeatable)")
     serve.add_argument("--embedded-pod", action="store_true", help="also start a local CPU ComfyUI as a pod")
-    serve.add_argument("--db", help="database URL (default sqlite:///<cache>/bridge.sqlite3)")
+    serve.add_argument("--db", help="database URL: sqlite:///path (default <cache>/bridge.sqlite3, one bridge) or "
+                       "postgresql://user@host:port/db (any number of replicas)")
+    serve.add_argument("--replica-id", help="this replica's name, unique among replicas and kept across its restarts "
+                       "(default host:port)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8288)
     serve.add_argument("--outputs", default="out/generations", help="folder for job outputs")

@@ -78,3 +78,7 @@ class NotFound(LoraBridgeError):
 
 class GenerationRefused(LoraBridgeError):
     """A request that cannot run as asked (a ``strict`` job whose LoRA cannot be applied, a webhook without a secret)."""
+
+
+class DatabaseUnavailable(LoraBridgeError):
+    """The bridge's database cannot be reached (PostgreSQL down or unreachable); nothing was changed."""

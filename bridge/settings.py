@@ -136,6 +136,7 @@ class Settings:
     pod_facts_ttl_s: float = 60.0
     templates_dir: Path | None = None  # LORA_BRIDGE_TEMPLATES_DIR: a team's templates, before the shipped ones
     retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)  # LORA_BRIDGE_RETRY_DELAYS: waits before each retry of a job's pod
+    lease_s: float = 15.0  # LORA_BRIDGE_LEASE_S: how long a replica holds its jobs without a heartbeat
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -176,6 +177,7 @@ class Settings:
             stream_heartbeat_s=_number(env, "LORA_BRIDGE_STREAM_HEARTBEAT_S", 15.0, minimum=0.1),
             pod_facts_ttl_s=_number(env, "LORA_BRIDGE_POD_FACTS_TTL_S", 60.0, minimum=0.0),
             retry_delays=_delays(env, "LORA_BRIDGE_RETRY_DELAYS", (2.0, 4.0, 8.0)),
+            lease_s=_number(env, "LORA_BRIDGE_LEASE_S", 15.0, minimum=1.0),
             templates_dir=Path(templates).expanduser() if (templates := _text(env, "LORA_BRIDGE_TEMPLATES_DIR")) else None,
         )
 

@@ -16,6 +16,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import (
 from file_server import FaultyFileServer
 from foreign_loras import write_foreign_lora
 from moto.server import ThreadedMotoServer
+from postgres import Cluster
 from support import LORA_FILES, S3_ENV, configured_pod
 
 
@@ -82,3 +83,21 @@ def object_info(comfy) -> dict:
 
     with urllib.request.urlopen(comfy.url + "/object_info") as resp:
         return json.load(resp)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server for the run (``Cluster.new_database`` gives each user its own database)."""
+    cluster = Cluster(tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    """A new database of each back end."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -26,7 +26,8 @@ EXE = str(Path(sys.executable).with_name("lora-bridge"))
 class Service:
     """``lora-bridge serve`` in front of ``pods``, with its database and outputs under ``tmp``."""
 
-    def __init__(self, pods: list[str], tmp: Path, s3_endpoint: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, pods: list[str], tmp: Path, s3_endpoint: str | None = None, env: dict[str, str] | None = None,
+                 db_url: str | None = None, replica: str | None = None, outputs: Path | None = None) -> None:
         self.port, self.tmp = free_port(), tmp
         self.env = {**os.environ, **S3_ENV, "LORA_BRIDGE_API_KEYS": KEY, "LORA_BRIDGE_POD_TOKEN": POD_TOKEN,
                     "LORA_BRIDGE_COST_PER_HOUR": "3.6", "LORA_BRIDGE_WEBHOOK_SECRET": SECRET,
@@ -37,8 +38,11 @@ class Service:
                             LORA_BRIDGE_OUTPUT_BUCKET="loras")
         self.env.update(env or {})
         self.db_path = tmp / "bridge.sqlite3"
-        self.args = [EXE, "serve", *sum((["--pod", p] for p in pods), []), "--db", f"sqlite:///{self.db_path}",
-                     "--port", str(self.port), "--outputs", str(tmp / "out")]
+        self.db_url = db_url or f"sqlite:///{self.db_path}"
+        self.args = [EXE, "serve", *sum((["--pod", p] for p in pods), []), "--db", self.db_url,
+                     "--port", str(self.port), "--outputs", str(outputs or tmp / "out"),
+                     *(["--replica-id", replica] if replica else [])]
+        self._db: Database | None = None
         self.proc: subprocess.Popen | None = None
         self.client = BridgeClient(self.url, KEY, timeout=300)
 
@@ -103,7 +107,9 @@ class Service:
 
     def peek(self, job_id: str) -> list[tuple[int, str, dict]]:
         """Events so far, without waiting for the end (reads the service's database)."""
-        return Database(str(self.db_path)).events(job_id)
+        if self._db is None:
+            self._db = Database(self.db_url, replica="test-reader")
+        return self._db.events(job_id)
 
     def wait_for(self, job_id: str, event: str, timeout: float = 60) -> None:
         """Until the job has recorded an event of type ``event``."""

@@ -62,7 +62,7 @@ class LocalService:
 
     def counts(self) -> tuple[int, int, list[str]]:
         """LoRAs, jobs and files in the upload folder: what a refused request must leave unchanged."""
-        jobs = self.db._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        jobs = sum(self.db.job_counts().values())
         return len(self.db.list_loras()), jobs, sorted(p.name for p in self.uploads.iterdir())
 
     def close(self) -> None:

@@ -19,10 +19,12 @@ pytestmark = pytest.mark.comfy
 PARAMS = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 3, "seed": 51}
 
 
-@pytest.fixture(scope="module")
-def service(comfy, s3, weights, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def service(request, comfy, s3, weights, tmp_path_factory):
+    """The service on each database back end (the same tests, against SQLite and a real PostgreSQL)."""
     s3.client.put_object(Bucket="loras", Key="svc/char42.safetensors", Body=Path(weights.loras["kohya"]).read_bytes())
-    svc = Service([comfy.url], tmp_path_factory.mktemp("svc"), s3.endpoint).start()
+    db_url = request.getfixturevalue("postgres").new_database() if request.param == "postgresql" else None
+    svc = Service([comfy.url], tmp_path_factory.mktemp("svc"), s3.endpoint, db_url=db_url).start()
     yield svc
     svc.kill()
 
@@ -51,6 +53,21 @@ def test_generation_for_a_character_streams_progress(service) -> None:
     assert status == 200 and png[:4] == b"\x89PNG"
     with urllib.request.urlopen(record["output_urls"][0]) as resp:  # presigned S3 URL of the same file
         assert resp.read() == png
+
+
+def test_health_and_metrics_say_what_the_database_and_pods_hold(service) -> None:
+    _, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS})
+    assert rec["status"] == "succeeded"
+    status, health = service.call("GET", "/healthz", key=None)
+    assert status == 200 and health["ok"] and health["database"] == service.db_url.split(":")[0]
+    status, page = service.call("GET", "/metrics", key=None)
+    text = page.decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")}
+    assert samples['lora_bridge_jobs{status="succeeded"}'] >= 1
+    replica = next(k for k in samples if k.startswith("lora_bridge_job_duration_seconds_count"))
+    assert samples[replica] >= 1 and samples[replica.replace("duration", "queue_wait")] >= 1
+    assert any(k.startswith("lora_bridge_pod_cache_hit_rate") and 'cache="memory"' in k for k in samples)
+    assert any(k.startswith("lora_bridge_fetch_failures_total") for k in samples)
 
 
 def test_fallback_and_strict(service) -> None:
@@ -266,7 +283,8 @@ def test_presigned_credentials_stay_out_of_graphs_histories_pngs_listings_and_lo
 
 
 def test_a_pod_download_retry_is_an_event_on_the_job(service, file_server, weights) -> None:
-    data = cached_lora(LoraSpec(layout="kohya", seed=123, output_name="flaky")).read_bytes()
+    # a file of this service's own (the pod is shared by the back ends' runs, and would have it cached)
+    data = cached_lora(LoraSpec(layout="kohya", seed=service.port, output_name="flaky")).read_bytes()
     file_server.add("/flaky.safetensors", data, Faults(cut_at=[len(data) // 2]))
     _, lora = service.call("POST", "/v1/loras", {"name": "flaky", "character_id": 602, "status": "ready",
                                                  "source": file_server.url("/flaky.safetensors")})

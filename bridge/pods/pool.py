@@ -60,6 +60,7 @@ class PodStatus:
     healthy: bool = False
     error: str | None = None
     queue: int = 0
+    fetch_failures: int = 0  # LoRA downloads this pod gave up on, for this bridge's jobs
     pack: bool = False
     cached: set[str] = field(default_factory=set)
     object_info: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +177,7 @@ class PodPool:
                 except PodUnavailable:
                     raise
                 except PodError as exc:  # the pod answered: the LoRA itself is the problem
+                    pod.fetch_failures += 1
                     raise PrefetchFailed(lora, str(exc)) from None
                 return result["sha256"]
 

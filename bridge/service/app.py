@@ -23,7 +23,13 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from ..errors import GenerationRefused, NotFound, RequestInvalid
+from ..errors import (
+    DatabaseUnavailable,
+    GenerationRefused,
+    NotFound,
+    PodError,
+    RequestInvalid,
+)
 from ..lorafiles.families import variant_name
 from ..lorafiles.inspect import LoraInfo, inspect_source
 from ..lorafiles.sources import (
@@ -50,6 +56,8 @@ from .database import Database
 from .http_errors import answer, error_response
 from .job_states import is_terminal
 from .jobs import Generations, job_view
+from .metrics import render as render_metrics
+from .replicas import Replica
 from .trainings import KIND as TRAINING
 from .trainings import Trainings
 from .uploads import LoraUploads, StagedUpload
@@ -64,6 +72,7 @@ REGISTRY_POLICY = web.AppKey("registry_policy", FetchPolicy)
 UPLOADS = web.AppKey("uploads", LoraUploads)
 GENERATIONS = web.AppKey("generations", Generations)
 TRAININGS = web.AppKey("trainings", Trainings)
+REPLICA = web.AppKey("replica", Replica)
 OPENAPI = web.AppKey("openapi", dict)
 VERSION = "0.2.0"
 
@@ -277,17 +286,19 @@ def _resume_point(inputs: Inputs) -> int:
     return header if header is not None else inputs.query.last_event_id
 
 
-async def _job_events(gens: Generations, job_id: str, last: int, heartbeat: float,
+async def _job_events(request: web.Request, job_id: str, last: int, heartbeat: float,
                       send: Callable[[int, str, dict[str, Any]], Awaitable[None]],
                       beat: Callable[[], Awaitable[None]]) -> None:
-    """Send the job's events after ``last`` until it has ended (a heartbeat while nothing happens)."""
+    """Send the job's events after ``last`` until it has ended (a heartbeat while nothing happens).
+    Woken by this replica's runners and, on PostgreSQL, by other replicas' (polls while that is down)."""
+    gens, replica = _gens(request), request.app[REPLICA]
     while True:
         for seq, type, data in gens.db.events(job_id, last):
             await send(seq, type, data)
             last = seq
         if is_terminal(gens.db.job_status(job_id)) and not gens.db.events(job_id, last) or gens.stopping:
             return
-        if not await gens.wait_change(job_id, heartbeat):
+        if not await gens.wait_change(job_id, heartbeat if replica.listening else min(heartbeat, 1.0)):
             await beat()
 
 
@@ -305,7 +316,7 @@ async def generation_events(request: web.Request, inputs: Inputs) -> web.StreamR
     async def beat() -> None:
         await resp.write(b": heartbeat\n\n")
 
-    await _job_events(gens, job_id, _resume_point(inputs), request.app[SETTINGS].stream_heartbeat_s, send, beat)
+    await _job_events(request, job_id, _resume_point(inputs), request.app[SETTINGS].stream_heartbeat_s, send, beat)
     return resp
 
 
@@ -326,7 +337,7 @@ async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketRe
             raise ConnectionResetError("client went away")
 
     try:
-        await _job_events(gens, job_id, _resume_point(inputs), heartbeat, send, beat)
+        await _job_events(request, job_id, _resume_point(inputs), heartbeat, send, beat)
     except ConnectionResetError:
         pass
     await ws.close()
@@ -434,16 +445,23 @@ async def clear_pod_cache(request: web.Request, inputs: Inputs) -> web.Response:
     return web.json_response({"pod": pod.config.name, **result})
 
 
+async def _cache_stats(pool: PodPool, pod: PodStatus) -> dict[str, Any] | None:
+    """A pack pod's disk and memory cache counters (without the item lists); None if it cannot say."""
+    if not (pod.healthy and pod.pack):
+        return None
+    async with pool.client(pod) as client:
+        cache = await client.get_json(ROUTE_CACHE)
+    return {part: {k: v for k, v in cache[part].items() if k != "items"} for part in ("disk", "memory")}
+
+
 async def cache_stats(request: web.Request, inputs: Inputs) -> web.Response:
     """Disk and memory cache statistics of every pack pod, and their totals."""
     pool: PodPool = request.app[POOL]
     per_pod, totals = [], {"hits": 0, "misses": 0, "evictions": 0, "entries": 0, "bytes": 0}
     for pod in await pool.refresh(force=True):
-        if not (pod.healthy and pod.pack):
+        stats = await _cache_stats(pool, pod)
+        if stats is None:
             continue
-        async with pool.client(pod) as client:
-            cache = await client.get_json(ROUTE_CACHE)
-        stats = {part: {k: v for k, v in cache[part].items() if k != "items"} for part in ("disk", "memory")}
         per_pod.append({"pod": pod.config.name, **stats})
         for part in ("disk", "memory"):
             for key in totals:
@@ -463,16 +481,28 @@ async def compatibility(request: web.Request, inputs: Inputs) -> web.Response:
 
 
 async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response({"ok": True})
+    """Liveness with the database's reachability (503 while it cannot be reached)."""
+    db = request.app[DB]
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, db.ping)
+    except DatabaseUnavailable as exc:
+        return web.json_response({"ok": False, "replica": db.replica, "database": str(exc)}, status=503)
+    return web.json_response({"ok": True, "replica": db.replica, "database": db.backend.dialect})
 
 
 async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
     pool: PodPool = request.app[POOL]
-    lines = ["# TYPE lora_bridge_pod_healthy gauge"]
-    lines += [f'lora_bridge_pod_healthy{{pod="{p.config.name}"}} {int(p.healthy)}' for p in pool.status.values()]
-    lines.append("# TYPE lora_bridge_pod_queue gauge")
-    lines += [f'lora_bridge_pod_queue{{pod="{p.config.name}"}} {p.queue}' for p in pool.status.values()]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    pods = []
+    for pod in await pool.refresh():
+        try:
+            cache = await _cache_stats(pool, pod)
+        except PodError:
+            cache = None
+        pods.append({"pod": pod.config.name, "healthy": pod.healthy, "queue": pod.queue,
+                     "fetch_failures": pod.fetch_failures, "cache": cache})
+    db = request.app[DB]
+    page = render_metrics(db.replica, db.job_counts(), _gens(request).metrics, pods)
+    return web.Response(text=page, content_type="text/plain")
 
 
 async def openapi(request: web.Request, inputs: Inputs) -> web.Response:
@@ -534,7 +564,8 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
        body=CacheClear, responses={200: "cleared", 404: "no such pod", 502: "the pod refused", 503: "pod unreachable"}),
      clear_pod_cache),
     (R("GET", "/v1/cache/stats", "Cache statistics across pods"), cache_stats),
-    (R("GET", "/healthz", "Liveness", auth=False), healthz),
+    (R("GET", "/healthz", "Liveness and database reachability", auth=False,
+       responses={200: "ok", 503: "the database cannot be reached"}), healthz),
     (R("GET", "/metrics", "Prometheus text", auth=False), metrics),
     (R("GET", "/openapi.json", "This document", auth=False), openapi),
 ]
@@ -556,7 +587,8 @@ def _bind(spec: RouteSpec, handler: Handler) -> Callable[[web.Request], Awaitabl
 
 def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy,
                uploads: LoraUploads) -> web.Application:
-    """The service; ``on_startup`` resumes unfinished jobs, ``on_shutdown`` detaches from running ones."""
+    """The service; ``on_startup`` claims and resumes unfinished jobs, ``on_shutdown`` detaches from running
+    ones and lets go of their leases (``replicas.py``)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[DB], app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = db, pool, settings, policy, uploads
     # registered sources obey the pods' policy; the service's own upload folder is one of the allowed roots
@@ -565,12 +597,18 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     app[TRAININGS] = trainings = Trainings(gens, uploads)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
+    def resume(jobs: list[dict[str, Any]]) -> None:
+        gens.resume(jobs)
+        trainings.resume(jobs)
+
+    app[REPLICA] = replica = Replica(db, resume, gens.let_go, lambda: set(gens.tasks), gens.signal)
+
     async def on_startup(app: web.Application) -> None:
-        gens.resume_unfinished()
-        trainings.resume_unfinished()
+        replica.start()
 
     async def on_shutdown(app: web.Application) -> None:
         await gens.detach_all()
+        await replica.stop()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

@@ -1,4 +1,4 @@
-"""The bridge's database (SQLite): the LoRA registry, and jobs with their events.
+"""The bridge's database (SQLite or PostgreSQL): the LoRA registry, and jobs with their events.
 
 Everything a restarted bridge needs lives here: LoRA records, each job's request, state,
 pod and prompt id, applied LoRAs, warnings, outputs, and every event in order (the SSE
@@ -9,78 +9,50 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..errors import ConfigError, NotFound
+from ..errors import NotFound
+from .db_backends import Backend, Tx, open_backend
 from .job_states import TERMINAL, JobState, check_transition
+from .migrations import migrate
 
 LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS loras (id TEXT PRIMARY KEY, owner_kind TEXT, owner_id TEXT, name TEXT, version INTEGER,
-    status TEXT, family TEXT, trigger_word TEXT, fallback_style TEXT, source TEXT, sha256 TEXT, size INTEGER,
-    rank INTEGER, metadata TEXT, created REAL, updated REAL);
-CREATE INDEX IF NOT EXISTS loras_owner ON loras (owner_kind, owner_id, family, status);
-CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, request TEXT, pod TEXT, prompt_id TEXT,
-    result TEXT, created REAL, updated REAL);
-CREATE TABLE IF NOT EXISTS events (job_id TEXT, seq INTEGER, type TEXT, data TEXT, at REAL, PRIMARY KEY (job_id, seq));
-"""
-# registry columns added since the first schema: (name, SQL type), appended to older databases on open
-# (a Wan 2.2 expert pair keeps its high-noise file in ``source``, its low-noise file in ``low_noise_source``)
-_ADDED_LORA_COLUMNS = (("variant", "TEXT"), ("low_noise_source", "TEXT"), ("low_noise_sha256", "TEXT"))
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
-               "source", "sha256", "size", "rank", "metadata", *(name for name, _ in _ADDED_LORA_COLUMNS))
+               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256")
 _LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated")
 _SELECT_LORAS = f"SELECT {', '.join(_LORA_COLUMNS)} FROM loras"
-
-
-def sqlite_path(url: str) -> str:
-    """``sqlite:///path`` (or a plain path) -> path; other database URLs are not supported yet."""
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):]
-    if "://" in url:
-        raise ConfigError(f"database URL {url.split('://')[0]}:// is not supported; use sqlite:///path")
-    return url
+_JOB_COLUMNS = ("id", "status", "request", "pod", "prompt_id", "result", "created", "updated", "owner", "lease_until")
+_TERMINAL = tuple(s.value for s in TERMINAL)
+_UNFINISHED = f"status NOT IN ({', '.join('?' * len(_TERMINAL))})"
 
 
 class Database:
-    def __init__(self, url: str) -> None:
-        self.path = sqlite_path(url)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
-        self._add_columns()
+    """The registry and the jobs, on SQLite or PostgreSQL (``url``), migrated to this version's schema on open.
 
-    def _add_columns(self) -> None:
-        """Bring a database made by an earlier version up to this schema, keeping its rows."""
-        with self.tx() as db:
-            present = {row[1] for row in db.execute("PRAGMA table_info(loras)")}
-            for name, sql_type in _ADDED_LORA_COLUMNS:
-                if name not in present:
-                    db.execute(f"ALTER TABLE loras ADD COLUMN {name} {sql_type}")
+    ``replica`` names this bridge process: the jobs it starts or claims are leased to it for
+    ``lease_s`` seconds, renewed by its heartbeat (``renew``); another replica claims a job whose
+    lease ran out (``claim``). Job ids are opaque; one replica's id must not be reused by another.
+    """
 
-    @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+    def __init__(self, url: str, replica: str = "local", lease_s: float = 15.0) -> None:
+        self.backend: Backend = open_backend(url)
+        self.replica, self.lease_s = replica, lease_s
+        migrate(self.backend)
+
+    def tx(self) -> contextlib.AbstractContextManager[Tx]:
+        return self.backend.tx()
+
+    def ping(self) -> None:
+        """Raise ``DatabaseUnavailable`` unless the database answers."""
+        with self.backend.read() as db:
+            db.execute("SELECT 1").fetchone()
 
     # -- LoRAs ----------------------------------------------------------------------------
 
     @staticmethod
-    def _lora(row: sqlite3.Row | tuple) -> dict[str, Any]:
+    def _lora(row: Any) -> dict[str, Any]:
         rec = dict(zip(_LORA_COLUMNS, row))
         rec["metadata"] = json.loads(rec["metadata"] or "{}")
         return rec
@@ -98,8 +70,8 @@ class Database:
         return self.get_lora(lora_id)
 
     def get_lora(self, lora_id: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._conn.execute(f"{_SELECT_LORAS} WHERE id = ?", (lora_id,)).fetchone()
+        with self.backend.read() as db:
+            row = db.execute(f"{_SELECT_LORAS} WHERE id = ?", (lora_id,)).fetchone()
         if row is None:
             raise NotFound(f"no LoRA with id {lora_id!r}")
         return self._lora(row)
@@ -121,8 +93,8 @@ class Database:
     def list_loras(self, **filters: Any) -> list[dict[str, Any]]:
         where = [(k, v) for k, v in filters.items() if v is not None and k in LORA_FIELDS]
         sql = _SELECT_LORAS + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
+        with self.backend.read() as db:
+            rows = db.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
         return [self._lora(r) for r in rows]
 
     def best_for_owner(self, owner_kind: str, owner_id: str, family: str | None,
@@ -130,52 +102,56 @@ class Database:
         """The owner's LoRA that fits best, whatever its status or family: of ``family`` (when given)
         first, then of ``variant`` (when given), then ready before not, then the newest version."""
         wanted = [(column, value) for column, value in (("family", family), ("variant", variant)) if value]
-        order = [f"COALESCE({column} = ?, 0) DESC" for column, _ in wanted]
-        order += ["(status = 'ready') DESC", "version DESC", "created DESC"]
+        order = [f"CASE WHEN {column} = ? THEN 1 ELSE 0 END DESC" for column, _ in wanted]
+        order += ["CASE WHEN status = 'ready' THEN 1 ELSE 0 END DESC", "version DESC", "created DESC"]
         args = [owner_kind, owner_id, *(value for _, value in wanted)]
-        with self._lock:
-            rows = self._conn.execute(f"{_SELECT_LORAS} WHERE owner_kind = ? AND owner_id = ? ORDER BY {', '.join(order)}",
-                                      args).fetchall()
-        return self._lora(rows[0]) if rows else None
+        with self.backend.read() as db:
+            row = db.execute(f"{_SELECT_LORAS} WHERE owner_kind = ? AND owner_id = ? ORDER BY {', '.join(order)} LIMIT 1",
+                             args).fetchone()
+        return self._lora(row) if row else None
 
     # -- jobs and events --------------------------------------------------------------------
 
     def add_job(self, request: dict[str, Any], result: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> str:
-        """Store a new ``queued`` job with its first events, in one transaction."""
+        """Store a new ``queued`` job with its first events, leased to this replica, in one transaction."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self.tx() as db:
-            db.execute("INSERT INTO jobs VALUES (?, ?, ?, NULL, NULL, ?, ?, ?)",
-                       (job_id, JobState.QUEUED.value, _dumps(request), _dumps(result), now, now))
+            db.execute(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES (?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?)",
+                       (job_id, JobState.QUEUED.value, _dumps(request), _dumps(result), now, now, self.replica,
+                        now + self.lease_s))
             for type, data in events:
                 self._insert_event(db, job_id, type, data)
         return job_id
+
+    def _locked_job(self, db: Tx, job_id: str) -> tuple[str, str]:
+        """A job's (status, result), its row locked until the transaction ends (PostgreSQL)."""
+        row = db.execute(f"SELECT status, result FROM jobs WHERE id = ?{self.backend.lock_suffix}", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no generation with id {job_id!r}")
+        return row
 
     def transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
                    result: dict[str, Any] | None = None, **columns: Any) -> None:
         """Move a job to ``state`` (checked against the state machine), merge ``result`` into its
         record, set ``pod``/``prompt_id``, and append the event: all in one transaction."""
         with self.tx() as db:
-            row = db.execute("SELECT status, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no generation with id {job_id!r}")
-            check_transition(row[0], state)
-            self._update(db, job_id, row[1], result, status=state.value, **columns)
+            status, old = self._locked_job(db, job_id)
+            check_transition(status, state)
+            self._update(db, job_id, old, result, status=state.value, **columns)
             self._insert_event(db, job_id, event, data or {})
 
     def patch_job(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,
                   data: dict[str, Any] | None = None, **columns: Any) -> None:
         """Merge fields into a job's record (state unchanged), with an optional event, in one transaction."""
         with self.tx() as db:
-            row = db.execute("SELECT status, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no generation with id {job_id!r}")
-            self._update(db, job_id, row[1], result, **columns)
+            _, old = self._locked_job(db, job_id)
+            self._update(db, job_id, old, result, **columns)
             if event is not None:
                 self._insert_event(db, job_id, event, data or {})
 
     @staticmethod
-    def _update(db: sqlite3.Connection, job_id: str, old_result: str, result: dict[str, Any] | None, **columns: Any) -> None:
+    def _update(db: Tx, job_id: str, old_result: str, result: dict[str, Any] | None, **columns: Any) -> None:
         unknown = set(columns) - {"status", "pod", "prompt_id"}
         if unknown:
             raise ValueError(f"not a job column: {sorted(unknown)}")
@@ -183,45 +159,89 @@ class Database:
         fields = {**columns, "result": _dumps(merged), "updated": time.time()}
         db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*fields.values(), job_id))
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no generation with id {job_id!r}")
-        keys = ("id", "status", "request", "pod", "prompt_id", "result", "created", "updated")
-        job = dict(zip(keys, row))
+    @staticmethod
+    def _job(row: Any) -> dict[str, Any]:
+        job = dict(zip(_JOB_COLUMNS, row))
         job["request"], job["result"] = json.loads(job["request"]), json.loads(job["result"] or "{}")
         return job
 
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        with self.backend.read() as db:
+            row = db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no generation with id {job_id!r}")
+        return self._job(row)
+
     def job_status(self, job_id: str) -> str:
         """A job's state alone (what event handlers and streams poll; no record to decode)."""
-        with self._lock:
-            row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.backend.read() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no generation with id {job_id!r}")
         return row[0]
 
     def unfinished_jobs(self) -> list[dict[str, Any]]:
-        terminal = [s.value for s in TERMINAL]
-        with self._lock:
-            ids = [r[0] for r in self._conn.execute(
-                f"SELECT id FROM jobs WHERE status NOT IN ({', '.join('?' * len(terminal))}) ORDER BY created", terminal)]
+        with self.backend.read() as db:
+            rows = db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE {_UNFINISHED} ORDER BY created",
+                              _TERMINAL).fetchall()
+        return [self._job(row) for row in rows]
+
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (all replicas' jobs)."""
+        with self.backend.read() as db:
+            return {status: count for status, count in db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                    .fetchall()}
+
+    # -- leases: which replica runs which unfinished job -----------------------------------------
+
+    def claim(self, own: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+        """Take over unfinished jobs nobody holds a live lease on (and, with ``own``, this replica's
+        own, as at its start): each is claimed by exactly one replica (rows locked, skipped when
+        another replica is claiming them). The claimed jobs, oldest first."""
+        now = time.time()
+        free = "owner IS NULL OR lease_until IS NULL OR lease_until < ?"  # a job of ours whose lease ran out is still ours
+        who = f"owner = ? OR {free}" if own else f"owner IS NULL OR (owner <> ? AND ({free}))"
+        skip = " SKIP LOCKED" if self.backend.lock_suffix else ""
+        with self.tx() as db:
+            ids = [row[0] for row in db.execute(
+                f"SELECT id FROM jobs WHERE {_UNFINISHED} AND ({who}) "
+                f"ORDER BY created LIMIT {int(limit)}{self.backend.lock_suffix}{skip}",
+                (*_TERMINAL, self.replica, now)).fetchall()]
+            for job_id in ids:
+                db.execute("UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?", (self.replica, now + self.lease_s, job_id))
         return [self.get_job(i) for i in ids]
 
-    @staticmethod
-    def _insert_event(db: sqlite3.Connection, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def renew(self, running: set[str]) -> set[str]:
+        """Extend this replica's leases; of the jobs it is ``running``, those it no longer holds (ended
+        by another replica, as a cancel does, or claimed by one after a missed heartbeat)."""
+        with self.tx() as db:
+            db.execute(f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND {_UNFINISHED}",
+                       (time.time() + self.lease_s, self.replica, *_TERMINAL))
+            held = {row[0] for row in db.execute(f"SELECT id FROM jobs WHERE owner = ? AND {_UNFINISHED}",
+                                                 (self.replica, *_TERMINAL)).fetchall()}
+        return running - held
+
+    def release(self) -> None:
+        """Let go of this replica's unfinished jobs at once (a graceful stop): any replica may claim them."""
+        with self.tx() as db:
+            db.execute(f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND {_UNFINISHED}", (self.replica, *_TERMINAL))
+
+    def _insert_event(self, db: Tx, job_id: str, type: str, data: dict[str, Any]) -> int:
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
-        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (job_id, seq, type, _dumps(data), time.time()))
+        db.execute("INSERT INTO events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
+                   (job_id, seq, type, _dumps(data), time.time()))
+        self.backend.notify(db, job_id)
         return seq
 
     def add_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
         with self.tx() as db:
+            self._locked_job(db, job_id)  # one writer of a job's events at a time, across replicas
             return self._insert_event(db, job_id, type, data)
 
     def events(self, job_id: str, after: int = 0) -> list[tuple[int, str, dict[str, Any]]]:
-        with self._lock:
-            rows = self._conn.execute("SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
-                                      (job_id, after)).fetchall()
+        with self.backend.read() as db:
+            rows = db.execute("SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                              (job_id, after)).fetchall()
         return [(seq, type, json.loads(data)) for seq, type, data in rows]
 
 

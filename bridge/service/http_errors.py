@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..errors import (
     ConfigError,
+    DatabaseUnavailable,
     FetchError,
     GenerationRefused,
     IntegrityError,
@@ -51,6 +52,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     SourceError: (422, "source_unusable"),
     FetchError: (502, "fetch_failed"),
     PodUnavailable: (503, "pod_unavailable"),
+    DatabaseUnavailable: (503, "database_unavailable"),
     PodError: (502, "pod_error"),
     ConfigError: (500, "configuration"),
     LoraBridgeError: (422, "refused"),

@@ -55,6 +55,7 @@ from .character_paths import (
 )
 from .database import Database
 from .job_states import JobState, is_terminal
+from .metrics import JobMetrics
 from .schemas import GenerationCreate
 
 log = logging.getLogger("lora_bridge.jobs")
@@ -124,8 +125,10 @@ class Generations:
         self.changed: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
+        self.released: set[str] = set()  # jobs another replica claimed: their runners here stop, the jobs go on
         self.two_stage: set[str] = set()  # preprocess jobs: their events say which stage
         self.stopping = False
+        self.metrics = JobMetrics()
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
 
@@ -247,10 +250,11 @@ class Generations:
         self._spawn(job_id, self._run(job_id, plan))
         return job_id
 
-    def resume_unfinished(self) -> None:
-        """After a restart: re-attach to jobs on their pods, run again what never reached one.
-        Each job is resumed on its own; one that cannot be resumed fails with the reason."""
-        for job in self.db.unfinished_jobs():
+    def resume(self, jobs: list[dict[str, Any]]) -> None:
+        """Jobs this replica just claimed (after a restart, or from a replica that died): re-attach
+        to them on their pods, run again what never reached one. Each job is resumed on its own;
+        one that cannot be resumed fails with the reason."""
+        for job in jobs:
             if job["request"].get("kind", GENERATION) != GENERATION:
                 continue  # another kind's own runner resumes it
             try:
@@ -259,13 +263,30 @@ class Generations:
                 self._end(job["id"], JobState.FAILED, f"cannot resume: the stored request is no longer valid "
                                                       f"({describe_validation_error(exc)})")
                 continue
-            self.db.add_event(job["id"], "resumed", {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"]})
+            self.db.add_event(job["id"], "resumed", self.resumed(job))
             if job["result"].get("path") == "preprocess":
                 self.two_stage.add(job["id"])
             if job["prompt_id"] and job["pod"]:
                 self._spawn(job["id"], self._follow(job["id"], request))
             else:
                 self._spawn(job["id"], self._replan_and_run(job["id"], request))
+
+    def resumed(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The ``resumed`` event of a claimed job: where it was, and which replica takes it on."""
+        return {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"], "replica": self.db.replica}
+
+    def let_go(self, job_id: str) -> None:
+        """Stop the runner of a job this replica no longer holds: one another replica ended (a cancel
+        sent there) is cancelled here too; one another replica claimed is detached (it runs there)."""
+        task = self.tasks.get(job_id)
+        if task is None:
+            return
+        (self.cancel_requested if is_terminal(self.db.job_status(job_id)) else self.released).add(job_id)
+        task.cancel()
+
+    def letting_go(self, job_id: str) -> bool:
+        """Whether the job's runner stops without ending the job (a graceful stop, or a lost lease)."""
+        return self.stopping or job_id in self.released
 
     async def detach_all(self) -> None:
         """Graceful stop: let go of every job without ending it (the next start re-attaches)."""
@@ -313,9 +334,12 @@ class Generations:
         except asyncio.CancelledError:
             if job_id in self.cancel_requested:
                 self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
-            elif self.stopping:
-                self.record(job_id, "detached", {"message": "the service stopped; the job resumes at the next start"})
-                raise
+            elif self.letting_go(job_id):
+                self.record(job_id, "detached", {"message": f"replica {self.db.replica} let go of the job" +
+                                                 ("; it resumes on the next replica to claim it" if self.stopping else
+                                                  " (another replica holds it now)")})
+                if self.stopping:
+                    raise
             else:
                 self._end(job_id, JobState.FAILED, "the job's runner was stopped unexpectedly")
         except JobInterrupted as exc:
@@ -330,8 +354,12 @@ class Generations:
         finally:
             self.tasks.pop(job_id, None)
             self.cancel_requested.discard(job_id)
+            self.released.discard(job_id)
             self.two_stage.discard(job_id)
-            self._signal(job_id)
+            self.signal(job_id)
+        job = self.db.get_job(job_id)
+        if is_terminal(job["status"]):
+            self.metrics.observe(job)
         await self._notify(job_id)
 
     async def _replan_and_run(self, job_id: str, request: GenerationCreate) -> None:
@@ -363,7 +391,7 @@ class Generations:
                 loras = [lora for lora in loras if lora.name != exc.lora.name]  # a pair's two files go together
                 plan.warnings.append(f"{exc}; generating without it")
                 self.db.patch_job(job_id, {"warnings": plan.warnings}, "warning", {"message": plan.warnings[-1]})
-                self._signal(job_id)
+                self.signal(job_id)
         await self._complete(job_id, outcome.files)
 
     def _without_key_frame(self, job_id: str, plan: Plan, reason: str) -> Plan:
@@ -377,7 +405,7 @@ class Generations:
                        fallback.warnings)
         self.two_stage.discard(job_id)
         self.db.patch_job(job_id, {**fallback.record()}, "path", {"path": "fallback", "reason": fallback.path_reason})
-        self._signal(job_id)
+        self.signal(job_id)
         return fallback
 
     async def _follow(self, job_id: str, request: GenerationCreate) -> None:
@@ -444,7 +472,7 @@ class Generations:
     def _transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
                     result: dict[str, Any] | None = None, **columns: Any) -> None:
         self.db.transition(job_id, state, event, data, result, **columns)
-        self._signal(job_id)
+        self.signal(job_id)
 
     def _end(self, job_id: str, state: JobState, reason: str) -> None:
         """Terminal state with its reason; a job that already ended stays as it ended."""
@@ -462,6 +490,8 @@ class Generations:
         if isinstance(node, str) and job_id in self.two_stage:
             data = {**data, "stage": stage_of(node)}  # which of the two stages the node belongs to
         status = self.db.job_status(job_id)
+        if is_terminal(status):  # ended meanwhile by another replica (a cancel sent there): nothing more to record
+            return
         if event.type == "submitting":
             self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
             return
@@ -480,13 +510,14 @@ class Generations:
             self.db.add_event(job_id, event.type, data)
         else:
             self.db.add_event(job_id, event.type, data)
-        self._signal(job_id)
+        self.signal(job_id)
 
     def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
         self.db.add_event(job_id, type, data)
-        self._signal(job_id)
+        self.signal(job_id)
 
-    def _signal(self, job_id: str) -> None:
+    def signal(self, job_id: str) -> None:
+        """Wake whatever waits on the job here (its streams, a ``?wait=true`` request)."""
         event = self.changed.pop(job_id, None)
         if event is not None:
             event.set()

@@ -141,9 +141,10 @@ class Trainings:
         self.jobs._spawn(job_id, self._guarded(job_id, entry["id"], self._run(job_id, entry["id"], plan)))
         return job_id, self.db.get_lora(entry["id"])
 
-    def resume_unfinished(self) -> None:
-        """After a restart: follow trainings on their pods again, or start again those that never reached one."""
-        for job in self.db.unfinished_jobs():
+    def resume(self, jobs: list[dict[str, Any]]) -> None:
+        """Trainings this replica just claimed: follow them on their pods again, or start again those that
+        never reached one."""
+        for job in jobs:
             if job["request"].get("kind") != KIND:
                 continue
             lora_id = job["result"].get("lora_id")
@@ -156,7 +157,7 @@ class Trainings:
                 self._fail_entry(lora_id, f"cannot resume: {reason}")
                 self.jobs._end(job["id"], JobState.FAILED, f"cannot resume: {reason}")
                 continue
-            self.db.add_event(job["id"], "resumed", {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"]})
+            self.db.add_event(job["id"], "resumed", self.jobs.resumed(job))
             runner = self._follow(job["id"], lora_id, plan) if job["prompt_id"] and job["pod"] else self._run(job["id"], lora_id, plan)
             self.jobs._spawn(job["id"], self._guarded(job["id"], lora_id, runner))
 
@@ -168,7 +169,7 @@ class Trainings:
         try:
             await runner
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and self.jobs.stopping and job_id not in self.jobs.cancel_requested:
+            if isinstance(exc, asyncio.CancelledError) and self.jobs.letting_go(job_id) and job_id not in self.jobs.cancel_requested:
                 raise
             await self._interrupt(job_id)
             self._fail_entry(lora_id, self._reason(job_id, exc))

@@ -92,7 +92,7 @@ def postgres(tmp_path_factory):
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -119,3 +119,26 @@ def test_postgres_notifies_every_replica_of_each_committed_event(postgres) -> No
 def test_an_unreachable_database_is_a_clear_error(postgres) -> None:
     with pytest.raises(DatabaseUnavailable, match="unreachable"):
         Database(f"postgresql://postgres@127.0.0.1:{postgres.port + 1}/none")
+
+
+@pytest.mark.postgres
+def test_the_service_answers_503_while_its_database_is_away_and_recovers(tmp_path) -> None:
+    from postgres import Cluster
+    from service_harness import Service
+
+    cluster = Cluster(tmp_path).start()
+    try:
+        service = Service(["http://127.0.0.1:9"], tmp_path, db_url=cluster.url()).start()
+        assert service.call("POST", "/v1/loras", {"name": "kept", "family": "sd15"})[0] == 201
+        cluster.stop()
+        status, health = service.call("GET", "/healthz", key=None)
+        assert (status, health["ok"], health["database"]) == (503, False, "unreachable")
+        status, err = service.call("GET", "/v1/loras")
+        assert status == 503 and err["error"]["type"] == "database_unavailable"
+        cluster.start()
+        assert service.call("GET", "/healthz", key=None)[0] == 200
+        status, listing = service.call("GET", "/v1/loras")
+        assert status == 200 and [lora["name"] for lora in listing["loras"]] == ["kept"]
+        service.stop()
+    finally:
+        cluster.remove()

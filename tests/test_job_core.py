@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from comfyui_lora_bridge.bridge import pack_protocol as protocol
@@ -16,6 +17,7 @@ from comfyui_lora_bridge.bridge.errors import (
     PodUnavailable,
     PromptRejected,
 )
+from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest
 from comfyui_lora_bridge.bridge.graphs.templates import TemplateError
 from comfyui_lora_bridge.bridge.lorafiles.sources import (
     FetchPolicy,
@@ -23,10 +25,10 @@ from comfyui_lora_bridge.bridge.lorafiles.sources import (
     SourceRefused,
 )
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.database import Database
+from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.service.http_errors import classify
 from comfyui_lora_bridge.bridge.service.job_states import IllegalTransition, JobState
-from comfyui_lora_bridge.bridge.service.jobs import Generations
+from comfyui_lora_bridge.bridge.service.jobs import Generations, Plan
 from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
 from comfyui_lora_bridge.bridge.settings import Settings
 from hypothesis import given
@@ -85,10 +87,26 @@ def _registry(db: Database) -> dict[str, dict]:
     }
 
 
-def _gens(db: Database, tmp_path: Path, **settings) -> Generations:
+class Planner:
+    """The job core's planning, called from a test (each call on an event loop of its own)."""
+
+    def __init__(self, gens: Generations) -> None:
+        self.gens = gens
+
+    def prepare(self, request: GenerationCreate) -> Plan:
+        return asyncio.run(self.gens.prepare(request))
+
+    def resolve_loras(self, *args: Any) -> tuple[list[LoraRequest], list[str], list[str]]:
+        return asyncio.run(self.gens.resolve_loras(*args))
+
+    def cancel(self, job_id: str) -> None:
+        asyncio.run(self.gens.cancel(job_id))
+
+
+def _gens(db: Database, tmp_path: Path, **settings) -> Planner:
     configured = Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path), **settings})
-    return Generations(db, PodPool([PodConfig("http://127.0.0.1:9")], retry_delays=(0.05, 0.1, 0.2)), tmp_path, configured,
-                       FetchPolicy())
+    return Planner(Generations(AsyncDatabase(db), PodPool([PodConfig("http://127.0.0.1:9")], retry_delays=(0.05, 0.1, 0.2)),
+                               tmp_path, configured, FetchPolicy()))
 
 
 def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
@@ -283,6 +301,6 @@ def test_settings_are_trimmed_and_contradictions_refused(tmp_path: Path) -> None
 def test_cancelling_a_job_that_no_runner_holds(db: Database, tmp_path: Path) -> None:
     gens = _gens(db, tmp_path)
     job = db.add_job({"template": "sd15_txt2img"}, {}, [("queued", {})])
-    asyncio.run(gens.cancel(job))
+    gens.cancel(job)
     record = db.get_job(job)
     assert record["status"] == "cancelled" and record["result"]["reason"] == "cancelled by the caller"

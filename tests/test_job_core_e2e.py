@@ -15,7 +15,7 @@ import pytest
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.database import Database
+from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.service.job_states import JobState
 from comfyui_lora_bridge.bridge.service.jobs import Generations
 from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
@@ -49,18 +49,18 @@ def _pod_queue(comfy) -> dict:
 
 
 @pytest.mark.parametrize("how", ["graceful stop", "crash"])
-def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source, tmp_path, how) -> None:
-    svc = Service([comfy.url], tmp_path, s3.endpoint).start()
+def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source, tmp_path, how, db_url) -> None:
+    svc = Service([comfy.url], tmp_path, s3.endpoint, db_url=db_url).start()
     try:
         _character(svc, 301, lora_source)
         _, job = svc.call("POST", "/v1/generations", {"template": "sd15_txt2img", "character_id": 301,
                                                       "params": {**PARAMS, "steps": 25, "seed": 62}})
         svc.wait_for(job["id"], "progress")
-        before = Database(str(svc.db_path)).get_job(job["id"])
+        before = Database(db_url, replica="test-reader").get_job(job["id"])
         assert before["result"]["applied"] and before["result"]["trigger_words"] == ["ohwx"]  # stored when known
         if how == "graceful stop":
             assert svc.stop() == 0
-            stopped = Database(str(svc.db_path)).get_job(job["id"])
+            stopped = Database(db_url, replica="test-reader").get_job(job["id"])
             assert stopped["status"] == "running" and "detached" in [t for _, t, _ in svc.peek(job["id"])]
         else:
             svc.kill()
@@ -198,14 +198,14 @@ def _run_in_process(comfy, tmp_path: Path, request: dict, settings: Settings | N
     settings = settings or Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path)})
 
     async def go() -> dict:
-        gens = Generations(Database(str(tmp_path / "db.sqlite3")), PodPool([PodConfig(comfy.url, POD_TOKEN)]),
+        gens = Generations(AsyncDatabase(Database(str(tmp_path / "db.sqlite3"))), PodPool([PodConfig(comfy.url, POD_TOKEN)]),
                            outputs or tmp_path / "out", settings, FetchPolicy.from_settings(settings))
         if patch:
             patch(gens)
-        job_id = gens.start(GenerationCreate.model_validate(request))
+        job_id = await gens.start(GenerationCreate.model_validate(request))
         await gens.tasks[job_id]
-        job = gens.db.get_job(job_id)
-        events = gens.db.events(job_id)
+        job = await gens.db.get_job(job_id)
+        events = await gens.db.events(job_id)
         assert events[-1][1] == job["status"] and events[-1][2]["message"] == job["result"]["reason"]  # state and log agree
         return job
 

@@ -46,9 +46,17 @@ def test_three_replicas_one_killed_mid_job(comfy, second_pod, postgres, tmp_path
     env = {"LORA_BRIDGE_LEASE_S": str(LEASE_S)}
     replicas = [Service(pods, tmp_path / f"r{i}", env=env, db_url=url, replica=f"r{i}", outputs=tmp_path / "out")
                 for i in range(3)]
-    for i, replica in enumerate(replicas):
-        (tmp_path / f"r{i}").mkdir()
-        replica.start()
+    try:
+        for i, replica in enumerate(replicas):
+            (tmp_path / f"r{i}").mkdir()
+            replica.start()
+        _submit_follow_and_kill(replicas, pods)
+    finally:
+        for replica in replicas:
+            replica.kill()
+
+
+def _submit_follow_and_kill(replicas: list[Service], pods: list[str]) -> None:
     victim, survivors = replicas[0], replicas[1:]
     rng = random.Random(17)
     base_seed = rng.randrange(10**9)

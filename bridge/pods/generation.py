@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from ..graphs.builder import KeyFrame, build_graph
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
@@ -53,7 +54,7 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                          params: dict[str, Any] | None = None, workflow: dict[str, Any] | None = None,
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
                          apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,
-                         on_built: Callable[[InsertionReport], None] | None = None,
+                         on_built: Callable[[InsertionReport], Awaitable[None] | None] | None = None,
                          request_id: str | None = None, key_frame: KeyFrame | None = None) -> JobOutcome:
     """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
 
@@ -64,14 +65,16 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
     reports: dict[str, InsertionReport] = {}
     frame_loras = key_frame.loras if key_frame is not None else []
 
-    def build(pod: PodStatus, named: list[LoraRequest]) -> dict[str, Any]:
+    async def build(pod: PodStatus, named: list[LoraRequest]) -> dict[str, Any]:
         own, frame = named[:len(loras)], named[len(loras):]
         stage = KeyFrame(key_frame.template, key_frame.params, frame) if key_frame is not None else None
         built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=own,
                             mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode, key_frame=stage)
         reports[pod.config.url] = built.report
         if on_built is not None:
-            on_built(built.report)
+            stored = on_built(built.report)
+            if inspect.isawaitable(stored):
+                await stored
         return built.graph
 
     result, pod = await pool.run(build, [*loras, *frame_loras], on_event, request_id=request_id)

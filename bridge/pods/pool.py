@@ -13,6 +13,7 @@ already on the pod); which mode a pod supports comes from its ``/object_info``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections.abc import Collection, Set
@@ -73,7 +74,8 @@ class PodStatus:
                 "labels": sorted(self.config.labels)}
 
 
-GraphBuilder = Callable[[PodStatus, list[LoraRequest]], dict[str, Any]]  # a pod and its LoRAs as named -> graph
+Graph = dict[str, Any]
+GraphBuilder = Callable[[PodStatus, list[LoraRequest]], Graph | Awaitable[Graph]]  # a pod and its LoRAs as named -> graph
 
 
 class PodPool:
@@ -114,17 +116,22 @@ class PodPool:
         pod.facts_checked = 0.0
         await self._check(pod)
 
-    async def build(self, pod: PodStatus, build: Callable[[PodStatus], dict[str, Any]]) -> dict[str, Any]:
-        """``build(pod)``; a graph refused for what may be stale pod facts is rebuilt once after re-reading them."""
+    async def build(self, pod: PodStatus, build: Callable[[PodStatus], Graph | Awaitable[Graph]]) -> Graph:
+        """``build(pod)`` (a function or a coroutine function); a graph refused for what may be stale pod
+        facts is rebuilt once after re-reading them."""
+        async def built() -> Graph:
+            graph = build(pod)
+            return await graph if inspect.isawaitable(graph) else graph
+
         try:
-            return build(pod)
+            return await built()
         except GraphInvalid as exc:
             if not exc.pod_facts:
                 raise
         await self.refresh_facts(pod)
         if not pod.healthy:  # it went away meanwhile: a pod failure (retried elsewhere), not a bad graph
             raise PodUnavailable(f"{pod.config.name} went away while its node list was re-read: {pod.error}")
-        return build(pod)
+        return await built()
 
     async def refresh(self, force: bool = False) -> list[PodStatus]:
         """Re-check pods whose health is older than ``health_ttl`` (all with ``force``)."""

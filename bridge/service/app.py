@@ -52,7 +52,7 @@ from ..settings import Settings
 from ..training.dataset import DatasetLimits
 from . import schemas as s
 from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, matrix
-from .database import Database
+from .database import AsyncDatabase, Database
 from .http_errors import answer, error_response
 from .job_states import is_terminal
 from .jobs import Generations, job_view
@@ -64,7 +64,7 @@ from .uploads import LoraUploads, StagedUpload
 
 log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
-DB = web.AppKey("db", Database)
+DB = web.AppKey("db", AsyncDatabase)
 POOL = web.AppKey("pool", PodPool)
 SETTINGS = web.AppKey("settings", Settings)
 POLICY = web.AppKey("policy", FetchPolicy)
@@ -190,33 +190,33 @@ async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
         if not fields.get("trigger_word") and info.trigger_words:
             fields["trigger_word"] = info.trigger_words[0]
         fields["metadata"] = {**info.metadata, **(fields.get("metadata") or {})}
-    return web.json_response(lora_view(request.app[DB].add_lora(fields)), status=201)
+    return web.json_response(lora_view(await request.app[DB].add_lora(fields)), status=201)
 
 
 async def list_loras(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response({"loras": [lora_view(r) for r in request.app[DB].list_loras(**inputs.query.filters())]})
+    return web.json_response({"loras": [lora_view(r) for r in await request.app[DB].list_loras(**inputs.query.filters())]})
 
 
 async def get_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(lora_view(request.app[DB].get_lora(inputs.path.id)))
+    return web.json_response(lora_view(await request.app[DB].get_lora(inputs.path.id)))
 
 
 async def lora_metadata(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(request.app[DB].get_lora(inputs.path.id)["metadata"])
+    return web.json_response((await request.app[DB].get_lora(inputs.path.id))["metadata"])
 
 
 async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
     fields = inputs.body.registry_fields()
-    request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
+    await request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
     if fields.get("source"):
         await _check_source(request, fields["source"])
     if fields.get("low_noise_source"):
         await _check_pair(request, fields)
-    return web.json_response(lora_view(request.app[DB].update_lora(inputs.path.id, fields)))
+    return web.json_response(lora_view(await request.app[DB].update_lora(inputs.path.id, fields)))
 
 
 async def delete_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    request.app[DB].delete_lora(inputs.path.id)
+    await request.app[DB].delete_lora(inputs.path.id)
     return web.Response(status=204)
 
 
@@ -261,7 +261,7 @@ async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
               "family": lora.family or info.family, "variant": info.variant if lora.family in (None, info.family) else None,
               "metadata": info.metadata, **pair,
               "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)}
-    return web.json_response(lora_view(request.app[DB].add_lora(record)), status=201)
+    return web.json_response(lora_view(await request.app[DB].add_lora(record)), status=201)
 
 
 # -- generations ---------------------------------------------------------------------------------
@@ -269,16 +269,16 @@ async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
 
 async def create_generation(request: web.Request, inputs: Inputs) -> web.Response:
     gens = _gens(request)
-    job_id = gens.start(inputs.body)
+    job_id = await gens.start(inputs.body)
     if not inputs.query.waits:
         return web.json_response({"id": job_id, "status": "queued"}, status=202)
-    while not is_terminal(gens.db.job_status(job_id)) and not gens.stopping:
+    while not is_terminal(await gens.db.job_status(job_id)) and not gens.stopping:
         await gens.wait_change(job_id, 1.0)
-    return web.json_response(job_view(gens.db.get_job(job_id)))
+    return web.json_response(job_view(await gens.db.get_job(job_id)))
 
 
 async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(job_view(request.app[DB].get_job(inputs.path.id)))
+    return web.json_response(job_view(await request.app[DB].get_job(inputs.path.id)))
 
 
 def _resume_point(inputs: Inputs) -> int:
@@ -293,10 +293,10 @@ async def _job_events(request: web.Request, job_id: str, last: int, heartbeat: f
     Woken by this replica's runners and, on PostgreSQL, by other replicas' (polls while that is down)."""
     gens, replica = _gens(request), request.app[REPLICA]
     while True:
-        for seq, type, data in gens.db.events(job_id, last):
+        for seq, type, data in await gens.db.events(job_id, last):
             await send(seq, type, data)
             last = seq
-        if is_terminal(gens.db.job_status(job_id)) and not gens.db.events(job_id, last) or gens.stopping:
+        if is_terminal(await gens.db.job_status(job_id)) and not await gens.db.events(job_id, last) or gens.stopping:
             return
         if not await gens.wait_change(job_id, heartbeat if replica.listening else min(heartbeat, 1.0)):
             await beat()
@@ -306,7 +306,7 @@ async def generation_events(request: web.Request, inputs: Inputs) -> web.StreamR
     """Server-Sent Events; resumable with ``Last-Event-ID`` (or ``?last_event_id=``); ``: heartbeat`` comments."""
     gens = _gens(request)
     job_id = inputs.path.id
-    gens.db.get_job(job_id)
+    await gens.db.get_job(job_id)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
 
@@ -324,7 +324,7 @@ async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketRe
     """The WebSocket twin of the SSE stream: ``{"id", "event", "data"}`` messages (pings keep it alive)."""
     gens = _gens(request)
     job_id = inputs.path.id
-    gens.db.get_job(job_id)
+    await gens.db.get_job(job_id)
     heartbeat = request.app[SETTINGS].stream_heartbeat_s
     ws = web.WebSocketResponse(heartbeat=heartbeat)
     await ws.prepare(request)
@@ -345,7 +345,7 @@ async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketRe
 
 
 async def generation_output(request: web.Request, inputs: Inputs) -> web.StreamResponse:
-    job = request.app[DB].get_job(inputs.path.id)
+    job = await request.app[DB].get_job(inputs.path.id)
     outputs = job["result"].get("outputs") or []
     if not inputs.path.n < len(outputs):
         raise NotFound(f"generation {job['id']} has {len(outputs)} output(s)")
@@ -354,7 +354,7 @@ async def generation_output(request: web.Request, inputs: Inputs) -> web.StreamR
 
 async def cancel_generation(request: web.Request, inputs: Inputs) -> web.Response:
     await _gens(request).cancel(inputs.path.id)
-    return web.json_response(job_view(request.app[DB].get_job(inputs.path.id)))
+    return web.json_response(job_view(await request.app[DB].get_job(inputs.path.id)))
 
 
 # -- trainings -----------------------------------------------------------------------------------
@@ -368,19 +368,19 @@ def _started(job_id: str, entry: dict[str, Any]) -> web.Response:
     return web.json_response({"id": job_id, "status": "queued", "lora": lora_view(entry)}, status=202)
 
 
-def _training(request: web.Request, job_id: str) -> dict[str, Any]:
-    job = request.app[DB].get_job(job_id)
+async def _training(request: web.Request, job_id: str) -> dict[str, Any]:
+    job = await request.app[DB].get_job(job_id)
     if job["request"].get("kind") != TRAINING:
         raise NotFound(f"no training with id {job_id!r} (it is a generation)")
     return job
 
 
 async def get_training(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response(job_view(_training(request, inputs.path.id)))
+    return web.json_response(job_view(await _training(request, inputs.path.id)))
 
 
 async def cancel_training(request: web.Request, inputs: Inputs) -> web.Response:
-    _training(request, inputs.path.id)
+    await _training(request, inputs.path.id)
     return await cancel_generation(request, inputs)
 
 
@@ -390,7 +390,7 @@ async def create_training(request: web.Request, inputs: Inputs) -> web.Response:
     body: s.TrainingCreate = inputs.body
     family = trainings.check(body)  # before any dataset file is fetched
     dataset = await trainings.dataset_from_sources(body)
-    return _started(*trainings.start(body, family, dataset))
+    return _started(*await trainings.start(body, family, dataset))
 
 
 async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
@@ -424,7 +424,7 @@ async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
     trainings = _trainings(request)
     family = trainings.check(body)
     dataset = await asyncio.get_running_loop().run_in_executor(None, trainings.dataset_from_zip, body, parts["dataset"])
-    return _started(*trainings.start(body, family, dataset))
+    return _started(*await trainings.start(body, family, dataset))
 
 
 # -- pods ----------------------------------------------------------------------------------------
@@ -484,9 +484,10 @@ async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
     """Liveness with the database's reachability (503 while it cannot be reached)."""
     db = request.app[DB]
     try:
-        await asyncio.get_running_loop().run_in_executor(None, db.ping)
-    except DatabaseUnavailable as exc:
-        return web.json_response({"ok": False, "replica": db.replica, "database": str(exc)}, status=503)
+        await db.ping()
+    except DatabaseUnavailable as exc:  # the reason (host, port) goes to the log, not to an unauthenticated caller
+        log.warning("health check: %s", exc)
+        return web.json_response({"ok": False, "replica": db.replica, "database": "unreachable"}, status=503)
     return web.json_response({"ok": True, "replica": db.replica, "database": db.backend.dialect})
 
 
@@ -501,7 +502,7 @@ async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
         pods.append({"pod": pod.config.name, "healthy": pod.healthy, "queue": pod.queue,
                      "fetch_failures": pod.fetch_failures, "cache": cache})
     db = request.app[DB]
-    page = render_metrics(db.replica, db.job_counts(), _gens(request).metrics, pods)
+    page = render_metrics(db.replica, await db.job_counts(), _gens(request).metrics, pods)
     return web.Response(text=page, content_type="text/plain")
 
 
@@ -590,21 +591,22 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     """The service; ``on_startup`` claims and resumes unfinished jobs, ``on_shutdown`` detaches from running
     ones and lets go of their leases (``replicas.py``)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
-    app[DB], app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = db, pool, settings, policy, uploads
+    app[DB] = adb = AsyncDatabase(db)
+    app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = pool, settings, policy, uploads
     # registered sources obey the pods' policy; the service's own upload folder is one of the allowed roots
     app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, uploads.local_dir))
-    app[GENERATIONS] = gens = Generations(db, pool, outputs_dir, settings, policy)
+    app[GENERATIONS] = gens = Generations(adb, pool, outputs_dir, settings, policy)
     app[TRAININGS] = trainings = Trainings(gens, uploads)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
-    def resume(jobs: list[dict[str, Any]]) -> None:
-        gens.resume(jobs)
-        trainings.resume(jobs)
+    async def resume(jobs: list[dict[str, Any]]) -> None:
+        await gens.resume(jobs)
+        await trainings.resume(jobs)
 
-    app[REPLICA] = replica = Replica(db, resume, gens.let_go, lambda: set(gens.tasks), gens.signal)
+    app[REPLICA] = replica = Replica(adb, resume, gens.let_go, lambda: set(gens.tasks), gens.signal)
 
     async def on_startup(app: web.Application) -> None:
-        replica.start()
+        await replica.start()
 
     async def on_shutdown(app: web.Application) -> None:
         await gens.detach_all()

@@ -1,17 +1,20 @@
 """The bridge's database (SQLite or PostgreSQL): the LoRA registry, and jobs with their events.
 
-Everything a restarted bridge needs lives here: LoRA records, each job's request, state,
+Everything a restarted bridge (or another replica) needs lives here: LoRA records, each job's request, state,
 pod and prompt id, applied LoRAs, warnings, outputs, and every event in order (the SSE
 ``id`` is the event's sequence number, so ``Last-Event-ID`` resumes without gaps).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, TypeVar
 
 from ..errors import NotFound
 from .db_backends import Backend, Tx, open_backend
@@ -33,7 +36,7 @@ class Database:
 
     ``replica`` names this bridge process: the jobs it starts or claims are leased to it for
     ``lease_s`` seconds, renewed by its heartbeat (``renew``); another replica claims a job whose
-    lease ran out (``claim``). Job ids are opaque; one replica's id must not be reused by another.
+    lease ran out (``claim``). Two running replicas must not share a name.
     """
 
     def __init__(self, url: str, replica: str = "local", lease_s: float = 15.0) -> None:
@@ -227,10 +230,10 @@ class Database:
             db.execute(f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND {_UNFINISHED}", (self.replica, *_TERMINAL))
 
     def _insert_event(self, db: Tx, job_id: str, type: str, data: dict[str, Any]) -> int:
-        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
-        db.execute("INSERT INTO events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)",
-                   (job_id, seq, type, _dumps(data), time.time()))
-        self.backend.notify(db, job_id)
+        seq = db.execute("INSERT INTO events (job_id, seq, type, data, at) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? "
+                         "FROM events WHERE job_id = ? RETURNING seq",
+                         (job_id, type, _dumps(data), time.time(), job_id)).fetchone()[0]
+        self.backend.notify(db, job_id, self.replica)
         return seq
 
     def add_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
@@ -243,6 +246,47 @@ class Database:
             rows = db.execute("SELECT seq, type, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
                               (job_id, after)).fetchall()
         return [(seq, type, json.loads(data)) for seq, type, data in rows]
+
+
+T = TypeVar("T")
+
+
+def _threaded(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """``Database.method`` as a coroutine that runs it in the database's worker threads."""
+
+    @functools.wraps(method)
+    async def call(self: "AsyncDatabase", *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(method, self.sync, *args, **kwargs))
+
+    return call
+
+
+class AsyncDatabase:
+    """``Database`` for the service's event loop: every call runs in a worker thread (as many as the
+    back end has connections), so a query never blocks the loop that streams events."""
+
+    def __init__(self, db: Database, threads: int = 4) -> None:
+        self.sync, self.replica, self.lease_s, self.backend = db, db.replica, db.lease_s, db.backend
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="lora-bridge-db")
+
+    ping = _threaded(Database.ping)
+    add_lora = _threaded(Database.add_lora)
+    get_lora = _threaded(Database.get_lora)
+    update_lora = _threaded(Database.update_lora)
+    delete_lora = _threaded(Database.delete_lora)
+    list_loras = _threaded(Database.list_loras)
+    best_for_owner = _threaded(Database.best_for_owner)
+    add_job = _threaded(Database.add_job)
+    transition = _threaded(Database.transition)
+    patch_job = _threaded(Database.patch_job)
+    get_job = _threaded(Database.get_job)
+    job_status = _threaded(Database.job_status)
+    job_counts = _threaded(Database.job_counts)
+    claim = _threaded(Database.claim)
+    renew = _threaded(Database.renew)
+    release = _threaded(Database.release)
+    add_event = _threaded(Database.add_event)
+    events = _threaded(Database.events)
 
 
 def _dumps(value: Any) -> str:

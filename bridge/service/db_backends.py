@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 from ..errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger("lora_bridge.database")
-CHANNEL = "lora_bridge_jobs"  # NOTIFY payload: the id of a job that recorded something
+CHANNEL = "lora_bridge_jobs"  # NOTIFY payload: "<job id> <replica>", a job that recorded something, and who wrote it
 
 
 class Cursor(Protocol):
@@ -50,7 +50,7 @@ class Backend(Protocol):
 
     def tables(self, db: Tx) -> set[str]: ...
 
-    def notify(self, db: Tx, job_id: str) -> None: ...
+    def notify(self, db: Tx, job_id: str, replica: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -90,7 +90,7 @@ class SqliteBackend:
     def tables(self, db: Tx) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
 
-    def notify(self, db: Tx, job_id: str) -> None:
+    def notify(self, db: Tx, job_id: str, replica: str) -> None:
         """Nothing to do: with SQLite, the process that writes is the one that streams."""
 
     def close(self) -> None:
@@ -108,49 +108,44 @@ class _PgTx:
 
 
 class PostgresBackend:
-    """psycopg 3: one connection per replica for queries (autocommit, explicit transactions,
-    reconnected when it breaks), and one asyncio connection that ``LISTEN``s."""
+    """psycopg 3: a pool of up to ``connections`` connections for queries (autocommit, explicit
+    transactions; a connection is checked before use, so one broken by a server restart is
+    replaced, not used), and one asyncio connection that ``LISTEN``s."""
 
     dialect = "postgresql"
     lock_suffix = " FOR UPDATE"
 
-    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover - psycopg is a dependency
-            raise ConfigError("PostgreSQL needs psycopg: pip install 'psycopg[binary]'") from None
-        self._psycopg, self.url, self._timeout = psycopg, url, connect_timeout
-        self._lock = threading.Lock()
-        self._conn: Any = None
-        with self.read():
-            pass  # fail now, at start-up, on a wrong URL or an unreachable server
+    def __init__(self, url: str, connections: int = 4, timeout: float = 5.0) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            try:
-                self._conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
-            except self._psycopg.OperationalError as exc:
-                raise DatabaseUnavailable(f"the database is unreachable: {_first_line(exc)}") from None
-        return self._conn
+        self._psycopg, self.url, self._timeout = psycopg, url, timeout
+        self._pool = ConnectionPool(url, min_size=1, max_size=connections, open=False, timeout=timeout,
+                                    check=ConnectionPool.check_connection, name="lora-bridge",
+                                    kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))})
+        try:  # fail now, at start-up, on a wrong URL or an unreachable server
+            self._pool.open(wait=True, timeout=timeout)
+        except psycopg.OperationalError as exc:
+            self._pool.close()
+            raise DatabaseUnavailable(f"the database is unreachable: {_first_line(exc)}") from None
 
     @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _connection(self) -> Iterator[Any]:
         try:
-            yield
-        except self._psycopg.OperationalError as exc:
+            with self._pool.connection() as conn:
+                yield conn
+        except self._psycopg.OperationalError as exc:  # PoolTimeout too: no connection could be had in time
             raise DatabaseUnavailable(f"the database connection failed: {_first_line(exc)}") from None
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Tx]:
-        with self._lock, self._guard():
-            conn = self._connection()
-            with conn.transaction():
-                yield _PgTx(conn)
+        with self._connection() as conn, conn.transaction():
+            yield _PgTx(conn)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._lock, self._guard():
-            yield _PgTx(self._connection())
+        with self._connection() as conn:
+            yield _PgTx(conn)
 
     def columns(self, db: Tx, table: str) -> set[str]:
         rows = db.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
@@ -161,13 +156,15 @@ class PostgresBackend:
         rows = db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()
         return {row[0] for row in rows}
 
-    def notify(self, db: Tx, job_id: str) -> None:
+    def notify(self, db: Tx, job_id: str, replica: str) -> None:
         """Delivered to every listening replica when the transaction commits (and only then)."""
-        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, job_id))
+        db.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{job_id} {replica}"))
 
-    async def listen(self, on_job: Callable[[str], None], on_state: Callable[[bool], None], retry_s: float = 1.0) -> None:
-        """Call ``on_job(job_id)`` for every job changed by any replica, until cancelled; reconnects
-        (``on_state`` says whether it listens, so callers can fall back to polling meanwhile)."""
+    async def listen(self, on_job: Callable[[str], None], on_state: Callable[[bool], None], retry_s: float = 1.0,
+                     ignore: str | None = None) -> None:
+        """Call ``on_job(job_id)`` for every job changed by another replica than ``ignore`` (a replica
+        wakes its own streams itself), until cancelled; reconnects (``on_state`` says whether it
+        listens, so callers can fall back to polling meanwhile)."""
         while True:
             try:
                 async with await self._psycopg.AsyncConnection.connect(self.url, autocommit=True,
@@ -175,7 +172,9 @@ class PostgresBackend:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     on_state(True)
                     async for note in conn.notifies():
-                        on_job(note.payload)
+                        job_id, _, writer = note.payload.partition(" ")
+                        if writer != ignore:
+                            on_job(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # psycopg's errors and OSErrors alike: listen again
@@ -184,8 +183,7 @@ class PostgresBackend:
             await asyncio.sleep(retry_s)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._pool.close()
 
 
 def _first_line(exc: BaseException) -> str:

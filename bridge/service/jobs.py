@@ -53,7 +53,7 @@ from .character_paths import (
     CharacterPath,
     verdict,
 )
-from .database import Database
+from .database import AsyncDatabase
 from .job_states import JobState, is_terminal
 from .metrics import JobMetrics
 from .schemas import GenerationCreate
@@ -120,7 +120,7 @@ class Plan:
 class Generations:
     """Starts, follows, cancels and resumes generation jobs (one instance per service)."""
 
-    def __init__(self, db: Database, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy) -> None:
+    def __init__(self, db: AsyncDatabase, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy) -> None:
         self.db, self.pool, self.outputs_dir, self.settings, self.policy = db, pool, outputs_dir, settings, policy
         self.changed: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -132,7 +132,7 @@ class Generations:
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
 
-    def resolve_loras(self, request: GenerationCreate, family: str | None, variant: str | None = None,
+    async def resolve_loras(self, request: GenerationCreate, family: str | None, variant: str | None = None,
                       experts: dict[str, str] | None = None) -> tuple[list[LoraRequest], list[str], list[str]]:
         """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped.
         ``experts`` (a two-expert template's expert -> loader node) places each LoRA on its experts."""
@@ -140,7 +140,7 @@ class Generations:
         wanted: list[tuple[dict[str, Any] | None, str, float, float, dict[str, float]]] = []
         for ref in request.lora_refs:
             try:
-                rec = self.db.get_lora(ref.lora_id)
+                rec = await self.db.get_lora(ref.lora_id)
             except NotFound:
                 rec = None
             clip = ref.strength_model if ref.strength_clip is None else ref.strength_clip
@@ -148,7 +148,7 @@ class Generations:
         for kind in ("character", "brand"):
             owner = getattr(request, f"{kind}_id")
             if owner is not None:
-                rec = self.db.best_for_owner(kind, str(owner), family, variant)  # another family's is refused below, named
+                rec = await self.db.best_for_owner(kind, str(owner), family, variant)  # another family's is refused below, named
                 wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength,
                                dict(request.expert_strengths or {})))
         loras, warnings, styles = [], [], []
@@ -186,12 +186,12 @@ class Generations:
                 loras.append(replace(lora, source_nodes=(experts[expert],)))
         return loras, warnings, styles
 
-    def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
+    async def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
                        video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None, str | None]:
         """How the request's character gets into its video (``video``: the template's values): direct,
         preprocess (with the key frame to draw, its prompt and seed the video's, and its LoRA's fallback
         style words) or fallback, with the reason."""
-        rec = self.db.best_for_owner("character", str(request.character_id), family, variant)
+        rec = await self.db.best_for_owner("character", str(request.character_id), family, variant)
         if rec is None or rec["status"] != "ready" or not rec["source"]:
             why = "has no LoRA" if rec is None else f"has no ready LoRA with a source ({rec['id']} is {rec['status']})"
             return "fallback", f"character {request.character_id} {why}", None, None
@@ -204,7 +204,7 @@ class Generations:
         lora = _lora_request(rec, request.lora_strength, request.lora_strength)
         return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora]), rec["fallback_style"]
 
-    def prepare(self, request: GenerationCreate) -> Plan:
+    async def prepare(self, request: GenerationCreate) -> Plan:
         """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
         if request.webhook_url:
             if not self.settings.webhook_secret:
@@ -223,34 +223,34 @@ class Generations:
         path, path_reason, key_frame, style, template_name = None, None, None, None, request.template
         if template is not None and template.name in VIDEO_TEMPLATES and request.character_id is not None:
             values = {name: params.get(name, p.default) for name, p in template.params.items()}
-            path, path_reason, key_frame, style = self.character_path(request, family, variant, values)
+            path, path_reason, key_frame, style = await self.character_path(request, family, variant, values)
         if template is not None and key_frame is not None:  # the character draws the key frame, image-to-video animates it
             video, template_name = template, VIDEO_TEMPLATES[template.name]
             template = load_template(template_name)
             params = _carried(params, video, template)
             load_template(key_frame.template).render(**key_frame.params)  # parameter errors now, as 400s
-            loras, warnings, styles = self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
+            loras, warnings, styles = await self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
                                                          template.experts)
         else:
-            loras, warnings, styles = self.resolve_loras(request, family, variant, template.experts if template else None)
+            loras, warnings, styles = await self.resolve_loras(request, family, variant, template.experts if template else None)
         _append_styles(params, template, styles, warnings)
         return Plan(request, loras, params, family, warnings, template_name, path, path_reason, key_frame, style)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, request: GenerationCreate) -> str:
+    async def start(self, request: GenerationCreate) -> str:
         """Plan, store as ``queued`` and start a job; refusals raise before anything is stored."""
-        plan = self.prepare(request)
+        plan = await self.prepare(request)
         events = [("queued", {}), *(("warning", {"message": w}) for w in plan.warnings)]
         if plan.path:
             events.insert(1, ("path", {"path": plan.path, "reason": plan.path_reason}))
-        job_id = self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(), events)
+        job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(), events)
         if plan.key_frame is not None:
             self.two_stage.add(job_id)
         self._spawn(job_id, self._run(job_id, plan))
         return job_id
 
-    def resume(self, jobs: list[dict[str, Any]]) -> None:
+    async def resume(self, jobs: list[dict[str, Any]]) -> None:
         """Jobs this replica just claimed (after a restart, or from a replica that died): re-attach
         to them on their pods, run again what never reached one. Each job is resumed on its own;
         one that cannot be resumed fails with the reason."""
@@ -260,10 +260,10 @@ class Generations:
             try:
                 request = GenerationCreate.model_validate(job["request"])
             except ValidationError as exc:
-                self._end(job["id"], JobState.FAILED, f"cannot resume: the stored request is no longer valid "
-                                                      f"({describe_validation_error(exc)})")
+                await self._end(job["id"], JobState.FAILED, f"cannot resume: the stored request is no longer valid "
+                                                            f"({describe_validation_error(exc)})")
                 continue
-            self.db.add_event(job["id"], "resumed", self.resumed(job))
+            await self.db.add_event(job["id"], "resumed", self.resumed(job))
             if job["result"].get("path") == "preprocess":
                 self.two_stage.add(job["id"])
             if job["prompt_id"] and job["pod"]:
@@ -275,13 +275,13 @@ class Generations:
         """The ``resumed`` event of a claimed job: where it was, and which replica takes it on."""
         return {"state": job["status"], "prompt_id": job["prompt_id"], "pod": job["pod"], "replica": self.db.replica}
 
-    def let_go(self, job_id: str) -> None:
+    async def let_go(self, job_id: str) -> None:
         """Stop the runner of a job this replica no longer holds: one another replica ended (a cancel
         sent there) is cancelled here too; one another replica claimed is detached (it runs there)."""
         task = self.tasks.get(job_id)
         if task is None:
             return
-        (self.cancel_requested if is_terminal(self.db.job_status(job_id)) else self.released).add(job_id)
+        (self.cancel_requested if is_terminal(await self.db.job_status(job_id)) else self.released).add(job_id)
         task.cancel()
 
     def letting_go(self, job_id: str) -> bool:
@@ -300,7 +300,7 @@ class Generations:
 
     async def cancel(self, job_id: str) -> None:
         """Cancel in any state: stop the runner, then whatever the pod still does for the job."""
-        if is_terminal(self.db.job_status(job_id)):
+        if is_terminal(await self.db.job_status(job_id)):
             return
         self.cancel_requested.add(job_id)
         task = self.tasks.get(job_id)
@@ -308,9 +308,9 @@ class Generations:
             task.cancel()
             await asyncio.wait([task], timeout=30)
         else:
-            self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
+            await self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
             self.cancel_requested.discard(job_id)
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job["pod"])
         if pod is None:
             return
@@ -320,7 +320,7 @@ class Generations:
                     await client.cancel(job["prompt_id"])
             await self.pool.cancel_prefetch(pod, job_id)
         except PodError as exc:
-            self.record(job_id, "warning", {"message": f"the pod did not confirm the cancel: {exc}"})
+            await self.record(job_id, "warning", {"message": f"the pod did not confirm the cancel: {exc}"})
 
     # -- runners ---------------------------------------------------------------------------------
 
@@ -333,44 +333,44 @@ class Generations:
             await runner
         except asyncio.CancelledError:
             if job_id in self.cancel_requested:
-                self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
+                await self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
             elif self.letting_go(job_id):
-                self.record(job_id, "detached", {"message": f"replica {self.db.replica} let go of the job" +
+                await self.record(job_id, "detached", {"message": f"replica {self.db.replica} let go of the job" +
                                                  ("; it resumes on the next replica to claim it" if self.stopping else
                                                   " (another replica holds it now)")})
                 if self.stopping:
                     raise
             else:
-                self._end(job_id, JobState.FAILED, "the job's runner was stopped unexpectedly")
+                await self._end(job_id, JobState.FAILED, "the job's runner was stopped unexpectedly")
         except JobInterrupted as exc:
             cancelled = job_id in self.cancel_requested
-            self._end(job_id, JobState.CANCELLED if cancelled else JobState.INTERRUPTED,
+            await self._end(job_id, JobState.CANCELLED if cancelled else JobState.INTERRUPTED,
                       "cancelled by the caller" if cancelled else f"{exc} (not by the bridge)")
         except LoraBridgeError as exc:
-            self._end(job_id, JobState.FAILED, str(exc))
+            await self._end(job_id, JobState.FAILED, str(exc))
         except Exception as exc:  # a bug: the job still ends, with the reason, and the log has the traceback
             log.exception("job %s: unexpected error", job_id)
-            self._end(job_id, JobState.FAILED, f"internal error ({type(exc).__name__}: {exc})")
+            await self._end(job_id, JobState.FAILED, f"internal error ({type(exc).__name__}: {exc})")
         finally:
             self.tasks.pop(job_id, None)
             self.cancel_requested.discard(job_id)
             self.released.discard(job_id)
             self.two_stage.discard(job_id)
             self.signal(job_id)
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         if is_terminal(job["status"]):
             self.metrics.observe(job)
         await self._notify(job_id)
 
     async def _replan_and_run(self, job_id: str, request: GenerationCreate) -> None:
-        await self._run(job_id, self.prepare(request))
+        await self._run(job_id, await self.prepare(request))
 
     async def _run(self, job_id: str, plan: Plan) -> None:
-        self._transition(job_id, JobState.PREPARING, "preparing")
+        await self._transition(job_id, JobState.PREPARING, "preparing")
         req, loras = plan.request, list(plan.loras)
 
-        def built(report: InsertionReport) -> None:
-            self.db.patch_job(job_id, {"applied": report.applied, "skipped": report.skipped,
+        async def built(report: InsertionReport) -> None:
+            await self.db.patch_job(job_id, {"applied": report.applied, "skipped": report.skipped,
                                        "trigger_words": report.trigger_words,
                                        "warnings": plan.warnings + report.warnings})
 
@@ -385,32 +385,32 @@ class Generations:
                 if req.lora_policy == "strict":
                     raise
                 if plan.key_frame is not None and any(lora.name == exc.lora.name for lora in plan.key_frame.loras):
-                    plan = self._without_key_frame(job_id, plan, str(exc))  # the character's only LoRA: prompt only
+                    plan = await self._without_key_frame(job_id, plan, str(exc))  # the character's only LoRA: prompt only
                     loras = list(plan.loras)
                     continue
                 loras = [lora for lora in loras if lora.name != exc.lora.name]  # a pair's two files go together
                 plan.warnings.append(f"{exc}; generating without it")
-                self.db.patch_job(job_id, {"warnings": plan.warnings}, "warning", {"message": plan.warnings[-1]})
+                await self.db.patch_job(job_id, {"warnings": plan.warnings}, "warning", {"message": plan.warnings[-1]})
                 self.signal(job_id)
         await self._complete(job_id, outcome.files)
 
-    def _without_key_frame(self, job_id: str, plan: Plan, reason: str) -> Plan:
+    async def _without_key_frame(self, job_id: str, plan: Plan, reason: str) -> Plan:
         """The preprocess path fell through (its key-frame LoRA could not be fetched): the video
         template, prompt only, as the fallback path; recorded on the job."""
-        fallback = self.prepare(plan.request.model_copy(update={"character_id": None}))
+        fallback = await self.prepare(plan.request.model_copy(update={"character_id": None}))
         fallback.request, fallback.path, fallback.path_reason = plan.request, "fallback", f"{reason}; the key frame is not drawn"
         fallback.warnings = plan.warnings + [f"{reason}; generating the video from the prompt only"]
         assert fallback.template is not None
         _append_styles(fallback.params, load_template(fallback.template), [plan.key_frame_style] if plan.key_frame_style else [],
                        fallback.warnings)
         self.two_stage.discard(job_id)
-        self.db.patch_job(job_id, {**fallback.record()}, "path", {"path": "fallback", "reason": fallback.path_reason})
+        await self.db.patch_job(job_id, {**fallback.record()}, "path", {"path": "fallback", "reason": fallback.path_reason})
         self.signal(job_id)
         return fallback
 
     async def _follow(self, job_id: str, request: GenerationCreate) -> None:
         """Re-attach to a prompt on its pod; one the pod does not know runs again."""
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job["pod"])
         if pod is None:
             raise GenerationRefused(f"cannot resume: pod {job['pod']} is no longer configured")
@@ -419,7 +419,7 @@ class Generations:
                 result = await client.run({}, lambda e: self._on_pod_event(job_id, e), prompt_id=job["prompt_id"],
                                           client_id=job["result"].get("client_id"), follow=True)
         except PromptLost as exc:
-            self.record(job_id, "warning", {"message": f"{exc}; running it again"})
+            await self.record(job_id, "warning", {"message": f"{exc}; running it again"})
             await self._replan_and_run(job_id, request)
             return
         await self._complete(job_id, result.files)
@@ -443,12 +443,12 @@ class Generations:
             except Exception as exc:  # botocore raises many types; all mean the same here
                 raise OutputsNotSaved(f"the outputs are on the bridge but could not be uploaded to s3://{bucket}: "
                                       f"{type(exc).__name__}: {exc}") from None
-        result.update(self.completion(job_id))
-        self._transition(job_id, JobState.SUCCEEDED, "succeeded", result=result, data={"outputs": names})
+        result.update(await self.completion(job_id))
+        await self._transition(job_id, JobState.SUCCEEDED, "succeeded", result=result, data={"outputs": names})
 
-    def completion(self, job_id: str) -> dict[str, Any]:
+    async def completion(self, job_id: str) -> dict[str, Any]:
         """A completed job's end: time, GPU-seconds since execution first started (across restarts), cost."""
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         now = time.time()
         seconds = max(0.0, now - job["result"]["started_at"]) if "started_at" in job["result"] else 0.0
         return {"finished_at": now, "gpu_seconds": round(seconds, 3),
@@ -469,19 +469,19 @@ class Generations:
 
     # -- state and events ------------------------------------------------------------------------
 
-    def _transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
+    async def _transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
                     result: dict[str, Any] | None = None, **columns: Any) -> None:
-        self.db.transition(job_id, state, event, data, result, **columns)
+        await self.db.transition(job_id, state, event, data, result, **columns)
         self.signal(job_id)
 
-    def _end(self, job_id: str, state: JobState, reason: str) -> None:
+    async def _end(self, job_id: str, state: JobState, reason: str) -> None:
         """Terminal state with its reason; a job that already ended stays as it ended."""
-        if is_terminal(self.db.job_status(job_id)):
+        if is_terminal(await self.db.job_status(job_id)):
             return
         result = {"reason": reason, "finished_at": time.time(), **({"error": reason} if state != JobState.CANCELLED else {})}
-        self._transition(job_id, state, state.value, {"message": reason}, result)
+        await self._transition(job_id, state, state.value, {"message": reason}, result)
 
-    def _on_pod_event(self, job_id: str, event: PodEvent) -> None:
+    async def _on_pod_event(self, job_id: str, event: PodEvent) -> None:
         """A pod event as state and record: prompt id stored before submission, then the transitions."""
         if event.type == "preview":
             return
@@ -489,31 +489,31 @@ class Generations:
         node = data.get("node")
         if isinstance(node, str) and job_id in self.two_stage:
             data = {**data, "stage": stage_of(node)}  # which of the two stages the node belongs to
-        status = self.db.job_status(job_id)
+        status = await self.db.job_status(job_id)
         if is_terminal(status):  # ended meanwhile by another replica (a cancel sent there): nothing more to record
             return
         if event.type == "submitting":
-            self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
+            await self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
             return
         if event.type == "failover" and status != JobState.PREPARING:
-            self._transition(job_id, JobState.PREPARING, "failover", data, prompt_id=None)
+            await self._transition(job_id, JobState.PREPARING, "failover", data, prompt_id=None)
             return
         if event.type == "assigned":
-            self.db.patch_job(job_id, None, "assigned", data, pod=data["pod"])
+            await self.db.patch_job(job_id, None, "assigned", data, pod=data["pod"])
         elif event.type == "reattached" and status == JobState.PREPARING:  # stored as submitting, then the stop came
-            self._transition(job_id, JobState.SUBMITTED, "submitted", data)
+            await self._transition(job_id, JobState.SUBMITTED, "submitted", data)
         elif event.type == "submitted":
-            self._transition(job_id, JobState.SUBMITTED, "submitted", data, {"client_id": data["client_id"]},
+            await self._transition(job_id, JobState.SUBMITTED, "submitted", data, {"client_id": data["client_id"]},
                              prompt_id=data["prompt_id"])
         elif event.type in RUNNING_EVENTS and status == JobState.SUBMITTED:
-            self._transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()})
-            self.db.add_event(job_id, event.type, data)
+            await self._transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()})
+            await self.db.add_event(job_id, event.type, data)
         else:
-            self.db.add_event(job_id, event.type, data)
+            await self.db.add_event(job_id, event.type, data)
         self.signal(job_id)
 
-    def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
-        self.db.add_event(job_id, type, data)
+    async def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
+        await self.db.add_event(job_id, type, data)
         self.signal(job_id)
 
     def signal(self, job_id: str) -> None:
@@ -533,13 +533,13 @@ class Generations:
 
     async def _notify(self, job_id: str) -> None:
         """Send the job's signed completion webhook, if it asked for one."""
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         url = job["request"].get("webhook_url")
         if not url or not is_terminal(job["status"]):
             return
         if not self.settings.webhook_secret:
-            self.record(job_id, "webhook", {"delivered": False, "reason": "LORA_BRIDGE_WEBHOOK_SECRET is not configured"})
+            await self.record(job_id, "webhook", {"delivered": False, "reason": "LORA_BRIDGE_WEBHOOK_SECRET is not configured"})
             return
         delivered, outcome = await webhooks.deliver(url, self.settings.webhook_secret, job_view(job), self.policy)
-        self.record(job_id, "webhook", {"delivered": delivered, "outcome": outcome})
+        await self.record(job_id, "webhook", {"delivered": delivered, "outcome": outcome})
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..errors import LoraBridgeError
-from .database import Database
+from .database import AsyncDatabase
 from .db_backends import PostgresBackend
 
 log = logging.getLogger("lora_bridge.replicas")
@@ -29,17 +29,19 @@ log = logging.getLogger("lora_bridge.replicas")
 class Replica:
     """Claims, renews and hands back this replica's jobs; relays other replicas' job changes."""
 
-    def __init__(self, db: Database, resume: Callable[[list[dict[str, Any]]], None], let_go: Callable[[str], None],
-                 running: Callable[[], set[str]], changed: Callable[[str], None]) -> None:
+    def __init__(self, db: AsyncDatabase, resume: Callable[[list[dict[str, Any]]], Awaitable[None]],
+                 let_go: Callable[[str], Awaitable[None]], running: Callable[[], set[str]],
+                 changed: Callable[[str], None]) -> None:
         self.db, self._resume, self._let_go, self._running, self._changed = db, resume, let_go, running, changed
         self.listening = not isinstance(db.backend, PostgresBackend)  # SQLite: one process, nothing to listen for
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        self._resume(self.db.claim(own=True))
+    async def start(self) -> None:
+        await self._resume(await self.db.claim(own=True))
         self._tasks.append(asyncio.ensure_future(self._beat()))
         if isinstance(self.db.backend, PostgresBackend):
-            self._tasks.append(asyncio.ensure_future(self.db.backend.listen(self._changed, self._listening)))
+            self._tasks.append(asyncio.ensure_future(self.db.backend.listen(self._changed, self._listening,
+                                                                            ignore=self.db.replica)))
 
     def _listening(self, on: bool) -> None:
         self.listening = on
@@ -48,9 +50,9 @@ class Replica:
         while True:
             await asyncio.sleep(self.db.lease_s / 3)
             try:
-                for job_id in self.db.renew(self._running()):
-                    self._let_go(job_id)
-                self._resume(self.db.claim())
+                for job_id in await self.db.renew(self._running()):
+                    await self._let_go(job_id)
+                await self._resume(await self.db.claim())
             except LoraBridgeError as exc:  # the database is away: try again at the next beat
                 log.warning("replica %s: lease heartbeat failed: %s", self.db.replica, exc)
             except Exception:  # a bug: the beat must go on, or this replica's jobs would be run twice
@@ -64,4 +66,4 @@ class Replica:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         with contextlib.suppress(LoraBridgeError):
-            self.db.release()
+            await self.db.release()

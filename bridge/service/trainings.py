@@ -122,26 +122,26 @@ class Trainings:
     def dataset_from_zip(request: TrainingCreate, data: bytes) -> Dataset:
         return read_zip(data, request.trigger_word)
 
-    def start(self, request: TrainingCreate, family: str, dataset: Dataset) -> tuple[str, dict[str, Any]]:
+    async def start(self, request: TrainingCreate, family: str, dataset: Dataset) -> tuple[str, dict[str, Any]]:
         """Store the registry entry (``training``) and the job (``queued``), keep the dataset, start it
         (``family``: what ``check`` answered for the request)."""
         plan = TrainingPlan(request, family, settings_for(request.preset, request.overrides()), len(dataset.items))
         owner = LoraCreate(name=request.name, **{k: v for k in ("character_id", "brand_id")
                                                  if (v := getattr(request, k)) is not None}).registry_fields()
-        entry = self.db.add_lora({**owner, "status": "training", "family": family, "trigger_word": request.trigger_word,
+        entry = await self.db.add_lora({**owner, "status": "training", "family": family, "trigger_word": request.trigger_word,
                                   "rank": plan.settings.rank, "metadata": {"dataset": dataset.summary()}})
         record = {"kind": KIND, "lora_id": entry["id"], "dataset": dataset.summary(),
                   "settings": plan.settings.to_dict(plan.images)}
         request_json = {"kind": KIND, **request.model_dump(mode="json", exclude_defaults=True)}
-        job_id = self.db.add_job(request_json, record, [("queued", {"lora_id": entry["id"]})])
-        self.db.update_lora(entry["id"], {"metadata": {**entry["metadata"], "training_job": job_id}})
+        job_id = await self.db.add_job(request_json, record, [("queued", {"lora_id": entry["id"]})])
+        await self.db.update_lora(entry["id"], {"metadata": {**entry["metadata"], "training_job": job_id}})
         folder = self.jobs.outputs_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DATASET_FILE).write_bytes(dataset.to_zip())
         self.jobs._spawn(job_id, self._guarded(job_id, entry["id"], self._run(job_id, entry["id"], plan)))
-        return job_id, self.db.get_lora(entry["id"])
+        return job_id, await self.db.get_lora(entry["id"])
 
-    def resume(self, jobs: list[dict[str, Any]]) -> None:
+    async def resume(self, jobs: list[dict[str, Any]]) -> None:
         """Trainings this replica just claimed: follow them on their pods again, or start again those that
         never reached one."""
         for job in jobs:
@@ -154,10 +154,10 @@ class Trainings:
                                     job["result"]["dataset"]["images"])
             except (ValidationError, LoraBridgeError, KeyError) as exc:
                 reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-                self._fail_entry(lora_id, f"cannot resume: {reason}")
-                self.jobs._end(job["id"], JobState.FAILED, f"cannot resume: {reason}")
+                await self._fail_entry(lora_id, f"cannot resume: {reason}")
+                await self.jobs._end(job["id"], JobState.FAILED, f"cannot resume: {reason}")
                 continue
-            self.db.add_event(job["id"], "resumed", self.jobs.resumed(job))
+            await self.db.add_event(job["id"], "resumed", self.jobs.resumed(job))
             runner = self._follow(job["id"], lora_id, plan) if job["prompt_id"] and job["pod"] else self._run(job["id"], lora_id, plan)
             self.jobs._spawn(job["id"], self._guarded(job["id"], lora_id, runner))
 
@@ -172,7 +172,7 @@ class Trainings:
             if isinstance(exc, asyncio.CancelledError) and self.jobs.letting_go(job_id) and job_id not in self.jobs.cancel_requested:
                 raise
             await self._interrupt(job_id)
-            self._fail_entry(lora_id, self._reason(job_id, exc))
+            await self._fail_entry(lora_id, self._reason(job_id, exc))
             await self._clean(job_id)
             raise
 
@@ -183,18 +183,18 @@ class Trainings:
             return str(exc)
         return f"internal error ({type(exc).__name__}: {exc})"
 
-    def _fail_entry(self, lora_id: str | None, reason: str) -> None:
+    async def _fail_entry(self, lora_id: str | None, reason: str) -> None:
         if lora_id is None:
             return
         try:
-            entry = self.db.get_lora(lora_id)
+            entry = await self.db.get_lora(lora_id)
         except LoraBridgeError:
             return
         if entry["status"] != "ready":
-            self.db.update_lora(lora_id, {"status": "failed", "metadata": {**entry["metadata"], "failure": reason}})
+            await self.db.update_lora(lora_id, {"status": "failed", "metadata": {**entry["metadata"], "failure": reason}})
 
     async def _run(self, job_id: str, lora_id: str, plan: TrainingPlan) -> None:
-        self.jobs._transition(job_id, JobState.PREPARING, "preparing")
+        await self.jobs._transition(job_id, JobState.PREPARING, "preparing")
         dataset = (self.jobs.outputs_dir / job_id / DATASET_FILE).read_bytes()
         req, settings = plan.request, plan.settings
         params = {"checkpoint": req.checkpoint, "dataset": f"{TRAINING_DATASETS}/{job_id}", "output": job_id,
@@ -207,7 +207,7 @@ class Trainings:
                 await client.delete_dataset(job_id)
                 self.staged.setdefault(job_id, set()).add(pod.config.url)
                 summary = await client.put_dataset(job_id, dataset)
-            self.jobs.record(job_id, "dataset", {"pod": pod.config.name, **summary})
+            await self.jobs.record(job_id, "dataset", {"pod": pod.config.name, **summary})
 
         result, pod = await self.pool.run(lambda p, _named: training_graph(req.template, params, p.object_info), [],
                                           lambda e: self.jobs._on_pod_event(job_id, e), request_id=job_id, stage=stage,
@@ -216,7 +216,7 @@ class Trainings:
 
     async def _follow(self, job_id: str, lora_id: str, plan: TrainingPlan) -> None:
         """Re-attach to a training prompt on its pod; one the pod no longer knows runs again."""
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job["pod"])
         if pod is None:
             raise PodError(f"cannot resume: pod {job['pod']} is no longer configured")
@@ -226,8 +226,8 @@ class Trainings:
                 result = await client.run({}, lambda e: self.jobs._on_pod_event(job_id, e), prompt_id=job["prompt_id"],
                                           client_id=job["result"].get("client_id"), follow=True)
         except PromptLost as exc:
-            self.jobs.record(job_id, "warning", {"message": f"{exc}; training again"})
-            self.jobs._transition(job_id, JobState.PREPARING, "failover", {"reason": str(exc)}, prompt_id=None)
+            await self.jobs.record(job_id, "warning", {"message": f"{exc}; training again"})
+            await self.jobs._transition(job_id, JobState.PREPARING, "failover", {"reason": str(exc)}, prompt_id=None)
             await self._run(job_id, lora_id, plan)
             return
         await self._finish(job_id, lora_id, plan, result, pod)
@@ -239,7 +239,7 @@ class Trainings:
             raise PodError(f"the training prompt reported {len(reports)} saved LoRA(s), expected 1")
         report = reports[0]
         if report.get("loss"):
-            self.jobs.record(job_id, "loss", {"loss": report["loss"], "final": report["loss"][-1]})
+            await self.jobs.record(job_id, "loss", {"loss": report["loss"], "final": report["loss"][-1]})
         async with self.pool.client(pod, timeout=300) as client:
             data = await client.view(report["filename"], report["subfolder"], report["type"])
         staged = self.uploads.stage_bytes(data, f"{plan.request.name}.safetensors")
@@ -255,34 +255,34 @@ class Trainings:
         except BaseException:
             self.uploads.discard(staged)
             raise
-        entry = self.db.get_lora(lora_id)
+        entry = await self.db.get_lora(lora_id)
         metadata = {**entry["metadata"], **info.metadata, "training_steps": report.get("steps"),
                     "final_loss": report["loss"][-1] if report.get("loss") else None}
-        self.db.update_lora(lora_id, {"status": "validating", "source": source, "sha256": info.sha256, "size": info.size,
+        await self.db.update_lora(lora_id, {"status": "validating", "source": source, "sha256": info.sha256, "size": info.size,
                                       "rank": info.rank, "family": info.family, "variant": info.variant, "metadata": metadata})
-        self.jobs.record(job_id, "stored", {"lora_id": lora_id, "sha256": info.sha256, "size": info.size,
+        await self.jobs.record(job_id, "stored", {"lora_id": lora_id, "sha256": info.sha256, "size": info.size,
                                             "family": info.family, "trigger_words": info.trigger_words})
         image = await self._validate(job_id, lora_id, plan)
-        end = self.jobs.completion(job_id)
+        end = await self.jobs.completion(job_id)
         await self._clean(job_id)
-        self.db.update_lora(lora_id, {"status": "ready", "metadata": {**metadata, "validation_image": image,
+        await self.db.update_lora(lora_id, {"status": "ready", "metadata": {**metadata, "validation_image": image,
                                                                        "validation_job": job_id}})
-        self.jobs._transition(job_id, JobState.SUCCEEDED, "succeeded", {"lora_id": lora_id, "outputs": [image]},
+        await self.jobs._transition(job_id, JobState.SUCCEEDED, "succeeded", {"lora_id": lora_id, "outputs": [image]},
                               {"outputs": [image], **end})
 
     async def _validate(self, job_id: str, lora_id: str, plan: TrainingPlan) -> str:
         """A sample generation with the trigger word and the new LoRA; its image kept as the job's output."""
-        entry = self.db.get_lora(lora_id)
+        entry = await self.db.get_lora(lora_id)
         template = KEY_FRAME_TEMPLATES[plan.family]
         req = plan.request
         params = self._validation_params(req)
-        self.jobs.record(job_id, "validating", {"lora_id": lora_id, "template": template})
+        await self.jobs.record(job_id, "validating", {"lora_id": lora_id, "template": template})
         lora = LoraRequest(f"lora-{lora_id}", 1.0, 1.0, source=entry["source"], sha256=entry["sha256"], family=entry["family"],
                            trigger_words=(req.trigger_word,))
 
-        def on_event(event: PodEvent) -> None:
+        async def on_event(event: PodEvent) -> None:
             if event.type == "progress":
-                self.jobs.record(job_id, "progress", {**event.data, "stage": "validation"})
+                await self.jobs.record(job_id, "progress", {**event.data, "stage": "validation"})
 
         outcome = await run_generation(self.pool, [lora], template=template, params=params, on_event=on_event,
                                        family=plan.family, request_id=f"{job_id}-validation")
@@ -290,14 +290,14 @@ class Trainings:
             raise PodError("the validation generation produced no image")
         name = f"validation-{Path(outcome.files[0].filename).name}"
         (self.jobs.outputs_dir / job_id / name).write_bytes(outcome.files[0].data)
-        self.jobs.record(job_id, "validated", {"lora_id": lora_id, "image": name})
+        await self.jobs.record(job_id, "validated", {"lora_id": lora_id, "image": name})
         return name
 
     # -- cleanup ------------------------------------------------------------------------------------
 
     async def _interrupt(self, job_id: str) -> None:
         """Stop the job's prompt on its pod and wait until it has left the queue (it may still write)."""
-        job = self.db.get_job(job_id)
+        job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job["pod"])
         if pod is None or not job["prompt_id"]:
             return
@@ -309,7 +309,7 @@ class Trainings:
                         break
                     await asyncio.sleep(0.25)
         except PodError as exc:
-            self.jobs.record(job_id, "warning", {"message": f"the pod did not confirm the stop: {exc}"})
+            await self.jobs.record(job_id, "warning", {"message": f"the pod did not confirm the stop: {exc}"})
 
     async def _clean(self, job_id: str) -> None:
         """Remove the dataset and the trained file from every pod that got them, and the kept dataset."""
@@ -320,8 +320,8 @@ class Trainings:
             try:
                 async with self.pool.client(pod, timeout=30) as client:
                     removed = await client.delete_dataset(job_id)
-                self.jobs.record(job_id, "cleaned", {"pod": pod.config.name, **removed})
+                await self.jobs.record(job_id, "cleaned", {"pod": pod.config.name, **removed})
             except PodError as exc:
-                self.jobs.record(job_id, "warning", {"message": f"{pod.config.name}: the job's files could not be removed: {exc}"})
+                await self.jobs.record(job_id, "warning", {"message": f"{pod.config.name}: the job's files could not be removed: {exc}"})
         (self.jobs.outputs_dir / job_id / DATASET_FILE).unlink(missing_ok=True)
 

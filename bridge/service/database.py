@@ -256,7 +256,8 @@ def _threaded(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(method)
     async def call(self: "AsyncDatabase", *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(method, self.sync, *args, **kwargs))
+        work = functools.partial(method, self.sync, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
 
     return call
 

@@ -230,7 +230,7 @@ class Generations:
             params = _carried(params, video, template)
             load_template(key_frame.template).render(**key_frame.params)  # parameter errors now, as 400s
             loras, warnings, styles = await self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
-                                                         template.experts)
+                                                               template.experts)
         else:
             loras, warnings, styles = await self.resolve_loras(request, family, variant, template.experts if template else None)
         _append_styles(params, template, styles, warnings)
@@ -335,9 +335,8 @@ class Generations:
             if job_id in self.cancel_requested:
                 await self._end(job_id, JobState.CANCELLED, "cancelled by the caller")
             elif self.letting_go(job_id):
-                await self.record(job_id, "detached", {"message": f"replica {self.db.replica} let go of the job" +
-                                                 ("; it resumes on the next replica to claim it" if self.stopping else
-                                                  " (another replica holds it now)")})
+                where = "; it resumes on the next replica to claim it" if self.stopping else " (another replica holds it now)"
+                await self.record(job_id, "detached", {"message": f"replica {self.db.replica} let go of the job{where}"})
                 if self.stopping:
                     raise
             else:
@@ -345,7 +344,7 @@ class Generations:
         except JobInterrupted as exc:
             cancelled = job_id in self.cancel_requested
             await self._end(job_id, JobState.CANCELLED if cancelled else JobState.INTERRUPTED,
-                      "cancelled by the caller" if cancelled else f"{exc} (not by the bridge)")
+                            "cancelled by the caller" if cancelled else f"{exc} (not by the bridge)")
         except LoraBridgeError as exc:
             await self._end(job_id, JobState.FAILED, str(exc))
         except Exception as exc:  # a bug: the job still ends, with the reason, and the log has the traceback
@@ -371,8 +370,8 @@ class Generations:
 
         async def built(report: InsertionReport) -> None:
             await self.db.patch_job(job_id, {"applied": report.applied, "skipped": report.skipped,
-                                       "trigger_words": report.trigger_words,
-                                       "warnings": plan.warnings + report.warnings})
+                                             "trigger_words": report.trigger_words,
+                                             "warnings": plan.warnings + report.warnings})
 
         while True:
             try:
@@ -504,7 +503,7 @@ class Generations:
             await self._transition(job_id, JobState.SUBMITTED, "submitted", data)
         elif event.type == "submitted":
             await self._transition(job_id, JobState.SUBMITTED, "submitted", data, {"client_id": data["client_id"]},
-                             prompt_id=data["prompt_id"])
+                                   prompt_id=data["prompt_id"])
         elif event.type in RUNNING_EVENTS and status == JobState.SUBMITTED:
             await self._transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()})
             await self.db.add_event(job_id, event.type, data)

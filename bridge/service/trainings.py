@@ -129,7 +129,7 @@ class Trainings:
         owner = LoraCreate(name=request.name, **{k: v for k in ("character_id", "brand_id")
                                                  if (v := getattr(request, k)) is not None}).registry_fields()
         entry = await self.db.add_lora({**owner, "status": "training", "family": family, "trigger_word": request.trigger_word,
-                                  "rank": plan.settings.rank, "metadata": {"dataset": dataset.summary()}})
+                                        "rank": plan.settings.rank, "metadata": {"dataset": dataset.summary()}})
         record = {"kind": KIND, "lora_id": entry["id"], "dataset": dataset.summary(),
                   "settings": plan.settings.to_dict(plan.images)}
         request_json = {"kind": KIND, **request.model_dump(mode="json", exclude_defaults=True)}
@@ -259,16 +259,16 @@ class Trainings:
         metadata = {**entry["metadata"], **info.metadata, "training_steps": report.get("steps"),
                     "final_loss": report["loss"][-1] if report.get("loss") else None}
         await self.db.update_lora(lora_id, {"status": "validating", "source": source, "sha256": info.sha256, "size": info.size,
-                                      "rank": info.rank, "family": info.family, "variant": info.variant, "metadata": metadata})
+                                            "rank": info.rank, "family": info.family, "variant": info.variant, "metadata": metadata})
         await self.jobs.record(job_id, "stored", {"lora_id": lora_id, "sha256": info.sha256, "size": info.size,
-                                            "family": info.family, "trigger_words": info.trigger_words})
+                                                  "family": info.family, "trigger_words": info.trigger_words})
         image = await self._validate(job_id, lora_id, plan)
         end = await self.jobs.completion(job_id)
         await self._clean(job_id)
         await self.db.update_lora(lora_id, {"status": "ready", "metadata": {**metadata, "validation_image": image,
                                                                        "validation_job": job_id}})
         await self.jobs._transition(job_id, JobState.SUCCEEDED, "succeeded", {"lora_id": lora_id, "outputs": [image]},
-                              {"outputs": [image], **end})
+                                    {"outputs": [image], **end})
 
     async def _validate(self, job_id: str, lora_id: str, plan: TrainingPlan) -> str:
         """A sample generation with the trigger word and the new LoRA; its image kept as the job's output."""

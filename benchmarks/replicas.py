@@ -8,8 +8,9 @@ measured; every other part is real: ``lora-bridge serve`` processes, a throwaway
 cluster (``initdb`` + ``pg_ctl``) or a SQLite file. Jobs are submitted round-robin to the
 replicas and each is followed (SSE) on the *next* replica, so with several replicas every
 stream is fanned out through the database. Reported per setup: jobs per second (submit to
-every stream ended), submit latency p50/p95, and event fan-out latency p50/p95 (the fake pod's
-``executed`` message, stamped when sent, to the SSE client on another replica).
+every stream ended), submit latency p50/p95, and event fan-out latency p50/p95: from the fake
+pod's ``executed`` message (stamped when sent) to the SSE client on another replica, and from
+the moment that event was committed to the shared log to the same client (the fan-out alone).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from comfyui_lora_bridge.bridge.localpod.server import free_port
+from comfyui_lora_bridge.bridge.service.database import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from postgres import Cluster  # noqa: E402  (the tests' throwaway cluster)
@@ -155,9 +157,10 @@ async def _ready(url: str) -> None:
     raise RuntimeError(f"{url} did not start")
 
 
-async def run_load(urls: list[str], jobs: int, concurrent: int) -> dict[str, float]:
+async def run_load(urls: list[str], db_url: str, jobs: int, concurrent: int) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {KEY}"}
     submit, fanout = [], []
+    received: dict[str, float] = {}  # job -> when its output event reached the client
     gate = asyncio.Semaphore(concurrent)
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
@@ -177,19 +180,25 @@ async def run_load(urls: list[str], jobs: int, concurrent: int) -> dict[str, flo
                         event = line[7:]
                     elif line.startswith("data: ") and event == "output":
                         fanout.append(time.time() - json.loads(line[6:])["sent_at"])
+                        received[job["id"]] = time.time()
                     elif line.startswith("data: ") and event in ("succeeded", "failed", "cancelled", "interrupted"):
                         assert event == "succeeded", line
                         break
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         await asyncio.gather(*(one(session, -1 - i) for i in range(len(urls))))  # warm: connections, pod facts
-        submit.clear(), fanout.clear()
+        submit.clear(), fanout.clear(), received.clear()
         start = time.perf_counter()
         await asyncio.gather(*(one(session, i) for i in range(jobs)))
         elapsed = time.perf_counter() - start
+    db = Database(db_url, replica="bench-reader")
+    with db.backend.read() as tx:  # when each output event was committed to the shared log
+        logged = [received[job_id] - tx.execute("SELECT at FROM events WHERE job_id = ? AND type = 'output'",
+                                                (job_id,)).fetchone()[0] for job_id in received]
     return {"jobs_per_s": jobs / elapsed, "submit_p50_ms": 1000 * statistics.median(submit),
             "submit_p95_ms": 1000 * _pct(submit, 0.95), "fanout_p50_ms": 1000 * statistics.median(fanout),
-            "fanout_p95_ms": 1000 * _pct(fanout, 0.95), "events_seen": len(fanout)}
+            "fanout_p95_ms": 1000 * _pct(fanout, 0.95), "log_p50_ms": 1000 * statistics.median(logged),
+            "log_p95_ms": 1000 * _pct(logged, 0.95)}
 
 
 async def main(jobs: int, concurrent: int, n_pods: int) -> None:
@@ -203,14 +212,15 @@ async def main(jobs: int, concurrent: int, n_pods: int) -> None:
                  [("postgresql", n, cluster.new_database()) for n in (1, 2, 3)]
         print(f"pods: {n_pods} FAST FAKE pods (ComfyUI protocol, ~20 ms per job; not ComfyUI); {jobs} jobs, "
               f"{concurrent} at a time, each followed over SSE on another replica than it was submitted to")
-        print(f"{'database':<11} {'replicas':>8} {'jobs/s':>8} {'submit p50':>11} {'p95':>8} {'fan-out p50':>12} {'p95':>8}")
+        print(f"{'database':<11} {'replicas':>8} {'jobs/s':>8} {'submit p50':>11} {'p95':>8} {'pod->client p50':>16} "
+              f"{'p95':>8} {'log->client p50':>16} {'p95':>8}")
         base = None
         try:
             for name, n, url in setups:
                 procs = start_replicas(n, url, [p.url for p in pods], tmp)
                 try:
                     await asyncio.gather(*(_ready(u) for _, u in procs))
-                    r = await run_load([u for _, u in procs], jobs, concurrent)
+                    r = await run_load([u for _, u in procs], url, jobs, concurrent)
                 finally:
                     for proc, _ in procs:
                         proc.terminate()
@@ -219,7 +229,8 @@ async def main(jobs: int, concurrent: int, n_pods: int) -> None:
                     base = r["jobs_per_s"]
                 ratio = f"  ({r['jobs_per_s'] / base:.2f}x 1 replica)" if base and name == "postgresql" else ""
                 print(f"{name:<11} {n:>8} {r['jobs_per_s']:>8.1f} {r['submit_p50_ms']:>9.1f}ms {r['submit_p95_ms']:>6.1f}ms "
-                      f"{r['fanout_p50_ms']:>10.1f}ms {r['fanout_p95_ms']:>6.1f}ms{ratio}")
+                      f"{r['fanout_p50_ms']:>14.1f}ms {r['fanout_p95_ms']:>6.1f}ms {r['log_p50_ms']:>14.1f}ms "
+                      f"{r['log_p95_ms']:>6.1f}ms{ratio}")
         finally:
             cluster.remove()
 

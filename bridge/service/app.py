@@ -272,8 +272,11 @@ async def create_generation(request: web.Request, inputs: Inputs) -> web.Respons
     job_id = await gens.start(inputs.body)
     if not inputs.query.waits:
         return web.json_response({"id": job_id, "status": "queued"}, status=202)
-    while not is_terminal(await gens.db.job_status(job_id)) and not gens.stopping:
-        await gens.wait_change(job_id, 1.0)
+    while True:
+        change = gens.watch(job_id)
+        if is_terminal(await gens.db.job_status(job_id)) or gens.stopping:
+            break
+        await gens.wait_change(change, 1.0)
     return web.json_response(job_view(await gens.db.get_job(job_id)))
 
 
@@ -293,12 +296,13 @@ async def _job_events(request: web.Request, job_id: str, last: int, heartbeat: f
     Woken by this replica's runners and, on PostgreSQL, by other replicas' (polls while that is down)."""
     gens, replica = _gens(request), request.app[REPLICA]
     while True:
+        change = gens.watch(job_id)
         for seq, type, data in await gens.db.events(job_id, last):
             await send(seq, type, data)
             last = seq
         if is_terminal(await gens.db.job_status(job_id)) and not await gens.db.events(job_id, last) or gens.stopping:
             return
-        if not await gens.wait_change(job_id, heartbeat if replica.listening else min(heartbeat, 1.0)):
+        if not await gens.wait_change(change, heartbeat if replica.listening else min(heartbeat, 1.0)):
             await beat()
 
 

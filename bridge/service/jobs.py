@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable
@@ -122,7 +123,8 @@ class Generations:
 
     def __init__(self, db: AsyncDatabase, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy) -> None:
         self.db, self.pool, self.outputs_dir, self.settings, self.policy = db, pool, outputs_dir, settings, policy
-        self.changed: dict[str, asyncio.Event] = {}
+        # job -> the event its readers wait on (held by them alone: gone with the last reader)
+        self.changed: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
         self.released: set[str] = set()  # jobs another replica claimed: their runners here stop, the jobs go on
@@ -521,11 +523,16 @@ class Generations:
         if event is not None:
             event.set()
 
-    async def wait_change(self, job_id: str, timeout: float) -> bool:
-        """Wait until the job records something (True) or ``timeout`` passes (False)."""
-        event = self.changed.setdefault(job_id, asyncio.Event())
+    def watch(self, job_id: str) -> asyncio.Event:
+        """An event set at the job's next change. Take it *before* reading the job: a change made
+        while the read awaits the database then still wakes the reader."""
+        return self.changed.setdefault(job_id, asyncio.Event())
+
+    @staticmethod
+    async def wait_change(change: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``change`` (from ``watch``) is set (True) or ``timeout`` passes (False)."""
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(change.wait(), timeout)
             return True
         except asyncio.TimeoutError:
             return False

@@ -127,8 +127,9 @@ def test_the_service_answers_503_while_its_database_is_away_and_recovers(tmp_pat
     from service_harness import Service
 
     cluster = Cluster(tmp_path).start()
+    service = Service(["http://127.0.0.1:9"], tmp_path, db_url=cluster.url())
     try:
-        service = Service(["http://127.0.0.1:9"], tmp_path, db_url=cluster.url()).start()
+        service.start()
         assert service.call("POST", "/v1/loras", {"name": "kept", "family": "sd15"})[0] == 201
         cluster.stop()
         status, health = service.call("GET", "/healthz", key=None)
@@ -142,6 +143,6 @@ def test_the_service_answers_503_while_its_database_is_away_and_recovers(tmp_pat
             time.sleep(0.5)
         status, listing = service.call("GET", "/v1/loras")
         assert status == 200 and [lora["name"] for lora in listing["loras"]] == ["kept"]
-        service.stop()
     finally:
+        service.kill()
         cluster.remove()

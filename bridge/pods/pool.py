@@ -64,6 +64,7 @@ class PodStatus:
     fetch_failures: int = 0  # LoRA downloads this pod gave up on, for this bridge's jobs
     pack: bool = False
     cached: set[str] = field(default_factory=set)
+    cache_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # the pack's disk/memory counters, last read
     object_info: dict[str, Any] = field(default_factory=dict)
     checked: float = 0.0
     facts_checked: float = 0.0  # when object_info was last read
@@ -106,6 +107,8 @@ class PodPool:
                 if pod.pack:
                     cache = await client.get_json(ROUTE_CACHE)
                     pod.cached = {item["sha256"] for item in cache.get("disk", {}).get("items", [])}
+                    pod.cache_stats = {part: {k: v for k, v in cache.get(part, {}).items() if k != "items"}
+                                       for part in ("disk", "memory")}
             pod.healthy, pod.error = True, None
         except PodError as exc:
             pod.healthy, pod.error = False, str(exc)

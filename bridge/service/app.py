@@ -27,7 +27,6 @@ from ..errors import (
     DatabaseUnavailable,
     GenerationRefused,
     NotFound,
-    PodError,
     RequestInvalid,
 )
 from ..lorafiles.families import variant_name
@@ -41,7 +40,6 @@ from ..lorafiles.sources import (
 )
 from ..openapi import RouteSpec, openapi_document
 from ..pack_protocol import (
-    ROUTE_CACHE,
     ROUTE_CACHE_CLEAR,
     CacheClear,
     describe_validation_error,
@@ -449,22 +447,13 @@ async def clear_pod_cache(request: web.Request, inputs: Inputs) -> web.Response:
     return web.json_response({"pod": pod.config.name, **result})
 
 
-async def _cache_stats(pool: PodPool, pod: PodStatus) -> dict[str, Any] | None:
-    """A pack pod's disk and memory cache counters (without the item lists); None if it cannot say."""
-    if not (pod.healthy and pod.pack):
-        return None
-    async with pool.client(pod) as client:
-        cache = await client.get_json(ROUTE_CACHE)
-    return {part: {k: v for k, v in cache[part].items() if k != "items"} for part in ("disk", "memory")}
-
-
 async def cache_stats(request: web.Request, inputs: Inputs) -> web.Response:
     """Disk and memory cache statistics of every pack pod, and their totals."""
     pool: PodPool = request.app[POOL]
     per_pod, totals = [], {"hits": 0, "misses": 0, "evictions": 0, "entries": 0, "bytes": 0}
-    for pod in await pool.refresh(force=True):
-        stats = await _cache_stats(pool, pod)
-        if stats is None:
+    for pod in await pool.refresh(force=True):  # the health check reads each pack pod's cache route
+        stats = pod.cache_stats
+        if not (pod.healthy and pod.pack and stats):
             continue
         per_pod.append({"pod": pod.config.name, **stats})
         for part in ("disk", "memory"):
@@ -498,13 +487,9 @@ async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
 async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
     pool: PodPool = request.app[POOL]
     pods = []
-    for pod in await pool.refresh():
-        try:
-            cache = await _cache_stats(pool, pod)
-        except PodError:
-            cache = None
+    for pod in await pool.refresh():  # cache counters as the health check last read them (at most health_ttl old)
         pods.append({"pod": pod.config.name, "healthy": pod.healthy, "queue": pod.queue,
-                     "fetch_failures": pod.fetch_failures, "cache": cache})
+                     "fetch_failures": pod.fetch_failures, "cache": pod.cache_stats if pod.healthy and pod.pack else None})
     db = request.app[DB]
     page = render_metrics(db.replica, await db.job_counts(), _gens(request).metrics, pods)
     return web.Response(text=page, content_type="text/plain")

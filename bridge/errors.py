@@ -72,6 +72,10 @@ class RequestInvalid(LoraBridgeError):
     """A request to the service does not match its schema; the message names the field."""
 
 
+class Unauthorized(LoraBridgeError):
+    """A request without the credentials its route needs (an API key, a webhook's signature)."""
+
+
 class NotFound(LoraBridgeError):
     """No record with that id."""
 

@@ -102,6 +102,21 @@ def _http_auth(env: Mapping[str, str]) -> dict[str, str]:
     return table
 
 
+def _compat_defaults(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """``LORA_BRIDGE_COMPAT_DEFAULTS``: ``{"template": {"param": value}}``, the parameters the
+    seed-compatible routes fix for each template they use (its checkpoint, model files…)."""
+    raw = env.get("LORA_BRIDGE_COMPAT_DEFAULTS", "").strip()
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise ConfigError('LORA_BRIDGE_COMPAT_DEFAULTS must be a JSON object {"template": {"param": value}}')
+    return parsed
+
+
 @dataclass(frozen=True)
 class Settings:
     """The configuration of the bridge, the CLI and the node pack (see the README's table)."""
@@ -137,6 +152,11 @@ class Settings:
     templates_dir: Path | None = None  # LORA_BRIDGE_TEMPLATES_DIR: a team's templates, before the shipped ones
     retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)  # LORA_BRIDGE_RETRY_DELAYS: waits before each retry of a job's pod
     lease_s: float = 15.0  # LORA_BRIDGE_LEASE_S: how long a replica holds its jobs without a heartbeat
+    brand_store: str | None = None  # LORA_BRIDGE_BRAND_STORE (seed: LORA_BASE_DIR): {brand_id}/style.safetensors…
+    preload_brands: tuple[str, ...] = ()  # LORA_PRELOAD_BRANDS: brands whose LoRAs the pods load at start
+    trainer_bucket: str | None = None  # LORA_BRIDGE_TRAINER_BUCKET: where the trainer's s3Key points
+    trainer_secret: str | None = None  # LORA_BRIDGE_TRAINER_SECRET: signs the trainer's webhook
+    compat_defaults: dict[str, dict[str, object]] = field(default_factory=dict)  # LORA_BRIDGE_COMPAT_DEFAULTS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -178,6 +198,11 @@ class Settings:
             pod_facts_ttl_s=_number(env, "LORA_BRIDGE_POD_FACTS_TTL_S", 60.0, minimum=0.0),
             retry_delays=_delays(env, "LORA_BRIDGE_RETRY_DELAYS", (2.0, 4.0, 8.0)),
             lease_s=_number(env, "LORA_BRIDGE_LEASE_S", 15.0, minimum=1.0),
+            brand_store=_text(env, "LORA_BRIDGE_BRAND_STORE", "LORA_BASE_DIR"),
+            preload_brands=_list(env, "LORA_PRELOAD_BRANDS"),
+            trainer_bucket=_text(env, "LORA_BRIDGE_TRAINER_BUCKET"),
+            trainer_secret=_secret(env, "LORA_BRIDGE_TRAINER_SECRET"),
+            compat_defaults=_compat_defaults(env),
             templates_dir=Path(templates).expanduser() if (templates := _text(env, "LORA_BRIDGE_TEMPLATES_DIR")) else None,
         )
 

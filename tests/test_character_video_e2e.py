@@ -12,69 +12,34 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.graphs.templates import WORKFLOWS_DIR
 from comfyui_lora_bridge.bridge.localpod.dit_layout import (
-    WAN21_I2V,
     WAN21_T2V,
     WAN22_EXPERT,
 )
 from comfyui_lora_bridge.bridge.localpod.weights import (
     DitLoraSpec,
     LoraSpec,
-    cached_aux_model,
     cached_dit_lora,
-    cached_dit_model,
     cached_lora,
 )
 from foreign_loras import write_foreign_lora
 from PIL import Image
 from service_harness import Service
 from support import CHECKPOINT, frames_of
+from video_templates import install_video_models
 
 pytestmark = pytest.mark.comfy
-MODELS = {  # pod file -> (models folder, generated file)
-    "cv-wan21-t2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_T2V)),
-    "cv-wan21-i2v.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN21_I2V)),
-    "cv-wan21-vae.safetensors": ("vae", lambda: cached_aux_model("wan21_vae")),
-    "cv-wan22-high.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN22_EXPERT, 0)),
-    "cv-wan22-low.safetensors": ("diffusion_models", lambda: cached_dit_model(WAN22_EXPERT, 1)),
-    "cv-clip-vision-h.safetensors": ("clip_vision", lambda: cached_aux_model("clip_vision_h")),
-}
-DEFAULTS = {'"wan2.1_t2v_1.3B_fp16.safetensors"': '"cv-wan21-t2v.safetensors"',
-            '"wan2.1_i2v_480p_14B_fp16.safetensors"': '"cv-wan21-i2v.safetensors"',
-            '"wan_2.1_vae.safetensors"': '"cv-wan21-vae.safetensors"', '"clip_vision_h.safetensors"': '"cv-clip-vision-h.safetensors"',
-            '"wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"': '"cv-wan22-high.safetensors"',
-            '"wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"': '"cv-wan22-low.safetensors"'}
 VIDEO = {"width": 64, "height": 64, "length": 5, "steps": 2, "seed": 4, "prompt": "a portrait"}
 KEY_FRAME = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2}
 
 
-def team_template(name: str) -> str:
-    """A shipped Wan template as a team would install it here: test defaults, UMT5 swapped for the test node."""
-    source = (WORKFLOWS_DIR / f"{name}.json.j2").read_text()
-    for old, new in DEFAULTS.items():
-        source = source.replace(old, new)
-    source = re.sub(r'\n\s*"\d+": \{"class_type": "CLIPLoader".*\},?', "", source)
-    return re.sub(r'"class_type": "CLIPTextEncode", "inputs": \{"text": (\{\{ \w+ \}\}), "clip": \["\d+", 0\]\}',
-                  rf'"class_type": "TestTextConditioning", "inputs": {{"text": \1, "width": {WAN21_T2V.text_width}, '
-                  r'"tokens": 8, "pooled_width": 0}', source)
-
-
 @pytest.fixture(scope="module")
 def service(comfy, s3, tmp_path_factory):
-    for name, (folder, make) in MODELS.items():
-        path = comfy.models_dir(folder) / name
-        if not path.exists():
-            path.symlink_to(make())
-    templates = tmp_path_factory.mktemp("team-templates")
-    for name in ("wan21_t2v", "wan21_i2v", "wan22_t2v"):
-        (templates / f"{name}.json.j2").write_text(team_template(name))
-        assert '"class_type": "CLIPLoader"' not in (templates / f"{name}.json.j2").read_text()
+    templates = install_video_models(comfy, tmp_path_factory.mktemp("team-templates"), ("wan21_t2v", "wan21_i2v", "wan22_t2v"))
     svc = Service([comfy.url], tmp_path_factory.mktemp("video-svc"), s3.endpoint,
                   env={"LORA_BRIDGE_TEMPLATES_DIR": str(templates)}).start()
     yield svc

@@ -17,7 +17,6 @@ from comfyui_lora_bridge.bridge.errors import (
     PodUnavailable,
     PromptRejected,
 )
-from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest
 from comfyui_lora_bridge.bridge.graphs.templates import TemplateError
 from comfyui_lora_bridge.bridge.lorafiles.sources import (
     FetchPolicy,
@@ -25,10 +24,11 @@ from comfyui_lora_bridge.bridge.lorafiles.sources import (
     SourceRefused,
 )
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
+from comfyui_lora_bridge.bridge.service.brand_store import BrandStore
 from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.service.http_errors import classify
 from comfyui_lora_bridge.bridge.service.job_states import IllegalTransition, JobState
-from comfyui_lora_bridge.bridge.service.jobs import Generations, Plan
+from comfyui_lora_bridge.bridge.service.jobs import Generations, Plan, Resolution
 from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
 from comfyui_lora_bridge.bridge.settings import Settings
 from hypothesis import given
@@ -96,7 +96,7 @@ class Planner:
     def prepare(self, request: GenerationCreate) -> Plan:
         return asyncio.run(self.gens.prepare(request))
 
-    def resolve_loras(self, *args: Any) -> tuple[list[LoraRequest], list[str], list[str]]:
+    def resolve_loras(self, *args: Any) -> Resolution:
         return asyncio.run(self.gens.resolve_loras(*args))
 
     def cancel(self, job_id: str) -> None:
@@ -116,8 +116,11 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
                                loras=[{"lora_id": loras["training"]["id"], "strength_model": 0.5},
                                       {"lora_id": loras["sdxl"]["id"]}, {"lora_id": loras["no source"]["id"]},
                                       {"lora_id": "missing"}])
-    chosen, warnings, styles = gens.resolve_loras(request, "sd15")
+    found = gens.resolve_loras(request, "sd15")
+    chosen, warnings, styles = found.loras, found.warnings, found.styles
     assert [(lora.name, lora.strength_model, lora.trigger_words) for lora in chosen] == [(f"lora-{loras['ready']['id']}", 1.0, ("ohwx",))]
+    assert found.resolved == [{"lora_id": loras["ready"]["id"], "name": "a", "for": "character 1", "strength_model": 1.0,
+                               "strength_clip": 1.0, "trigger_word": "ohwx"}]
     assert len(warnings) == 4 and styles == ["watercolor"]
     assert any("is training, not ready" in w for w in warnings) and any("is SDXL; the model is SD1.x" in w for w in warnings)
     assert any("has no source" in w for w in warnings) and any("LoRA missing not found" in w for w in warnings)
@@ -127,7 +130,32 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
     with pytest.raises(GenerationRefused, match="not ready"):
         gens.prepare(strict)
     clip = GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": loras["ready"]["id"], "strength_model": 0.7}])
-    assert gens.resolve_loras(clip, "sd15")[0][0].strength_clip == 0.7  # clip follows model unless given
+    assert gens.resolve_loras(clip, "sd15").loras[0].strength_clip == 0.7  # clip follows model unless given
+
+
+def test_references_by_name_and_owner_and_the_brand_store(db: Database, tmp_path: Path, weights) -> None:
+    loras = _registry(db)
+    db.add_lora({"name": "a", "status": "failed", "family": "sd15", "source": "s3://b/old.safetensors"})  # newer, failed
+    store = tmp_path / "brands"
+    (store / "acme").mkdir(parents=True)
+    (store / "acme" / "lora.safetensors").write_bytes(Path(weights.loras["kohya_b"]).read_bytes())
+    gens = _gens(db, tmp_path)
+    brands = BrandStore(str(store), gens.gens.db, FetchPolicy(local_roots=(store,)))
+    gens.gens.discover_brand = brands.discover
+    request = GenerationCreate(template="sd15_txt2img", loras=[
+        {"name": "a", "strength_model": 0.4, "type": "style"}, {"brand_id": "acme", "strength_model": 0.6, "type": "product"},
+        {"character_id": 1}, {"brand_id": "../brands/acme"}])
+    found = gens.resolve_loras(request, "sd15")
+    acme = db.list_loras(owner_kind="brand", owner_id="acme")
+    assert [r["name"] for r in acme] == ["acme/lora.safetensors"] and acme[0]["status"] == "ready"
+    assert [(r["lora_id"], r["for"], r["strength_model"], r.get("type")) for r in found.resolved] == [
+        (loras["ready"]["id"], "named 'a'", 0.4, "style"), (acme[0]["id"], "brand acme", 0.6, "product"),
+        (loras["ready"]["id"], "character 1", 1.0, None)]  # by name: the ready one, not the newer failed one
+    assert found.warnings == ["LoRA brand ../brands/acme not found for base model sd15; generating without it"]
+    assert acme[0]["trigger_word"] == "zwx" and acme[0]["family"] == "sd15"
+    assert brands.brands() == ["acme"] and gens.resolve_loras(request, "sd15").resolved[1]["lora_id"] == acme[0]["id"]
+    with pytest.raises(ValueError, match="name the LoRA one way"):
+        GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": "x", "brand_id": "y"}])
 
 
 def test_a_lora_of_another_variant_is_dropped_or_refused_naming_both(db: Database, tmp_path: Path) -> None:
@@ -136,7 +164,8 @@ def test_a_lora_of_another_variant_is_dropped_or_refused_naming_both(db: Databas
                  "variant": "1.3B", "source": "s3://b/w13.safetensors", "version": 2})
     gens = _gens(db, tmp_path)
     request = GenerationCreate(template="wan22_t2v", character_id="w")  # the template declares Wan 2.2 A14B: "14B"
-    chosen, warnings, _ = gens.resolve_loras(request, "wan", "14B")
+    found = gens.resolve_loras(request, "wan", "14B")
+    chosen, warnings = found.loras, found.warnings
     assert chosen == [] and any(f"LoRA {small['id']} (wan small) is Wan 2.x 1.3B; the model is Wan 2.x 14B" in w for w in warnings)
     with pytest.raises(GenerationRefused, match="is Wan 2.x 1.3B; the model is Wan 2.x 14B"):
         gens.prepare(request.model_copy(update={"lora_policy": "strict"}))

@@ -46,3 +46,11 @@ def test_comfy_registry_section_is_read_by_comfyui() -> None:
     res = subprocess.run([sys.executable, "-c", code], cwd=comfyui_dir(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["comfyui-lora-bridge", meta["tool"]["comfy"]["PublisherId"], "LoRA", "Bridge"]
+
+
+def test_every_python_package_is_in_the_distribution() -> None:
+    """A wheel (not an editable install) holds only the packages pyproject lists: a new one must be listed."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"comfyui_lora_bridge" + "".join(f".{part}" for part in init.parent.relative_to(ROOT).parts)
+             for folder in ("bridge", "nodes") for init in (ROOT / folder).rglob("__init__.py")}
+    assert found - listed == set()

@@ -19,6 +19,9 @@ FAMILY_NAMES = {
     "lumina2": "Z-Image/Lumina2", UNKNOWN: "unknown",
 }
 UNET_FAMILIES = {"sd15", "sd2", "sdxl"}
+# the base-model names of the character studio (seed 004) -> our families; the first of a family names it back
+BASE_MODEL_ALIASES = {"z-image-turbo": "lumina2", "flux": "flux", "qwen-image": "qwen_image",
+                      "one-2.1": "wan", "wan-2.1": "wan", "one-2.2": "wan", "wan-2.2": "wan"}
 
 # ComfyUI model classes (comfy.supported_models) -> family
 COMFY_MODEL_FAMILIES = {

@@ -235,3 +235,19 @@ def inspect_source(source: str, policy: FetchPolicy | None = None, with_hash: bo
     transport = transport_for(src, policy)
     stat = transport.stat()
     return inspect_reader(transport.read_range, stat.size, src.display)
+
+
+def verify_source(source: str, policy: FetchPolicy, chunk: int = 8 * 1024 * 1024) -> LoraInfo:
+    """``inspect_source`` and then every byte read once: the whole file is there and readable, and
+    its SHA-256 (which the pods check when they fetch it) comes from what was read."""
+    from .sources import parse_source, transport_for
+
+    info = inspect_source(source, policy, with_hash=True)
+    if info.sha256:  # a local file was hashed whole already
+        return info
+    transport = transport_for(parse_source(source), policy)
+    digest = hashlib.sha256()
+    for start in range(0, info.size, chunk):
+        digest.update(transport.read_range(start, min(chunk, info.size - start)))
+    info.sha256 = digest.hexdigest()
+    return info

@@ -44,6 +44,15 @@ class PrefetchFailed(PodError):
         self.lora = lora
 
 
+CACHE_COUNTERS = ("hits", "misses", "evictions", "entries", "bytes")
+
+
+def _summed(counters: list[dict[str, Any]]) -> dict[str, Any]:
+    totals = {key: sum(c.get(key, 0) for c in counters) for key in CACHE_COUNTERS}
+    lookups = totals["hits"] + totals["misses"]
+    return {**totals, "hit_rate": round(totals["hits"] / lookups, 4) if lookups else 0.0}
+
+
 @dataclass(frozen=True)
 class PodConfig:
     url: str
@@ -141,6 +150,25 @@ class PodPool:
         stale = [p for p in self.status.values() if force or time.monotonic() - p.checked > self.health_ttl]
         await asyncio.gather(*(self._check(p) for p in stale))
         return list(self.status.values())
+
+    async def cache_report(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The caches of every healthy pack pod, read now: per pod, and summed per cache
+        (``memory``, ``disk``, and ``total`` for both) with the hit rate of each sum."""
+        pods = [p for p in await self.refresh(force=True) if p.healthy and p.pack and p.cache_stats]
+        parts = {part: [p.cache_stats[part] for p in pods] for part in ("memory", "disk")}
+        sums = {**{part: _summed(counters) for part, counters in parts.items()},
+                "total": _summed(parts["memory"] + parts["disk"])}
+        return [{"pod": p.config.name, **p.cache_stats} for p in pods], sums
+
+    async def preload(self, pod: PodStatus, lora: LoraRequest) -> dict[str, Any]:
+        """Fetch ``lora`` on a pack pod and load it into the pod's memory cache ahead of any job."""
+        assert lora.source is not None
+        payload = PrefetchRequest(source=lora.source, sha256=lora.sha256, memory=True)
+        async with self.client(pod, timeout=900) as client:
+            result = await client.post_json(ROUTE_PREFETCH, payload.model_dump(exclude_none=True))
+        if result.get("sha256"):
+            pod.cached.add(result["sha256"])
+        return result
 
     def choose(self, units: Collection[Set[str]], labels: Set[str] = frozenset(), exclude: Set[str] = frozenset()) -> PodStatus:
         """The healthy pod with the requested labels that holds most of the job's LoRAs, then the

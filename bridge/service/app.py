@@ -14,111 +14,77 @@ import dataclasses
 import hmac
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import BaseModel, ValidationError
 
 from ..errors import (
     DatabaseUnavailable,
-    GenerationRefused,
     NotFound,
     RequestInvalid,
 )
-from ..lorafiles.families import variant_name
-from ..lorafiles.inspect import LoraInfo, inspect_source
 from ..lorafiles.sources import (
     FetchPolicy,
-    carries_credentials,
-    check_source,
-    parse_source,
-    redact_url,
 )
 from ..openapi import RouteSpec, openapi_document
 from ..pack_protocol import (
     ROUTE_CACHE_CLEAR,
     CacheClear,
-    describe_validation_error,
     strict_json,
 )
 from ..pods.pool import PodPool, PodStatus
 from ..settings import Settings
 from ..training.dataset import DatasetLimits
+from . import compat
 from . import schemas as s
+from .brand_store import BrandStore
 from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, matrix
 from .database import AsyncDatabase, Database
 from .http_errors import answer, error_response
-from .job_states import is_terminal
 from .jobs import Generations, job_view
 from .metrics import render as render_metrics
+from .registry import (
+    check_pair,
+    check_pair_sources,
+    check_source_allowed,
+    lora_view,
+    register,
+)
 from .replicas import Replica
+from .routing import (
+    BRAND_STORE,
+    DB,
+    GENERATIONS,
+    OPENAPI,
+    POLICY,
+    POOL,
+    REGISTRY_POLICY,
+    REPLICA,
+    SETTINGS,
+    TRAININGS,
+    UPLOADS,
+    Handler,
+    Inputs,
+    job_events,
+    parse,
+    validate,
+)
 from .trainings import KIND as TRAINING
 from .trainings import Trainings
 from .uploads import LoraUploads, StagedUpload
 
 log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
-DB = web.AppKey("db", AsyncDatabase)
-POOL = web.AppKey("pool", PodPool)
-SETTINGS = web.AppKey("settings", Settings)
-POLICY = web.AppKey("policy", FetchPolicy)
-REGISTRY_POLICY = web.AppKey("registry_policy", FetchPolicy)
-UPLOADS = web.AppKey("uploads", LoraUploads)
-GENERATIONS = web.AppKey("generations", Generations)
-TRAININGS = web.AppKey("trainings", Trainings)
-REPLICA = web.AppKey("replica", Replica)
-OPENAPI = web.AppKey("openapi", dict)
 VERSION = "0.2.0"
-
-
-@dataclass
-class Inputs:
-    """A request's inputs, parsed: ``body``, ``query``, ``path`` and ``headers`` models (or None)."""
-
-    body: Any = None
-    query: Any = None
-    path: Any = None
-    headers: Any = None
-
-
-Handler = Callable[[web.Request, Inputs], Awaitable[web.StreamResponse]]
-
-
-def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise RequestInvalid(describe_validation_error(exc, where)) from None
-
-
-async def parse(request: web.Request, spec: RouteSpec) -> Inputs:
-    """Parse every input of ``request`` against ``spec``'s models (``RequestInvalid`` names the field)."""
-    inputs = Inputs()
-    if spec.path_params is not None:
-        inputs.path = _validate(spec.path_params, dict(request.match_info), "path")
-    if spec.query is not None:
-        inputs.query = _validate(spec.query, dict(request.query), "query")
-    elif request.query:
-        raise RequestInvalid(f"query: unknown parameter(s) {sorted(request.query)}")
-    if spec.headers is not None:
-        inputs.headers = _validate(spec.headers, dict(request.headers), "header")
-    if spec.body is not None and spec.content_type == "application/json":
-        raw = await request.read()
-        data = strict_json(raw) if raw.strip() else {}
-        if not isinstance(data, dict):
-            raise RequestInvalid("body: must be a JSON object")
-        inputs.body = _validate(spec.body, data, "body")
-    return inputs
 
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     keys: tuple[str, ...] = request.app[SETTINGS].api_keys
-    if keys and request.path.startswith("/v1"):
+    if keys and request.path.startswith(("/v1", compat.PREFIX)) and request.path not in OPEN_PATHS:
         given = request.headers.get("Authorization", "").encode()
         if not any(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in keys):
             return error_response(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
@@ -137,58 +103,8 @@ def _gens(request: web.Request) -> Generations:
 # -- LoRA registry ---------------------------------------------------------------------------------
 
 
-def lora_view(record: dict[str, Any]) -> dict[str, Any]:
-    """A registry record as the API shows it: source URLs without their query string (credentials)."""
-    return {**record, **{key: redact_url(record[key]) for key in ("source", "low_noise_source")
-                         if record.get(key) and carries_credentials(record[key])}}
-
-
-async def _check_source(request: web.Request, source: str) -> None:
-    """The same source policy the pods apply, at registration: a source they would refuse is refused now."""
-    policy = request.app[REGISTRY_POLICY]
-    await asyncio.get_running_loop().run_in_executor(None, lambda: check_source(parse_source(source), policy))
-
-
-async def _inspect(request: web.Request, source: str) -> LoraInfo:
-    policy: FetchPolicy = request.app[POLICY]
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: inspect_source(source, policy, with_hash=False))
-
-
-def check_pair(infos: dict[str, LoraInfo]) -> None:
-    """A Wan 2.2 expert pair (expert -> its file's header): both Wan 2.x of one size, else refused naming which."""
-    for expert, info in infos.items():
-        if info.family != "wan":
-            raise GenerationRefused(f"a Wan 2.2 pair's {expert} file is {variant_name(info.family, info.variant)}, not Wan 2.x")
-    high, low = infos.values()
-    if high.variant != low.variant:
-        raise GenerationRefused(f"the pair's files are of two sizes: high-noise {high.variant}, low-noise {low.variant}")
-
-
-async def _check_pair(request: web.Request, fields: dict[str, Any]) -> None:
-    """A pair registered by source: the low-noise file allowed too, both headers inspected."""
-    await _check_source(request, fields["low_noise_source"])
-    check_pair({"high-noise": await _inspect(request, fields["source"]),
-                "low-noise": await _inspect(request, fields["low_noise_source"])})
-
-
 async def create_lora(request: web.Request, inputs: Inputs) -> web.Response:
-    body: s.LoraCreate = inputs.body
-    fields = body.registry_fields()
-    source = fields.get("source")
-    if source:
-        await _check_source(request, source)
-    if fields.get("low_noise_source"):
-        await _check_pair(request, fields)
-    if source and not fields.get("family"):  # fill family, rank, trigger word from the header (ranged reads)
-        info = await _inspect(request, source)
-        fields.setdefault("family", info.family)
-        fields.setdefault("variant", info.variant)
-        fields.setdefault("rank", info.rank)
-        fields.setdefault("size", info.size)
-        if not fields.get("trigger_word") and info.trigger_words:
-            fields["trigger_word"] = info.trigger_words[0]
-        fields["metadata"] = {**info.metadata, **(fields.get("metadata") or {})}
-    return web.json_response(lora_view(await request.app[DB].add_lora(fields)), status=201)
+    return web.json_response(lora_view(await register(request, inputs.body)), status=201)
 
 
 async def list_loras(request: web.Request, inputs: Inputs) -> web.Response:
@@ -207,9 +123,9 @@ async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
     fields = inputs.body.registry_fields()
     await request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
     if fields.get("source"):
-        await _check_source(request, fields["source"])
+        await check_source_allowed(request, fields["source"])
     if fields.get("low_noise_source"):
-        await _check_pair(request, fields)
+        await check_pair_sources(request, fields)
     return web.json_response(lora_view(await request.app[DB].update_lora(inputs.path.id, fields)))
 
 
@@ -244,7 +160,7 @@ async def upload_lora(request: web.Request, inputs: Inputs) -> web.Response:
             raise RequestInvalid(f"body: malformed multipart/form-data ({exc})") from None
         if "file" not in staged:
             raise RequestInvalid("body: multipart field 'file' is required")
-        lora = _validate(s.UploadFields, {k: v for k, v in texts.items() if v}, "form").lora(staged["file"].filename)
+        lora = validate(s.UploadFields, {k: v for k, v in texts.items() if v}, "form").lora(staged["file"].filename)
         if "low_noise_file" in staged:
             check_pair({"high-noise": staged["file"].info, "low-noise": staged["low_noise_file"].info})
         sources = {name: await uploads.commit(upload) for name, upload in staged.items()}
@@ -270,12 +186,7 @@ async def create_generation(request: web.Request, inputs: Inputs) -> web.Respons
     job_id = await gens.start(inputs.body)
     if not inputs.query.waits:
         return web.json_response({"id": job_id, "status": "queued"}, status=202)
-    while True:
-        change = gens.watch(job_id)
-        if is_terminal(await gens.db.job_status(job_id)) or gens.stopping:
-            break
-        await gens.wait_change(change, 1.0)
-    return web.json_response(job_view(await gens.db.get_job(job_id)))
+    return web.json_response(job_view(await gens.wait_ended(job_id)))
 
 
 async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:
@@ -285,23 +196,6 @@ async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:
 def _resume_point(inputs: Inputs) -> int:
     header = inputs.headers.last_event_id if inputs.headers is not None else None
     return header if header is not None else inputs.query.last_event_id
-
-
-async def _job_events(request: web.Request, job_id: str, last: int, heartbeat: float,
-                      send: Callable[[int, str, dict[str, Any]], Awaitable[None]],
-                      beat: Callable[[], Awaitable[None]]) -> None:
-    """Send the job's events after ``last`` until it has ended (a heartbeat while nothing happens).
-    Woken by this replica's runners and, on PostgreSQL, by other replicas' (polls while that is down)."""
-    gens, replica = _gens(request), request.app[REPLICA]
-    while True:
-        change = gens.watch(job_id)
-        for seq, type, data in await gens.db.events(job_id, last):
-            await send(seq, type, data)
-            last = seq
-        if is_terminal(await gens.db.job_status(job_id)) and not await gens.db.events(job_id, last) or gens.stopping:
-            return
-        if not await gens.wait_change(change, heartbeat if replica.listening else min(heartbeat, 1.0)):
-            await beat()
 
 
 async def generation_events(request: web.Request, inputs: Inputs) -> web.StreamResponse:
@@ -318,7 +212,7 @@ async def generation_events(request: web.Request, inputs: Inputs) -> web.StreamR
     async def beat() -> None:
         await resp.write(b": heartbeat\n\n")
 
-    await _job_events(request, job_id, _resume_point(inputs), request.app[SETTINGS].stream_heartbeat_s, send, beat)
+    await job_events(request, job_id, _resume_point(inputs), request.app[SETTINGS].stream_heartbeat_s, send, beat)
     return resp
 
 
@@ -339,7 +233,7 @@ async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketRe
             raise ConnectionResetError("client went away")
 
     try:
-        await _job_events(request, job_id, _resume_point(inputs), heartbeat, send, beat)
+        await job_events(request, job_id, _resume_point(inputs), heartbeat, send, beat)
     except ConnectionResetError:
         pass
     await ws.close()
@@ -420,7 +314,7 @@ async def upload_training(request: web.Request, inputs: Inputs) -> web.Response:
     fields = strict_json(parts["request"])
     if not isinstance(fields, dict):
         raise RequestInvalid("request: must be a JSON object")
-    body: s.TrainingCreate = _validate(s.TrainingCreate, fields, "request")
+    body: s.TrainingCreate = validate(s.TrainingCreate, fields, "request")
     if body.dataset_urls is not None or body.dataset_s3_prefix is not None:
         raise RequestInvalid("request: the dataset is the uploaded zip; leave out dataset_urls and dataset_s3_prefix")
     trainings = _trainings(request)
@@ -449,18 +343,8 @@ async def clear_pod_cache(request: web.Request, inputs: Inputs) -> web.Response:
 
 async def cache_stats(request: web.Request, inputs: Inputs) -> web.Response:
     """Disk and memory cache statistics of every pack pod, and their totals."""
-    pool: PodPool = request.app[POOL]
-    per_pod, totals = [], {"hits": 0, "misses": 0, "evictions": 0, "entries": 0, "bytes": 0}
-    for pod in await pool.refresh(force=True):  # the health check reads each pack pod's cache route
-        stats = pod.cache_stats
-        if not (pod.healthy and pod.pack and stats):
-            continue
-        per_pod.append({"pod": pod.config.name, **stats})
-        for part in ("disk", "memory"):
-            for key in totals:
-                totals[key] += stats[part].get(key, 0)
-    lookups = totals["hits"] + totals["misses"]
-    return web.json_response({"pods": per_pod, "total": {**totals, "hit_rate": round(totals["hits"] / lookups, 4) if lookups else 0.0}})
+    per_pod, sums = await request.app[POOL].cache_report()
+    return web.json_response({"pods": per_pod, "total": sums["total"]})
 
 
 async def list_pods(request: web.Request, inputs: Inputs) -> web.Response:
@@ -561,6 +445,10 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
 ]
 
 
+ROUTES += compat.ROUTES
+OPEN_PATHS = frozenset(spec.path for spec, _ in ROUTES if not spec.auth)  # authenticated otherwise (a signed webhook)
+
+
 class AccessLog(AbstractAccessLogger):
     """One line per request without its query string (a key or a signature sent there never reaches a log)."""
 
@@ -582,9 +470,14 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[DB] = adb = AsyncDatabase(db)
     app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = pool, settings, policy, uploads
-    # registered sources obey the pods' policy; the service's own upload folder is one of the allowed roots
-    app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, uploads.local_dir))
+    # registered sources obey the pods' policy; the service's own folders (uploads, a local brand store) are allowed roots
+    own = (uploads.local_dir, *(() if settings.brand_store is None or "://" in settings.brand_store
+                                else (Path(settings.brand_store),)))
+    app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, *own))
+    store = BrandStore(settings.brand_store, adb, app[REGISTRY_POLICY]) if settings.brand_store else None
+    app[BRAND_STORE], app[compat.PRELOADED] = store, {}
     app[GENERATIONS] = gens = Generations(adb, pool, outputs_dir, settings, policy)
+    gens.discover_brand = store.discover if store else None
     app[TRAININGS] = trainings = Trainings(gens, uploads)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
@@ -596,8 +489,10 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
 
     async def on_startup(app: web.Application) -> None:
         await replica.start()
+        await compat.start_preload(app)
 
     async def on_shutdown(app: web.Application) -> None:
+        await compat.stop_preload(app)
         await gens.detach_all()
         await replica.stop()
 

@@ -22,6 +22,7 @@ from ..errors import (
     PodError,
     PodUnavailable,
     RequestInvalid,
+    Unauthorized,
 )
 from ..graphs.convert import WorkflowError
 from ..graphs.lora_insertion import InsertionError
@@ -42,6 +43,7 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     WorkflowError: (400, "invalid_workflow"),
     LoraValidationError: (400, "invalid_lora"),
     SourceRefused: (400, "source_refused"),
+    Unauthorized: (401, "unauthorized"),
     NotFound: (404, "not_found"),
     GenerationRefused: (422, "refused"),
     DatasetInvalid: (422, "invalid_dataset"),

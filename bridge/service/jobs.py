@@ -18,12 +18,13 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from pydantic import ValidationError
 
@@ -77,10 +78,17 @@ def _carried(params: dict[str, Any], source: Template, target: Template) -> dict
             if k in target.params and k in source.params and target.params[k].default == source.params[k].default}
 
 
-def _lora_request(rec: dict[str, Any], strength_model: float, strength_clip: float) -> LoraRequest:
+def lora_request(rec: dict[str, Any], strength_model: float, strength_clip: float) -> LoraRequest:
     """A registry entry as a LoRA to apply."""
     return LoraRequest(f"lora-{rec['id']}", strength_model, strength_clip, source=rec["source"], sha256=rec["sha256"],
                        family=rec["family"], trigger_words=(rec["trigger_word"],) if rec["trigger_word"] else ())
+
+
+def _resolved(rec: dict[str, Any], label: str, strength_model: float, strength_clip: float,
+              kind: str | None = None) -> dict[str, Any]:
+    """A registry LoRA a request resolved to, as the job record keeps it (``resolved``)."""
+    return {"lora_id": rec["id"], "name": rec["name"], "for": label, "strength_model": strength_model,
+            "strength_clip": strength_clip, "trigger_word": rec["trigger_word"], **({"type": kind} if kind else {})}
 
 
 def _append_styles(params: dict[str, Any], template: Template | None, styles: list[str], warnings: list[str]) -> None:
@@ -111,11 +119,23 @@ class Plan:
     path_reason: str | None = None
     key_frame: KeyFrame | None = None
     key_frame_style: str | None = None  # the key-frame LoRA's fallback style words, should the key frame fall through
+    resolved: list[dict[str, Any]] = field(default_factory=list)  # the registry LoRAs the request resolved to
 
     def record(self) -> dict[str, Any]:
         """What the job record keeps of the plan from the start."""
         path = {"path": self.path, "path_reason": self.path_reason} if self.path else {}
-        return {"warnings": self.warnings, **path}
+        return {"warnings": self.warnings, "resolved": self.resolved, **path}
+
+
+@dataclass
+class Resolution:
+    """What a request's LoRA references resolve to: the LoRAs to apply, the warnings, the fallback
+    style words of those dropped, and the registry entries chosen (``resolved`` on the job record)."""
+
+    loras: list[LoraRequest]
+    warnings: list[str]
+    styles: list[str]
+    resolved: list[dict[str, Any]]
 
 
 class Generations:
@@ -131,30 +151,48 @@ class Generations:
         self.two_stage: set[str] = set()  # preprocess jobs: their events say which stage
         self.stopping = False
         self.metrics = JobMetrics()
+        # a brand without a registry LoRA yet: its file in the brand store, registered (``brand_store.py``)
+        self.discover_brand: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
 
     # -- planning (pure: registry in, plan out) ---------------------------------------------------
 
+    async def owner_lora(self, kind: str, owner: str, family: str | None, variant: str | None) -> dict[str, Any] | None:
+        """The owner's best registry LoRA; a brand with none yet is looked up in the brand store."""
+        rec = await self.db.best_for_owner(kind, owner, family, variant)  # another family's is refused later, named
+        if rec is None and kind == "brand" and self.discover_brand is not None:
+            rec = await self.discover_brand(owner)
+        return rec
+
     async def resolve_loras(self, request: GenerationCreate, family: str | None, variant: str | None = None,
-                      experts: dict[str, str] | None = None) -> tuple[list[LoraRequest], list[str], list[str]]:
-        """The LoRAs to apply, the warnings, and the fallback style words of the LoRAs dropped.
-        ``experts`` (a two-expert template's expert -> loader node) places each LoRA on its experts."""
+                            experts: dict[str, str] | None = None) -> Resolution:
+        """The LoRAs to apply, the warnings, the fallback style words of the LoRAs dropped, and the
+        registry entries chosen. A reference names a LoRA by id, by name, or by owner (its best LoRA
+        for the family). ``experts`` (a two-expert template's expert -> loader node) places each
+        LoRA on its experts."""
         strict = request.lora_policy == "strict"
-        wanted: list[tuple[dict[str, Any] | None, str, float, float, dict[str, float]]] = []
+        wanted: list[tuple[dict[str, Any] | None, str, float, float, dict[str, float], str | None]] = []
         for ref in request.lora_refs:
-            try:
-                rec = await self.db.get_lora(ref.lora_id)
-            except NotFound:
-                rec = None
-            clip = ref.strength_model if ref.strength_clip is None else ref.strength_clip
-            wanted.append((rec, ref.lora_id, ref.strength_model, clip, {}))
-        for kind in ("character", "brand"):
-            owner = getattr(request, f"{kind}_id")
+            owner, rec = ref.owner, None
             if owner is not None:
-                rec = await self.db.best_for_owner(kind, str(owner), family, variant)  # another family's is refused below, named
-                wanted.append((rec, f"{kind} {owner}", request.lora_strength, request.lora_strength,
-                               dict(request.expert_strengths or {})))
-        loras, warnings, styles = [], [], []
-        for rec, label, sm, sc, per_expert in wanted:
+                rec = await self.owner_lora(*owner, family, variant)
+            elif ref.name is not None:
+                named = await self.db.list_loras(name=ref.name)
+                rec = next((r for r in named if r["status"] == "ready"), named[0] if named else None)
+            else:
+                assert ref.lora_id is not None
+                with contextlib.suppress(NotFound):
+                    rec = await self.db.get_lora(ref.lora_id)
+            label = " ".join(owner) if owner else f"named {ref.name!r}" if ref.name else str(ref.lora_id)
+            clip = ref.strength_model if ref.strength_clip is None else ref.strength_clip
+            wanted.append((rec, label, ref.strength_model, clip, {}, ref.type))
+        for kind in ("character", "brand"):
+            owner_id = getattr(request, f"{kind}_id")
+            if owner_id is not None:
+                rec = await self.owner_lora(kind, str(owner_id), family, variant)
+                wanted.append((rec, f"{kind} {owner_id}", request.lora_strength, request.lora_strength,
+                               dict(request.expert_strengths or {}), None))
+        loras, warnings, styles, resolved = [], [], [], []
+        for rec, label, sm, sc, per_expert, kind in wanted:
             reason = None
             if rec is None:
                 reason = f"LoRA {label} not found" + (f" for base model {family}" if family else "")
@@ -177,22 +215,23 @@ class Generations:
                     styles.append(rec["fallback_style"])
                 continue
             assert rec is not None
+            resolved.append(_resolved(rec, label, sm, sc, kind))
             if not experts:
-                loras.append(_lora_request(rec, sm, sc))
+                loras.append(lora_request(rec, sm, sc))
                 continue
             pair = bool(rec["low_noise_source"])  # each file on its own expert; a single file on those named (default all)
             for expert in experts if pair else (request.experts or list(experts)):
-                lora = _lora_request(rec, per_expert.get(expert, sm), sc)
+                lora = lora_request(rec, per_expert.get(expert, sm), sc)
                 if pair and expert == "low_noise":
                     lora = replace(lora, source=rec["low_noise_source"], sha256=rec["low_noise_sha256"])
                 loras.append(replace(lora, source_nodes=(experts[expert],)))
-        return loras, warnings, styles
+        return Resolution(loras, warnings, styles, resolved)
 
     async def character_path(self, request: GenerationCreate, family: str | None, variant: str | None,
-                       video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None, str | None]:
+                       video: dict[str, Any]) -> tuple[CharacterPath, str, KeyFrame | None, dict[str, Any] | None]:
         """How the request's character gets into its video (``video``: the template's values): direct,
-        preprocess (with the key frame to draw, its prompt and seed the video's, and its LoRA's fallback
-        style words) or fallback, with the reason."""
+        preprocess (with the key frame to draw, its prompt and seed the video's, and the key frame's
+        registry LoRA) or fallback, with the reason."""
         rec = await self.db.best_for_owner("character", str(request.character_id), family, variant)
         if rec is None or rec["status"] != "ready" or not rec["source"]:
             why = "has no LoRA" if rec is None else f"has no ready LoRA with a source ({rec['id']} is {rec['status']})"
@@ -203,8 +242,8 @@ class Generations:
         if v.path == "direct":
             return "direct", v.reason, None, None
         frame_params = {**{k: video[k] for k in ("prompt", "seed") if k in video}, **request.key_frame_params}
-        lora = _lora_request(rec, request.lora_strength, request.lora_strength)
-        return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora]), rec["fallback_style"]
+        lora = lora_request(rec, request.lora_strength, request.lora_strength)
+        return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora]), rec
 
     async def prepare(self, request: GenerationCreate) -> Plan:
         """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
@@ -222,21 +261,26 @@ class Generations:
         if template is not None:
             template.render(**params)  # parameter errors now, as 400s
             family, variant = family or template.family, variant or template.variant
-        path, path_reason, key_frame, style, template_name = None, None, None, None, request.template
+        path, path_reason, key_frame, frame_lora, style, template_name = None, None, None, None, None, request.template
         if template is not None and template.name in VIDEO_TEMPLATES and request.character_id is not None:
             values = {name: params.get(name, p.default) for name, p in template.params.items()}
-            path, path_reason, key_frame, style = await self.character_path(request, family, variant, values)
+            path, path_reason, key_frame, frame_lora = await self.character_path(request, family, variant, values)
         if template is not None and key_frame is not None:  # the character draws the key frame, image-to-video animates it
             video, template_name = template, VIDEO_TEMPLATES[template.name]
             template = load_template(template_name)
             params = _carried(params, video, template)
             load_template(key_frame.template).render(**key_frame.params)  # parameter errors now, as 400s
-            loras, warnings, styles = await self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
-                                                               template.experts)
+            found = await self.resolve_loras(request.model_copy(update={"character_id": None}), family, variant,
+                                             template.experts)
+            assert frame_lora is not None
+            style = frame_lora["fallback_style"]
+            found.resolved.append(_resolved(frame_lora, f"character {request.character_id}", request.lora_strength,
+                                            request.lora_strength))
         else:
-            loras, warnings, styles = await self.resolve_loras(request, family, variant, template.experts if template else None)
-        _append_styles(params, template, styles, warnings)
-        return Plan(request, loras, params, family, warnings, template_name, path, path_reason, key_frame, style)
+            found = await self.resolve_loras(request, family, variant, template.experts if template else None)
+        _append_styles(params, template, found.styles, found.warnings)
+        return Plan(request, found.loras, params, family, found.warnings, template_name, path, path_reason, key_frame, style,
+                    found.resolved)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -527,6 +571,15 @@ class Generations:
         """An event set at the job's next change. Take it *before* reading the job: a change made
         while the read awaits the database then still wakes the reader."""
         return self.changed.setdefault(job_id, asyncio.Event())
+
+    async def wait_ended(self, job_id: str) -> dict[str, Any]:
+        """The job once it has ended (or once this replica stops)."""
+        while True:
+            change = self.watch(job_id)
+            job = await self.db.get_job(job_id)
+            if is_terminal(job["status"]) or self.stopping:
+                return job
+            await self.wait_change(change, 1.0)
 
     @staticmethod
     async def wait_change(change: asyncio.Event, timeout: float) -> bool:

@@ -120,9 +120,32 @@ class LoraQuery(Closed):
 
 
 class LoraRef(Closed):
-    lora_id: Id
+    """One LoRA of a request: by registry id, or the best LoRA of a brand or a character."""
+
+    lora_id: Id | None = None
+    name: Name | None = Field(None, description="instead of lora_id: the registry's newest LoRA of that name (ready first)")
+    brand_id: OwnerId | None = Field(None, description="instead of lora_id: the brand's LoRA for the workflow's family")
+    character_id: OwnerId | None = Field(None, description="instead of lora_id: the character's LoRA for the family")
     strength_model: Strength = 1.0
     strength_clip: Strength | None = Field(None, description="default: strength_model")
+    type: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="a label kept with the job (style, product, photography…)")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> "LoraRef":
+        given = [k for k in ("lora_id", "name", "brand_id", "character_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("name the LoRA one way: 'lora_id', 'name', 'brand_id' or 'character_id'")
+        return self
+
+    @property
+    def owner(self) -> tuple[str, str] | None:
+        """(kind, id) of a reference by owner; None for one by ``lora_id``."""
+        for kind in ("brand", "character"):
+            value = getattr(self, f"{kind}_id")
+            if value is not None:
+                return kind, str(value)
+        return None
 
 
 class GenerationCreate(Closed):

@@ -6,6 +6,7 @@ The video templates are the shipped Wan 2.2 ones with generated models (``video_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.localpod.dit_layout import WAN22_EXPERT
@@ -26,7 +28,6 @@ from PIL import Image
 from service_harness import KEY, Service
 from support import CHECKPOINT, POD_TOKEN, frames_of
 from video_templates import install_video_models
-from websockets.sync.client import connect
 
 pytestmark = pytest.mark.comfy
 TRAINER_SECRET = "trainer-secret"
@@ -216,9 +217,14 @@ def pod_cache(comfy) -> dict:
 
 
 def progress_messages(service: Service, task_id: str) -> list[dict]:
-    url = service.url.replace("http", "ws") + f"/compat/video/ws/{task_id}"
-    with connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=10) as ws:
-        return [json.loads(m) for m in ws]
+    """Every message of the task's WebSocket, until the service closes it."""
+    async def read() -> list[dict]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            async with session.ws_connect(f"{service.url}/compat/video/ws/{task_id}",
+                                          headers={"Authorization": f"Bearer {KEY}"}) as ws:
+                return [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+
+    return asyncio.run(read())
 
 
 def test_video_parameters_and_websocket_progress(service, s3, wan_lora, comfy) -> None:

@@ -235,16 +235,3 @@ def test_nodes_in_object_info_and_front_end(comfy) -> None:
         check = subprocess.run(["node", "--input-type=module", "--check"], input=text, capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
 
-
-def test_graph_editor_loads_the_extension_without_errors(comfy, tmp_path) -> None:
-    """Headless Chromium opens ComfyUI's editor: our extension runs, and no console error comes from it."""
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is needed for this test (.ci/setup installs it)"
-    run = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path}",
-                          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=20000", "--dump-dom", comfy.url],
-                         capture_output=True, text=True, timeout=180)
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
-    ours = [line for line in console if "lora_bridge" in line or "lora-bridge" in line or "LoraBridge" in line]
-    assert any("[lora-bridge] front-end extension ready" in line for line in ours), console[-20:]
-    assert not [line for line in ours if "Error" in line or "Uncaught" in line]

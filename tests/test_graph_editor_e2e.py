@@ -1,0 +1,119 @@
+"""The graph editor as a user sees it: ComfyUI's own front end in headless Chromium (DevTools
+protocol), with the pack loaded in the real ComfyUI. A workflow is loaded and run from the Run
+button; each LoRA Bridge node shows its result read-only, one line per LoRA, kept out of the
+saved workflow; the result survives a tab switch and a reload (read back from the pod's
+history); a failing run marks it stale. Screenshots are kept beside the test's files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from browser import Browser
+from support import LORA_FILES, txt2img
+
+pytestmark = pytest.mark.comfy
+LOAD, APPLY, LOAD_B, STACK = 9001, 9002, 9003, 9004
+READY = ("window.app?.graph && window.app.extensionManager?.command && document.querySelector('[data-testid=\"queue-button\"]')"
+         " && window.app.extensions?.some((e) => e.name === 'comfyui-lora-bridge.summary')")
+
+
+def workflow(stack: str) -> dict:
+    """The SD1.5 template with Load LoRA File → Apply LoRA, then Apply LoRA Stack (skipping LoRAs of another family)."""
+    graph = txt2img(steps=2, seed=77)
+    graph[str(LOAD)] = {"class_type": "LoraBridgeLoadFile", "inputs": {"lora_name": LORA_FILES["kohya"]}}
+    graph[str(APPLY)] = {"class_type": "LoraBridgeApply", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora": [str(LOAD), 0], "strength_model": 0.8, "strength_clip": 0.8,
+        "on_mismatch": "error", "mode": "merge"}}
+    graph[str(STACK)] = {"class_type": "LoraBridgeApplyStack", "inputs": {
+        "model": [str(APPLY), 0], "clip": [str(APPLY), 1], "loras": stack, "on_mismatch": "skip", "mode": "merge"}}
+    graph["3"]["inputs"]["model"] = [str(STACK), 0]
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = [str(STACK), 1]
+    return graph
+
+
+STACK_LORAS = json.dumps([{"name": LORA_FILES["kohya_b"], "strength_model": 0.5}, {"name": LORA_FILES["peft"]},
+                          {"name": LORA_FILES["sdxl"]}])  # the SDXL one is skipped on this SD1.5 model
+
+
+def panel(node: int) -> str:
+    return f"app.graph.getNodeById({node})?.widgets?.find((w) => w.name === 'lora_bridge_result')?.element"
+
+
+def fits(*nodes: int) -> str:
+    """True when every line of the nodes' results is in view: nothing cut, nothing scrolled away."""
+    return " && ".join(f"({panel(n)}.scrollWidth <= {panel(n)}.clientWidth + 1 && {panel(n)}.scrollHeight <= "
+                       f"{panel(n)}.clientHeight + 1)" for n in nodes)
+
+
+def rows(node: int) -> str:
+    return f"(() => {{ const el = {panel(node)}; return el ? [...el.children].map((c) => [c.className, c.textContent]) : null }})()"
+
+
+async def run_from_button(page: Browser) -> None:
+    await page.evaluate("document.querySelector('[data-testid=\"queue-button\"] button').click()")
+
+
+async def scenario(page: Browser, url: str, shots: Path) -> dict:
+    seen: dict = {}
+    await page.open(url)
+    await page.wait_for(READY)
+    await page.press("Escape")  # the first-run templates dialog
+    await page.evaluate(f"app.loadApiJson({json.dumps(workflow(STACK_LORAS))}, 'lora-bridge-e2e.json')")
+    await run_from_button(page)
+    await page.wait_for(f"{rows(STACK)}?.length === 3 && {rows(APPLY)}?.length === 1", timeout=180)
+    seen["run"] = {n: await page.evaluate(rows(n)) for n in (LOAD, APPLY, STACK)}
+    seen["tag"] = await page.evaluate(f"{panel(APPLY)}.tagName + ':' + {panel(APPLY)}.querySelectorAll('input,textarea').length")
+    seen["fits"] = await page.wait_for(fits(LOAD, APPLY, STACK), timeout=10)
+    seen["saved"] = await page.evaluate("JSON.stringify(app.graph.serialize())")
+    await page.screenshot(shots / "after-run.png")
+    await page.evaluate("app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
+    await page.wait_for(f"!app.graph.getNodeById({STACK})")
+    await page.evaluate("app.extensionManager.command.execute('Workspace.PreviousOpenedWorkflow')")
+    await page.wait_for(f"{rows(STACK)}?.length === 3", timeout=60)
+    seen["tab"] = {n: await page.evaluate(rows(n)) for n in (APPLY, STACK)}
+    await page.reload()
+    await page.wait_for(READY)
+    await page.wait_for(f"{rows(STACK)}?.length === 3", timeout=60)
+    seen["reload"] = {n: await page.evaluate(rows(n)) for n in (APPLY, STACK)}
+    seen["fits after reload"] = await page.wait_for(fits(APPLY, STACK), timeout=10)
+    await page.screenshot(shots / "after-reload.png")
+    broken = json.dumps([{"name": "no-such-lora.safetensors"}])
+    await page.evaluate(f"(() => {{ const w = app.graph.getNodeById({STACK}).widgets.find((w) => w.name === 'loras');"
+                        f" w.value = {json.dumps(broken)}; }})()")  # set as a script would: no change event
+    await run_from_button(page)
+    await page.wait_for(f"{panel(APPLY)}?.dataset.stale === 'true'", timeout=120)
+    seen["failed"] = {n: await page.evaluate(rows(n)) for n in (APPLY, STACK)}
+    await page.press("Escape")  # the error dialog
+    await page.screenshot(shots / "after-failure.png")
+    seen["console"] = list(page.console)
+    return seen
+
+
+def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> None:
+    async def drive() -> dict:
+        async with Browser(tmp_path / "profile") as page:
+            return await scenario(page, comfy.url, tmp_path)
+
+    seen = asyncio.run(drive())
+    (apply_row,) = seen["run"][APPLY]
+    assert apply_row[0] == "" and apply_row[1].startswith(f"applied {LORA_FILES['kohya']} (SD1.x, rank 8): ")
+    assert "model 0.8, clip 0.8" in apply_row[1] and apply_row[1].endswith("trigger: ohwx")
+    (c0, first), (c1, second), (c2, third) = seen["run"][STACK]  # one line per LoRA, each visible
+    assert first.startswith(f"applied {LORA_FILES['kohya_b']}") and "model 0.5" in first and c0 == c1 == ""
+    assert second.startswith(f"applied {LORA_FILES['peft']}")
+    assert c2 == "lora-bridge-warning" and third.startswith(f"skipped {LORA_FILES['sdxl']} (SDXL")  # stands out
+    assert seen["run"][LOAD] and "loaded" in seen["run"][LOAD][0][1]
+    assert seen["tag"] == "DIV:0" and seen["fits"] and seen["fits after reload"]  # read-only, wrapped, all in view
+    assert "applied " not in seen["saved"] and "lora_bridge_result" not in seen["saved"]  # never saved
+    assert seen["tab"] == seen["reload"] == {APPLY: seen["run"][APPLY], STACK: seen["run"][STACK]}
+    for node in (APPLY, STACK):
+        (cls, note), *rest = seen["failed"][node]
+        assert cls == "lora-bridge-stale" and note.startswith("stale: the last run failed"), seen["failed"]
+        assert rest == seen["run"][node]
+    ours = [line for line in seen["console"] if "lora-bridge" in line or "lora_bridge" in line]
+    assert "[lora-bridge] front-end extension ready" in ours
+    assert not [line for line in ours if "error" in line.lower() or "Uncaught" in line], ours
+    assert (tmp_path / "after-reload.png").stat().st_size > 10_000

@@ -200,14 +200,14 @@ class _Download:
         if self.cancel():
             raise FetchCancelled(f"download of {self.display} cancelled") from None
         if failures > len(self.retry.delays):
-            raise FetchError(f"{what} failed after {failures} attempts: {exc}") from None
+            raise FetchError(f"{what} failed after {failures} attempts: {_reason(exc)}") from None
         if self.attempts >= self.retry.max_attempts:
-            raise FetchError(f"{what} gave up after {self.attempts} connection attempts: {exc}") from None
+            raise FetchError(f"{what} gave up after {self.attempts} connection attempts: {_reason(exc)}") from None
         delay = self.retry.delays[failures - 1] * (1 + random.uniform(-self.retry.jitter, self.retry.jitter))
         if time.monotonic() + delay > deadline:
-            raise FetchError(f"{what} ran out of time ({self.retry.max_total:.0f} s): {exc}") from None
+            raise FetchError(f"{what} ran out of time ({self.retry.max_total:.0f} s): {_reason(exc)}") from None
         if self.on_retry is not None:
-            self.on_retry(self.attempts, _reason(exc), delay)
+            self.on_retry(failures, _reason(exc), delay)
         end = time.monotonic() + delay
         while time.monotonic() < end and not (self.cancel() or self.stop.is_set()):
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
@@ -372,10 +372,38 @@ class _Download:
         return digest.hexdigest()
 
 
+# what a failed connection means to a person, by the words its exception chain holds (urllib3,
+# botocore and the socket layer each name the same causes their own way), first match wins
+_FAILURES = (
+    (("connection refused", "errno 111"), "host unreachable (connection refused)"),
+    (("name or service not known", "failed to resolve", "nodename nor servname", "name resolution",
+      "temporary failure in name", "getaddrinfo"), "host not found (DNS)"),
+    (("no route to host", "network is unreachable", "errno 113", "errno 101"), "host unreachable (no route)"),
+    (("timed out", "timeout"), "timed out"),
+    (("connection reset", "connection aborted", "incompleteread", "protocolerror", "connection broken",
+      "remote end closed"), "the connection was cut"),
+    (("certificate", "ssl"), "TLS error (certificate or handshake)"),
+    (("could not connect to the endpoint",), "S3 endpoint unreachable"),
+)
+
+
 def _reason(exc: BaseException) -> str:
-    """A network error in one short line (urllib3 nests the cause in a tuple)."""
+    """A network error in one short line a person can act on ("host unreachable (connection
+    refused)"), else the error's own first line; never a bare exception class name."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)  # type: ignore[assignment]
+        if not isinstance(current, BaseException):
+            current = None
+    words = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    for needles, meaning in _FAILURES:
+        if any(needle in words for needle in needles):
+            return meaning
     text = str(exc.args[0]) if exc.args else ""
-    return (text or type(exc).__name__)[:200]
+    return (text or type(exc).__name__.replace("Error", " error").strip())[:200]
 
 
 def _shutdown(body: Any) -> None:

@@ -2,17 +2,22 @@
 protocol), with the pack loaded in the real ComfyUI. A workflow is loaded and run from the Run
 button; each LoRA Bridge node shows its result read-only, one line per LoRA, kept out of the
 saved workflow; the result survives a tab switch and a reload (read back from the pod's
-history); a failing run marks it stale. Screenshots are kept beside the test's files."""
+history); a failing run marks it stale. The "LoRA Bridge" sidebar tab shows the pod's caches,
+prefetches and clears, with the pod token from the settings. Screenshots are kept beside the
+test's files."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import urllib.request
 from pathlib import Path
 
 import pytest
 from browser import Browser
-from support import LORA_FILES, txt2img
+from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
+from support import LORA_FILES, POD_TOKEN, txt2img
 
 pytestmark = pytest.mark.comfy
 LOAD, APPLY, LOAD_B, STACK = 9001, 9002, 9003, 9004
@@ -117,3 +122,55 @@ def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> Non
     assert "[lora-bridge] front-end extension ready" in ours
     assert not [line for line in ours if "error" in line.lower() or "Uncaught" in line], ours
     assert (tmp_path / "after-reload.png").stat().st_size > 10_000
+
+
+STATUS = "(document.querySelector('.lora-bridge-status')?.textContent ?? '')"
+
+
+def section(name: str) -> str:
+    return f"(document.querySelector('.lora-bridge-counters[data-testid=\"{name}\"]')?.textContent ?? '')"
+
+
+async def click(page: Browser, selector: str) -> None:
+    await page.evaluate(f"document.querySelector('{selector}').click()")
+
+
+async def sidebar(page: Browser, url: str, source: str) -> dict:
+    seen: dict = {}
+    await page.open(url)
+    await page.wait_for(READY)
+    await page.press("Escape")
+    await page.evaluate("app.extensionManager.setting.set('LoraBridge.PodToken', '')")
+    await page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.lora-bridge')")
+    seen["no token"] = await page.wait_for(f"{STATUS}.includes('token') && {STATUS}", timeout=30)
+    await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
+    await click(page, ".lora-bridge-refresh")
+    seen["disk"] = await page.wait_for(section("disk"), timeout=30)
+    await page.evaluate(f"document.querySelector('.lora-bridge-source').value = {json.dumps(source)};"
+                        "document.querySelector('.lora-bridge-memory').checked = true")
+    await click(page, ".lora-bridge-prefetch")
+    seen["prefetched"] = await page.wait_for(f"{STATUS}.startsWith('fetched') && {STATUS}", timeout=60)
+    seen["memory after prefetch"] = await page.wait_for(f"{section('memory')}.includes('sidebar') && {section('memory')}")
+    await click(page, ".lora-bridge-clear-memory")
+    seen["cleared"] = await page.wait_for(f"{STATUS}.startsWith('cleared') && {STATUS}", timeout=30)
+    seen["memory after clear"] = await page.wait_for(f"{section('memory')}.startsWith('Memory cache0 files') && {section('memory')}")
+    return seen
+
+
+def test_the_sidebar_shows_the_pods_caches_prefetches_and_clears(comfy, file_server, tmp_path: Path) -> None:
+    data = cached_lora(LoraSpec(layout="kohya", seed=4242, output_name="sidebar")).read_bytes()
+    file_server.add("/sidebar.safetensors", data)
+
+    async def drive() -> dict:
+        async with Browser(tmp_path / "profile") as page:
+            return await sidebar(page, comfy.url, file_server.url("/sidebar.safetensors"))
+
+    seen = asyncio.run(drive())
+    assert seen["no token"] == "the pod needs its token: set it in Settings → LoRA Bridge"
+    assert seen["disk"].startswith("Disk cache") and "hit rate" in seen["disk"]
+    assert seen["prefetched"] == f"fetched sidebar.safetensors (sd15, {len(data) / 1048576:.1f} MB)"
+    assert "sidebar" in seen["memory after prefetch"]
+    assert re.fullmatch(r"cleared [1-9]\d* from memory", seen["cleared"]) and "sidebar" not in seen["memory after clear"]
+    request = urllib.request.Request(f"{comfy.url}/lora_bridge/cache", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+    with urllib.request.urlopen(request) as resp:
+        assert json.load(resp)["memory"]["entries"] == 0  # the pod's own view agrees

@@ -58,7 +58,8 @@ def rows(node: int) -> str:
 
 
 async def run_from_button(page: Browser) -> None:
-    await page.evaluate("document.querySelector('[data-testid=\"queue-button\"] button').click()")
+    await page.evaluate("(() => { const run = document.querySelector('[data-testid=\"queue-button\"]');"
+                        " (run.tagName === 'BUTTON' ? run : run.querySelector('button')).click(); })()")  # by front-end version
 
 
 async def scenario(page: Browser, url: str, shots: Path) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bridge.errors import LoraBridgeError
+from ..bridge.lorafiles.fetch import RetryPolicy
 from ..bridge.pack_protocol import NODE_FETCH, NODE_LOAD
 from .lora_handle import LORA_TYPE, LoraHandle
 from .pod_state import fetch_handle, handle_for_name
@@ -57,6 +59,7 @@ class FetchLora:
                 "sha256": ("STRING", {"default": "", "tooltip": "Expected SHA-256 (64 hex digits). Verified; also lets the cache skip the download."}),
                 "name": ("STRING", {"default": "", "tooltip": "Link the file into the loras folder under this name (e.g. character-42)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = (LORA_TYPE,)
@@ -67,10 +70,10 @@ class FetchLora:
     DESCRIPTION = "Fetches a LoRA (verified, resumable, cached on disk) and inspects it."
 
     @classmethod
-    def IS_CHANGED(cls, source: str, sha256: str = "", name: str = "") -> str:
+    def IS_CHANGED(cls, source: str, sha256: str = "", name: str = "", unique_id: str | None = None) -> str:
         return f"{source.strip()}|{sha256.strip().lower()}|{name.strip()}"
 
-    def fetch(self, source: str, sha256: str = "", name: str = "") -> dict[str, Any]:
+    def fetch(self, source: str, sha256: str = "", name: str = "", unique_id: str | None = None) -> dict[str, Any]:
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(100)
@@ -78,8 +81,23 @@ class FetchLora:
         def progress(done: int, total: int) -> None:
             bar.update_absolute(done * 100 // max(total, 1), 100)
 
-        handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress)
+        def retrying(attempt: int, reason: str, delay: float) -> None:
+            show_progress_text(f"retrying ({attempt} of {len(RetryPolicy().delays)}) in {delay:.0f} s: {reason}", unique_id)
+
+        try:
+            handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress, on_retry=retrying)
+        except LoraBridgeError as exc:  # ComfyUI's report names the class; the message names the node as users see it
+            raise type(exc)(f"{NODE_DISPLAY_NAME_MAPPINGS[NODE_FETCH]}: {exc}") from exc
         return {"ui": _ui(handle, "fetched"), "result": (handle,)}
+
+
+def show_progress_text(text: str, node_id: str | None) -> None:
+    """A line of text on the running node in the editor, where this ComfyUI can show one."""
+    from server import PromptServer
+
+    send = getattr(PromptServer.instance, "send_progress_text", None)  # ComfyUI 0.3.4x and later
+    if send is not None and node_id is not None:
+        send(text, node_id)
 
 
 NODE_CLASS_MAPPINGS = {NODE_LOAD: LoadLoraFile, NODE_FETCH: FetchLora}

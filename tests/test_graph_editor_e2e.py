@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from browser import Browser
+from comfyui_lora_bridge.bridge.localpod.server import free_port
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
 from support import LORA_FILES, POD_TOKEN, txt2img
 
@@ -175,3 +176,34 @@ def test_the_sidebar_shows_the_pods_caches_prefetches_and_clears(comfy, file_ser
     request = urllib.request.Request(f"{comfy.url}/lora_bridge/cache", headers={"Authorization": f"Bearer {POD_TOKEN}"})
     with urllib.request.urlopen(request) as resp:
         assert json.load(resp)["memory"]["entries"] == 0  # the pod's own view agrees
+
+
+def test_a_failing_fetch_says_it_retries_and_why_in_words(comfy, tmp_path: Path) -> None:
+    graph = txt2img(steps=2, seed=78)
+    graph["9101"] = {"class_type": "LoraBridgeFetch", "inputs": {"source": f"http://127.0.0.1:{free_port()}/gone.safetensors"}}
+    graph["9102"] = {"class_type": "LoraBridgeApply", "inputs": {
+        "model": ["4", 0], "clip": ["4", 1], "lora": ["9101", 0], "strength_model": 1.0, "strength_clip": 1.0,
+        "on_mismatch": "error", "mode": "merge"}}
+    graph["3"]["inputs"]["model"] = ["9102", 0]
+
+    async def drive() -> dict:
+        async with Browser(tmp_path / "profile") as page:
+            await page.open(comfy.url)
+            await page.wait_for(READY)
+            await page.press("Escape")
+            await page.evaluate("window.seen = {texts: [], errors: []};"
+                                "comfyAPI.api.api.addEventListener('progress_text', (e) => seen.texts.push(e.detail));"
+                                "comfyAPI.api.api.addEventListener('execution_error', (e) => seen.errors.push(e.detail))")
+            await page.evaluate(f"app.loadApiJson({json.dumps(graph)}, 'failing-fetch.json')")
+            await run_from_button(page)
+            await page.wait_for("seen.errors.length", timeout=120)
+            return await page.evaluate("seen")
+
+    seen = asyncio.run(drive())
+    texts = [t["text"] for t in seen["texts"] if str(t.get("nodeId")) == "9101"]
+    assert [t.split(" in ")[0] for t in texts] == ["retrying (1 of 3)", "retrying (2 of 3)", "retrying (3 of 3)"], seen
+    assert all(t.endswith(": host unreachable (connection refused)") for t in texts)
+    (error,) = seen["errors"]
+    message = error["exception_message"].strip()
+    assert error["node_id"] == "9101" and message.startswith("Fetch LoRA (Bridge): reaching http://127.0.0.1:")  # as users see it
+    assert message.endswith("failed after 4 attempts: host unreachable (connection refused)") and "Error" not in message

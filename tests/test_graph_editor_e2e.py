@@ -1,7 +1,8 @@
 """The graph editor as a user sees it: ComfyUI's own front end in headless Chromium (DevTools
 protocol), with the pack loaded in the real ComfyUI. A workflow is loaded and run from the Run
 button; each LoRA Bridge node shows its result read-only, one line per LoRA, kept out of the
-saved workflow; the result survives a tab switch and a reload (read back from the pod's
+saved workflow; Load LoRA File shows the picked file's base model, rank and trigger words before
+any run and names each file's base model in its drop-down; the result survives a tab switch and a reload (read back from the pod's
 history); a failing run marks it stale. The "LoRA Bridge" sidebar tab shows the pod's caches,
 prefetches and clears, with the pod token from the settings. Screenshots are kept beside the
 test's files."""
@@ -68,7 +69,11 @@ async def scenario(page: Browser, url: str, shots: Path) -> dict:
     await page.open(url)
     await page.wait_for(READY)
     await page.press("Escape")  # the first-run templates dialog
+    await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
     await page.evaluate(f"app.loadApiJson({json.dumps(workflow(STACK_LORAS))}, 'lora-bridge-e2e.json')")
+    seen["info"] = await page.wait_for(f"{rows(LOAD)}?.[0]?.[0] === 'lora-bridge-info' && {rows(LOAD)}[0][1]", timeout=30)
+    seen["labels"] = await page.evaluate(f"app.graph.getNodeById({LOAD}).widgets.find((w) => w.name === 'lora_name')"
+                                         f".options.getOptionLabel({json.dumps(LORA_FILES['sdxl'])})")
     await run_from_button(page)
     await page.wait_for(f"{rows(STACK)}?.length === 3 && {rows(APPLY)}?.length === 1", timeout=180)
     seen["run"] = {n: await page.evaluate(rows(n)) for n in (LOAD, APPLY, STACK)}
@@ -112,7 +117,10 @@ def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> Non
     assert first.startswith(f"applied {LORA_FILES['kohya_b']}") and "model 0.5" in first and c0 == c1 == ""
     assert second.startswith(f"applied {LORA_FILES['peft']}")
     assert c2 == "lora-bridge-warning" and third.startswith(f"skipped {LORA_FILES['sdxl']} (SDXL")  # stands out
-    assert seen["run"][LOAD] and "loaded" in seen["run"][LOAD][0][1]
+    assert seen["info"] == "SD1.x · rank 8 · trigger: ohwx"  # the picked file, before any run
+    assert seen["labels"] == f"{LORA_FILES['sdxl']}  [SDXL · rank 2]"  # the drop-down names each file's base model
+    (info, _), (cls, loaded) = seen["run"][LOAD]
+    assert info == "lora-bridge-info" and cls == "" and loaded.startswith(f"loaded {LORA_FILES['kohya']}: SD1.x")
     assert seen["tag"] == "DIV:0" and seen["fits"] and seen["fits after reload"]  # read-only, wrapped, all in view
     assert "applied " not in seen["saved"] and "lora_bridge_result" not in seen["saved"]  # never saved
     assert seen["tab"] == seen["reload"] == {APPLY: seen["run"][APPLY], STACK: seen["run"][STACK]}

@@ -1,15 +1,18 @@
 // Shows on each LoRA Bridge node what it did in its last run: one read-only line per LoRA
 // (applied or skipped, base model, rank, matched keys, strengths, trigger words), warnings
-// standing out. The result lives with the node, never in the saved workflow: after a tab switch
+// standing out; on Load LoRA File, the picked file's base model, rank and trigger words before
+// any run, and each file's base model beside its name in the drop-down. The result lives with the node, never in the saved workflow: after a tab switch
 // or a reload it is read back from the pod's own history (the newest run of that node), and it
 // is marked stale when a run fails or the node's inputs are not those of the run it shows.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { podCall } from "./lora_bridge_pod.js";
 
 const PANEL = "lora_bridge_result";
 const KEY = "lora_bridge"; // the nodes' UI output
 const WARNING = /\bskipped\b|apply anyway|\bdropped\b|not found|mismatch|\berror\b|\b0\/\d+ keys/i;
 const HISTORY_ITEMS = 64;
+const LOAD_FILE = "LoraBridgeLoadFile";
 
 function isOurs(node) {
   return typeof node?.type === "string" && node.type.startsWith("LoraBridge");
@@ -37,31 +40,66 @@ function panelOf(node) {
 // state: {lines: string[], stale: string | null}
 function show(node, state) {
   node.loraBridgeResult = state;
+  render(node);
+}
+
+function row(text, className, style = {}) {
+  const line = document.createElement("div");
+  line.textContent = text;
+  line.className = className;
+  Object.assign(line.style, style);
+  return line;
+}
+
+// The panel: the picked file's info (Load LoRA File), then the stale note and the last run's lines.
+function render(node) {
+  const state = node.loraBridgeResult ?? { lines: [], stale: null };
+  const rows = state.lines.map((text) => WARNING.test(text)
+    ? row(text, "lora-bridge-warning", { color: "#f0b429", fontWeight: "bold" }) : row(text, ""));
+  if (state.stale) rows.unshift(row(`stale: ${state.stale}`, "lora-bridge-stale", { color: "#ff7b72" }));
+  if (node.loraBridgeInfo) rows.unshift(row(node.loraBridgeInfo, "lora-bridge-info", { color: "#8ab4f8" }));
+  if (!rows.length) return;
   const panel = panelOf(node);
-  const rows = state.lines.map((text) => {
-    const row = document.createElement("div");
-    row.textContent = text;
-    if (WARNING.test(text)) {
-      row.className = "lora-bridge-warning";
-      row.style.color = "#f0b429";
-      row.style.fontWeight = "bold";
-    }
-    return row;
-  });
-  if (state.stale) {
-    const note = document.createElement("div");
-    note.className = "lora-bridge-stale";
-    note.textContent = `stale: ${state.stale}`;
-    note.style.color = "#ff7b72";
-    rows.unshift(note);
-  }
   panel.element.replaceChildren(...rows);
   panel.element.dataset.stale = state.stale ? "true" : "false";
   panel.element.style.opacity = state.stale ? "0.6" : "1";
   panel.rows ??= new ResizeObserver(() => grow(node)); // rows are measured once the editor lays them out
   panel.rows.disconnect();
-  rows.forEach((row) => panel.rows.observe(row));
+  rows.forEach((line) => panel.rows.observe(line));
   node.setDirtyCanvas(true, true);
+}
+
+// -- Load LoRA File: each file's base model, rank and trigger words, from the pack's own inspection --
+
+let listing = null;
+
+async function loraFiles() {
+  if (!listing || Date.now() - listing.at > 10000) {
+    const { loras } = await podCall("GET", "/lora_bridge/loras");
+    listing = { at: Date.now(), byName: new Map(loras.map((file) => [file.name, file])) };
+  }
+  return listing.byName;
+}
+
+function badge(file) {
+  if (file.error) return "unreadable";
+  const rank = Math.max(0, ...(file.ranks ?? []));
+  return `${file.family_name ?? "unknown"}${file.variant ? ` ${file.variant}` : ""}${rank ? ` · rank ${rank}` : ""}`;
+}
+
+async function describeFile(node) {
+  const widget = node.widgets?.find((w) => w.name === "lora_name");
+  if (!widget) return;
+  try {
+    const files = await loraFiles();
+    widget.options.getOptionLabel = (value) => (files.has(value) ? `${value}  [${badge(files.get(value))}]` : String(value ?? ""));
+    const file = files.get(widget.value);
+    const triggers = file?.trigger_words?.length ? ` · trigger: ${file.trigger_words.join(", ")}` : "";
+    node.loraBridgeInfo = file ? `${badge(file)}${triggers}` : `${widget.value}: not in the loras folders`;
+  } catch (error) {
+    node.loraBridgeInfo = `file info unavailable: ${error.message}`;
+  }
+  render(node);
 }
 
 // The node grows until every line of its result is in view (it never shrinks a size the user chose).
@@ -74,7 +112,7 @@ function grow(node) {
 }
 
 function markStale(node, why) {
-  if (node.loraBridgeResult && !node.loraBridgeResult.stale) show(node, { ...node.loraBridgeResult, stale: why });
+  if (node.loraBridgeResult?.lines.length && !node.loraBridgeResult.stale) show(node, { ...node.loraBridgeResult, stale: why });
 }
 
 // The node's own input values (links left out), as the prompt the pod ran holds them.
@@ -127,10 +165,18 @@ app.registerExtension({
     console.info("[lora-bridge] front-end extension ready");
   },
   async afterConfigureGraph() {
+    (app.graph?._nodes ?? []).filter((node) => node.type === LOAD_FILE).forEach(describeFile);
     await restore(); // a tab switch, a reopened workflow, a reload
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith("LoraBridge")) return;
+    if (nodeData.name === LOAD_FILE) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        onNodeCreated?.apply(this, arguments);
+        describeFile(this); // reads the picked file once the list is in: by then a loaded workflow has set it
+      };
+    }
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
@@ -140,6 +186,7 @@ app.registerExtension({
     nodeType.prototype.onWidgetChanged = function (name) {
       onWidgetChanged?.apply(this, arguments);
       if (name !== PANEL) markStale(this, "the inputs changed since this run");
+      if (name === "lora_name") describeFile(this);
     };
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function () {

@@ -2,23 +2,7 @@
 // files), a prefetch by source, and clearing, through the same pod routes the bridge uses. Where
 // the pod requires a token (LORA_BRIDGE_TOKEN), the one set in Settings → LoRA Bridge is sent.
 import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
-
-const TOKEN_SETTING = "LoraBridge.PodToken";
-
-function token() {
-  return app.extensionManager?.setting?.get?.(TOKEN_SETTING) ?? app.ui?.settings?.getSettingValue?.(TOKEN_SETTING) ?? "";
-}
-
-async function call(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (token()) headers.Authorization = `Bearer ${token()}`;
-  const response = await api.fetchApi(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
-  const data = await response.json().catch(() => ({}));
-  if (response.status === 401) throw new Error("the pod needs its token: set it in Settings → LoRA Bridge");
-  if (!response.ok) throw new Error(data?.error?.message ?? `the pod answered ${response.status}`);
-  return data;
-}
+import { TOKEN_SETTING, podCall as call } from "./lora_bridge_pod.js";
 
 function el(tag, { dataset, ...props } = {}, ...children) {
   const node = Object.assign(document.createElement(tag), props);

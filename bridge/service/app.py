@@ -2,9 +2,10 @@
 
 Each route is declared once in ``ROUTES`` with the models of its inputs (``schemas.py``):
 the request is parsed into those models before the handler runs, and ``/openapi.json`` is
-generated from the same declarations. Errors have one shape, ``{"error": {"type",
-"message"}}``, chosen by the table in ``http_errors.py``. With API keys configured
-(``LORA_BRIDGE_API_KEYS``) every ``/v1`` route needs ``Authorization: Bearer <key>``.
+generated from the same declarations (the seed-compatible routes of ``compat/`` too). Errors
+have one shape, ``{"error": {"type", "message"}}``, chosen by the table in ``http_errors.py``.
+With API keys configured (``LORA_BRIDGE_API_KEYS``) every ``/v1`` and ``/compat`` route needs
+``Authorization: Bearer <key>``, but those declared ``auth=False`` (the signed trainer webhook).
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def same_job(service: Service, compat: dict, native_request: dict) -> dict:
     assert status == 200 and native["status"] == compat["status"] == "succeeded", (native, compat)
     for key in ("applied", "trigger_words", "warnings"):
         assert compat[key] == native[key], key
-    assert [{k: v for k, v in r.items()} for r in compat["resolved"]] == native["resolved"]
+    assert compat["resolved"] == native["resolved"]
     assert np.array_equal(pixels(service, compat), pixels(service, native))
     return native
 

@@ -27,8 +27,10 @@ from ..lorafiles.sources import carries_credentials, redact_url
 from ..pack_protocol import (
     NODE_APPLY_STACK,
     ROUTE_CACHE,
+    ROUTE_CACHE_CLEAR,
     ROUTE_PREFETCH,
     ROUTE_PREFETCH_CANCEL,
+    CacheClear,
     PrefetchCancel,
     PrefetchRequest,
     store_reference,
@@ -159,6 +161,11 @@ class PodPool:
         sums = {**{part: _summed(counters) for part, counters in parts.items()},
                 "total": _summed(parts["memory"] + parts["disk"])}
         return [{"pod": p.config.name, **p.cache_stats} for p in pods], sums
+
+    async def clear_cache(self, pod: PodStatus, what: CacheClear, timeout: float = 30.0) -> dict[str, Any]:
+        """Clear a pack pod's memory and/or unused disk files; the pod's answer (``{"cleared": …}``)."""
+        async with self.client(pod, timeout=timeout) as client:
+            return await client.post_json(ROUTE_CACHE_CLEAR, what.model_dump())
 
     async def preload(self, pod: PodStatus, lora: LoraRequest) -> dict[str, Any]:
         """Fetch ``lora`` on a pack pod and load it into the pod's memory cache ahead of any job."""

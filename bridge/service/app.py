@@ -32,7 +32,6 @@ from ..lorafiles.sources import (
 )
 from ..openapi import RouteSpec, openapi_document
 from ..pack_protocol import (
-    ROUTE_CACHE_CLEAR,
     CacheClear,
     strict_json,
 )
@@ -336,10 +335,7 @@ def _pod(request: web.Request, index: int) -> PodStatus:
 
 async def clear_pod_cache(request: web.Request, inputs: Inputs) -> web.Response:
     pod = _pod(request, inputs.path.id)
-    body: CacheClear = inputs.body
-    async with request.app[POOL].client(pod) as client:
-        result = await client.post_json(ROUTE_CACHE_CLEAR, body.model_dump())
-    return web.json_response({"pod": pod.config.name, **result})
+    return web.json_response({"pod": pod.config.name, **await request.app[POOL].clear_cache(pod, inputs.body)})
 
 
 async def cache_stats(request: web.Request, inputs: Inputs) -> web.Response:

@@ -18,9 +18,9 @@ from pydantic import Field, StrictInt, StrictStr, model_validator
 
 from ...errors import LoraBridgeError, NotFound
 from ...openapi import RouteSpec
-from ...pack_protocol import ROUTE_CACHE_CLEAR, CacheClear
+from ...pack_protocol import CacheClear
 from ..brand_store import BRAND_ID
-from ..jobs import lora_request
+from ..jobs import job_view, lora_request
 from ..routing import BRAND_STORE, DB, GENERATIONS, POOL, SETTINGS, Handler, Inputs
 from ..schemas import Closed, GenerationCreate, LoraRef
 from .common import PREFIX, WaitFirst, output_urls, run, template_params
@@ -82,8 +82,8 @@ async def generate(request: web.Request, inputs: Inputs) -> web.Response:
     params = template_params(request, TEMPLATE, {"prompt": body.prompt, "negative": body.negative_prompt, "width": body.width,
                                                  "height": body.height, "steps": body.num_inference_steps,
                                                  "cfg": body.guidance_scale, "seed": body.seed})
-    job = await run(request, body.native(params), inputs.query.waits)
-    return web.json_response({**job, "images": output_urls(job)}, status=200 if inputs.query.waits else 202)
+    view = job_view(await run(request, body.native(params), inputs.query.waits))
+    return web.json_response({**view, "images": output_urls(view)}, status=200 if inputs.query.waits else 202)
 
 
 def _entry(rec: dict[str, Any]) -> dict[str, Any]:
@@ -131,8 +131,7 @@ async def cache_clear(request: web.Request, inputs: Inputs) -> web.Response:
         if not (pod.healthy and pod.pack):
             continue
         try:
-            async with pool.client(pod, timeout=30) as client:
-                result = await client.post_json(ROUTE_CACHE_CLEAR, CacheClear(memory=True, disk=False).model_dump())
+            result = await pool.clear_cache(pod, CacheClear(memory=True, disk=False))
             cleared.append({"pod": pod.config.name, **result["cleared"]})
         except LoraBridgeError as exc:
             failed.append({"pod": pod.config.name, "error": str(exc)})

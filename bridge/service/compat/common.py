@@ -8,21 +8,16 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from ..jobs import job_view
 from ..routing import GENERATIONS, SETTINGS
-from ..schemas import Closed, GenerationCreate
+from ..schemas import GenerationCreate, WaitQuery
 
 PREFIX = "/compat"
 
 
-class WaitFirst(Closed):
+class WaitFirst(WaitQuery):
     """``?wait=``: these routes answer when the job has ended unless told not to (the teams' services are synchronous)."""
 
     wait: Literal["true", "false", "1", "0"] = Field("true", description="answer when the job has ended (false: 202 at once)")
-
-    @property
-    def waits(self) -> bool:
-        return self.wait in ("true", "1")
 
 
 def template_params(request: web.Request, template: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +32,7 @@ def output_urls(view: dict[str, Any]) -> list[str]:
 
 
 async def run(request: web.Request, native: GenerationCreate, wait: bool) -> dict[str, Any]:
-    """Start ``native`` as any ``/v1/generations`` job; the job view, once ended when ``wait``."""
+    """Start ``native`` as any ``/v1/generations`` job; its record, once ended when ``wait``."""
     gens = request.app[GENERATIONS]
     job_id = await gens.start(native)
-    return job_view(await gens.wait_ended(job_id) if wait else await gens.db.get_job(job_id))
+    return await gens.wait_ended(job_id) if wait else await gens.db.get_job(job_id)

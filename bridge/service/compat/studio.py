@@ -180,8 +180,7 @@ async def generate(request: web.Request, inputs: Inputs) -> web.Response:
                                                  "seed": body.seed, "steps": body.steps})
     owner = {"character_id": body.characterId, "lora_strength": body.loraStrength} if body.loraEnabled else {}
     job = await run(request, GenerationCreate(template=template, params=params, **owner), inputs.query.waits)
-    return web.json_response(generation_view(await request.app[DB].get_job(job["id"])),
-                             status=200 if inputs.query.waits else 202)
+    return web.json_response(generation_view(job), status=200 if inputs.query.waits else 202)
 
 
 async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:

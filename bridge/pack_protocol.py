@@ -75,6 +75,7 @@ class StackEntry(_Closed):
     sha256: Sha256 | None = None
     strength_model: Strength = 1.0
     strength_clip: Strength = 1.0
+    enabled: StrictBool = Field(True, description="false: kept in the stack (the editor's row is off), not applied")
 
     @model_validator(mode="before")
     @classmethod
@@ -150,8 +151,9 @@ def parse_stack(text: str) -> list[StackEntry]:
 
 
 def encode_stack(entries: list[StackEntry]) -> str:
-    """The compact JSON that ``parse_stack`` reads back (fields at their defaults are left out)."""
-    return json.dumps([e.model_dump(exclude_none=True) for e in entries], separators=(",", ":"))
+    """The compact JSON that ``parse_stack`` reads back (unset fields and ``enabled: true`` are left out)."""
+    return json.dumps([e.model_dump(exclude_none=True, exclude=None if not e.enabled else {"enabled"}) for e in entries],
+                      separators=(",", ":"))
 
 
 # -- pod routes ---------------------------------------------------------------------------------
@@ -162,6 +164,7 @@ ROUTE_CACHE_CLEAR = f"{ROUTE_PREFIX}/cache/clear"
 ROUTE_PREFETCH = f"{ROUTE_PREFIX}/prefetch"
 ROUTE_PREFETCH_CANCEL = f"{ROUTE_PREFIX}/prefetch/cancel"
 ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
+ROUTE_LORA_INFO = f"{ROUTE_PREFIX}/loras/info"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
 ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
 PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}
@@ -191,18 +194,38 @@ class CacheClear(_Closed):
     disk: StrictBool = False
 
 
+class LoraListQuery(_Closed):
+    """``GET /lora_bridge/loras``: with a model file (a checkpoint or a diffusion model), each LoRA
+    also says whether it was made for that model (``fits_model``)."""
+
+    model_folder: Literal["checkpoints", "diffusion_models"] | None = None
+    model_name: Annotated[str, Field(min_length=1, max_length=400, description="as ComfyUI lists it")] | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "LoraListQuery":
+        if (self.model_folder is None) != (self.model_name is None):
+            raise ValueError("give model_folder and model_name together")
+        return self
+
+
+class LoraInfoQuery(_Closed):
+    """``GET /lora_bridge/loras/info``: one file of the loras folders, inspected whole (metadata, SHA-256)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=400, description="as ComfyUI lists it")]
+
+
 class DatasetPath(_Closed):
     """``/lora_bridge/datasets/{job}``: a training job's folder name."""
 
     job: Annotated[str, Field(pattern=JOB_FOLDER.pattern, description="letters, digits, '-' and '_' (1-64)")]
 
 
-def parse_path(model: type[_Closed], match_info: Any) -> Any:
-    """A pod route's path parameters as ``model``; ``ProtocolError`` otherwise."""
+def parse_path(model: type[_Closed], match_info: Any, where: str = "path") -> Any:
+    """A pod route's path (or, with ``where="query"``, query) parameters as ``model``; ``ProtocolError`` otherwise."""
     try:
         return model.model_validate(dict(match_info))
     except ValidationError as exc:
-        raise ProtocolError(describe_validation_error(exc, "path")) from None
+        raise ProtocolError(describe_validation_error(exc, where)) from None
 
 
 def parse_payload(model: type[_Closed], raw: bytes) -> Any:

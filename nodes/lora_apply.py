@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bridge.lorafiles.sources import redact_url
 from ..bridge.pack_protocol import (
     APPLY_MODES,
     NODE_APPLY,
@@ -16,7 +17,7 @@ from ..bridge.pack_protocol import (
     parse_stack,
 )
 from .lora_handle import LORA_TYPE, LoraHandle
-from .lora_loading import ApplyReport, apply_lora
+from .lora_loading import apply_lora
 from .pod_state import fetch_handle
 
 CATEGORY = "LoRA Bridge"
@@ -25,11 +26,12 @@ MISMATCH_TIP = ("What to do when the LoRA was made for another base model or non
                 "error (stop with the reason), skip (go on without it), apply anyway.")
 MODE_TIP = ("merge: patch the weights like ComfyUI's loader (bit-identical). hotswap: add the LoRA at run time "
             "without touching the weights, so switching LoRAs or strengths between jobs costs no re-patching.")
-STACK_EXAMPLE = '[{"source": "s3://bucket/character-42.safetensors", "sha256": "", "strength_model": 1.0, "strength_clip": 1.0}]'
+STACK_EXAMPLE = ('[{"source": "s3://bucket/character-42.safetensors", "sha256": "", "strength_model": 1.0, '
+                 '"strength_clip": 1.0, "enabled": true}]')
 
 
-def _result(model: Any, clip: Any, reports: list[ApplyReport]) -> dict[str, Any]:
-    return {"ui": {"lora_bridge": [r.line() for r in reports] or ["no LoRA"]}, "result": (model, clip)}
+def _result(model: Any, clip: Any, lines: list[str]) -> dict[str, Any]:
+    return {"ui": {"lora_bridge": lines or ["no LoRA"]}, "result": (model, clip)}
 
 
 class ApplyLora:
@@ -60,7 +62,7 @@ class ApplyLora:
     def apply(self, model: Any, lora: LoraHandle, strength_model: float, strength_clip: float,
               on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
         model, clip, report = apply_lora(model, clip, lora, strength_model, strength_clip, on_mismatch, mode)
-        return _result(model, clip, [report])
+        return _result(model, clip, [report.line()])
 
 
 class ApplyLoraStack:
@@ -95,15 +97,18 @@ class ApplyLoraStack:
         return True
 
     def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
-        reports = []
+        lines = []
         for entry in parse_stack(loras):
+            if not entry.enabled:
+                lines.append(f"off {entry.name or redact_url(entry.fetch_source)}")
+                continue
             if entry.strength_model == 0 and entry.strength_clip == 0:
                 continue
             handle = fetch_handle(entry.fetch_source, entry.sha256, entry.link_name)
             model, clip, report = apply_lora(model, clip, handle, entry.strength_model, entry.strength_clip,
                                              on_mismatch, mode)
-            reports.append(report)
-        return _result(model, clip, reports)
+            lines.append(report.line())
+        return _result(model, clip, lines)
 
 
 NODE_CLASS_MAPPINGS = {NODE_APPLY: ApplyLora, NODE_APPLY_STACK: ApplyLoraStack}

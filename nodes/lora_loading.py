@@ -18,8 +18,8 @@ from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.families import (
     COMFY_MODEL_FAMILIES,
     FAMILY_NAMES,
-    FLUX_VARIANTS,
-    WAN_VARIANTS,
+    config_variant,
+    made_for_another,
     split_key,
     variant_name,
 )
@@ -74,11 +74,7 @@ def model_family(model: Any) -> str:
 def model_variant(model: Any, family: str) -> str | None:
     """The variant of a ComfyUI MODEL that LoRAs cannot cross (see ``families.variant_of``), if known."""
     unet_config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None) or {}
-    if family == "wan":
-        return WAN_VARIANTS.get(unet_config.get("dim"))
-    if family == "flux":
-        return "Flux.2" if unet_config.get("image_model") == "flux2" else FLUX_VARIANTS.get(unet_config.get("hidden_size"))
-    return None
+    return config_variant(family, unet_config)
 
 
 def _signature(model: Any, clip: Any) -> str:
@@ -178,9 +174,7 @@ def apply_lora(model: Any, clip: Any, handle: LoraHandle, strength_model: float,
     patches, model_keys = _patches(entry, model, clip)
     report.matched, report.total = len(patches), _target_count(entry.state_dict)
     m_variant = model_variant(model, m_family)
-    wrong_family = handle.family != "unknown" and m_family != "unknown" and handle.family != m_family
-    wrong_variant = not wrong_family and None not in (handle.variant, m_variant) and handle.variant != m_variant
-    if wrong_family or wrong_variant or report.matched == 0:
+    if made_for_another(handle.family, handle.variant, m_family, m_variant) or report.matched == 0:
         problem = (f"LoRA '{handle.name}' is {variant_name(handle.family, handle.variant)}; model is "
                    f"{variant_name(m_family, m_variant)}; {report.matched} of {report.total} keys match")
         if on_mismatch == "error":

@@ -20,17 +20,22 @@ from aiohttp import web
 
 from ..bridge import pack_protocol as protocol
 from ..bridge.errors import FetchCancelled, FetchError, IntegrityError, LoraBridgeError
+from ..bridge.lorafiles.families import made_for_another
+from ..bridge.lorafiles.header import InvalidLoraFile
 from ..bridge.lorafiles.inspect import inspect_file
 from ..bridge.lorafiles.sources import redact_url
+from ..bridge.lorafiles.validate import LoraNotFound, LoraValidationError, resolve_name
 from ..bridge.openapi import RouteSpec, openapi_document
 from ..bridge.settings import settings
 from .lora_loading import load_into_memory
+from .model_files import ModelFileNotFound, describe_model_file
 from .pod_state import disk_store, fetch_handle, memory_cache
 
 log = logging.getLogger("lora_bridge")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 MAX_BODY = 64 * 1024
 _summaries: dict[tuple[str, int, int], dict[str, Any]] = {}
+_details: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 class Downloads:
@@ -195,9 +200,10 @@ async def cancel_prefetch(request: web.Request) -> web.Response:
     return web.json_response({"request_id": body.request_id, "cancelled": downloads.cancel(body.request_id)})
 
 
-def _list_loras() -> list[dict[str, Any]]:
+def _list_loras(query: protocol.LoraListQuery) -> dict[str, Any]:
     import folder_paths
 
+    model = describe_model_file(query.model_folder, query.model_name) if query.model_folder and query.model_name else None
     out = []
     for name in folder_paths.get_filename_list("loras"):
         path = Path(folder_paths.get_full_path("loras", name) or "")
@@ -213,12 +219,46 @@ def _list_loras() -> list[dict[str, Any]]:
                 _summaries[key] = info
             except LoraBridgeError as exc:
                 _summaries[key] = {"error": str(exc)}
-        out.append({"name": name, "size": st.st_size, **_summaries[key]})
-    return out
+        item = {"name": name, "size": st.st_size, **_summaries[key]}
+        if model is not None:
+            item["fits_model"] = None if "family" not in item else not made_for_another(
+                item["family"], item.get("variant"), model["family"], model["variant"])
+        out.append(item)
+    return {"loras": out, **({"model": model} if model else {})}
 
 
 async def list_loras(request: web.Request) -> web.Response:
-    return web.json_response({"loras": await asyncio.get_running_loop().run_in_executor(None, _list_loras)})
+    query = protocol.parse_path(protocol.LoraListQuery, request.query, "query")
+    try:
+        listing = await asyncio.get_running_loop().run_in_executor(None, _list_loras, query)
+    except ModelFileNotFound as exc:
+        return _error(404, "not_found", str(exc))
+    return web.json_response(listing)
+
+
+def _lora_details(name: str) -> dict[str, Any]:
+    """Everything the pack knows of one loras file: the summary, its metadata and SHA-256 (a full read, cached)."""
+    import folder_paths
+
+    name = resolve_name(name, folder_paths.get_filename_list("loras"))
+    path = Path(folder_paths.get_full_path("loras", name) or "")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _details:
+        _details[key] = {**inspect_file(path, with_hash=True).to_dict(), "source": name}
+    return {"name": name, "size": st.st_size, **_details[key]}
+
+
+async def lora_info(request: web.Request) -> web.Response:
+    query = protocol.parse_path(protocol.LoraInfoQuery, request.query, "query")
+    try:
+        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, _lora_details, query.name))
+    except LoraNotFound as exc:
+        return _error(404, "not_found", str(exc))
+    except LoraValidationError as exc:  # '..', an absolute path, a pickle file
+        return _error(400, "invalid_request", str(exc))
+    except InvalidLoraFile as exc:
+        return _error(422, "invalid_lora", str(exc))
 
 
 def _job_folder(request: web.Request) -> str:
@@ -275,7 +315,14 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     (RouteSpec("GET", protocol.ROUTE_PREFETCH, "Downloads under way: progress, retries, last error"), list_prefetches),
     (RouteSpec("POST", protocol.ROUTE_PREFETCH_CANCEL, "Stop the downloads started under a request id",
                body=protocol.PrefetchCancel), cancel_prefetch),
-    (RouteSpec("GET", protocol.ROUTE_LORAS, "Files in the loras folders with their inspection summary"), list_loras),
+    (RouteSpec("GET", protocol.ROUTE_LORAS, "Files in the loras folders with their inspection summary; with a model "
+               "file, its family and whether each LoRA was made for it", query=protocol.LoraListQuery,
+               responses={200: "OK", 400: "invalid query", 404: "no such model file"}), list_loras),
+    (RouteSpec("GET", protocol.ROUTE_LORA_INFO, "One LoRA file inspected whole: format, family, ranks, alphas, "
+               "trigger words, metadata, SHA-256", query=protocol.LoraInfoQuery,
+               responses={200: "OK", 400: "invalid name or a pickle file", 404: "no such file",
+                          422: "not a readable .safetensors LoRA"}),
+     lora_info),
     (RouteSpec("PUT", f"{protocol.ROUTE_DATASETS}/{{job}}", "A training job's dataset (zip of images with .txt captions), "
                "checked and extracted into input/lora_bridge_datasets/<job>", path_params=protocol.DatasetPath,
                responses={200: "extracted", 400: "invalid job name", 413: "too large", 422: "not a usable dataset"}),

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import (
 )
 from safetensors.numpy import load, load_file
 from service_harness import Service
-from support import frames_of, node_text, pod_object_info, run_graph
+from support import POD_TOKEN, frames_of, node_text, pod_object_info, run_graph
 
 pytestmark = pytest.mark.comfy
 # hot-swap adds W·x and up(down(x)) where merge adds up·down to W first: rounding only, in fp32 for the
@@ -314,6 +315,30 @@ def test_a_lora_of_another_variant_is_refused_naming_both(pod) -> None:
     expert = {"high": lora_name("wan", "kohya")}  # a Wan 2.1 1.3B LoRA on a Wan 2.2 A14B expert
     with pytest.raises(JobFailed, match=r"LoRA 'wan-kohya.safetensors' is Wan 2.x 1.3B; model is Wan 2.x 14B"):
         latent_of(pod, pair_graph(expert))
+
+
+def fits_of(pod: LocalComfy, folder: str, model_file: str) -> tuple[dict, dict[str, bool]]:
+    """What the graph editor asks before a run: the model file's family and which LoRAs were made for it."""
+    query = urllib.parse.urlencode({"model_folder": folder, "model_name": model_file})
+    request = urllib.request.Request(f"{pod.url}/lora_bridge/loras?{query}", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+    with urllib.request.urlopen(request) as resp:
+        listing = json.load(resp)
+    return listing["model"], {item["name"]: item["fits_model"] for item in listing["loras"]}
+
+
+def test_the_pod_tells_each_model_files_family_and_the_loras_made_for_it(pod) -> None:
+    """Read from the files' headers before any run, and the same verdict the apply nodes reach when run."""
+    for key, family in FAMILIES.items():
+        model, fits = fits_of(pod, "checkpoints" if family.spec is None else "diffusion_models", family.model_file)
+        assert model["family"] == family.family_id, (key, model)
+        for other_key, other in FAMILIES.items():
+            for layout in other.layouts:
+                assert fits[lora_name(other_key, layout)] is (other.family_id == family.family_id), (key, other_key, layout)
+    model, fits = fits_of(pod, "diffusion_models", FAMILIES["wan"].model_file)
+    assert model["family_name"] == "Wan 2.x 1.3B" and fits["wan14b-kohya.safetensors"] is False  # another variant
+    model, fits = fits_of(pod, "diffusion_models", EXPERTS["high"])
+    assert model["family_name"] == "Wan 2.x 14B" and fits["wan14b-kohya.safetensors"] is True
+    assert fits[lora_name("wan", "kohya")] is False
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,20 @@ protocol), with the pack loaded in the real ComfyUI. A workflow is loaded and ru
 button; each LoRA Bridge node shows its result read-only, one line per LoRA, kept out of the
 saved workflow; Load LoRA File shows the picked file's base model, rank and trigger words before
 any run and names each file's base model in its drop-down; the result survives a tab switch and a reload (read back from the pod's
-history); a failing run marks it stale. The "LoRA Bridge" sidebar tab shows the pod's caches,
+history); a failing run marks it stale. Apply LoRA Stack's row editor writes the JSON the pod
+runs (rows on/off, strengths, picking, adding, removing, reordering); LoRAs made for another base
+model than the connected one are marked; files are inspected on demand; trigger-word tags leave
+words out of the prompt. The "LoRA Bridge" sidebar tab shows the pod's caches,
 prefetches and clears, with the pod token from the settings. Screenshots are kept beside the
 test's files."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +27,7 @@ from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
 from support import LORA_FILES, POD_TOKEN, txt2img
 
 pytestmark = pytest.mark.comfy
-LOAD, APPLY, LOAD_B, STACK = 9001, 9002, 9003, 9004
+LOAD, APPLY, LOAD_B, STACK, TRIGGERS = 9001, 9002, 9003, 9004, 9005
 READY = ("window.app?.graph && window.app.extensionManager?.command && document.querySelector('[data-testid=\"queue-button\"]')"
          " && window.app.extensions?.some((e) => e.name === 'comfyui-lora-bridge.summary')")
 
@@ -118,7 +123,7 @@ def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> Non
     assert second.startswith(f"applied {LORA_FILES['peft']}")
     assert c2 == "lora-bridge-warning" and third.startswith(f"skipped {LORA_FILES['sdxl']} (SDXL")  # stands out
     assert seen["info"] == "SD1.x · rank 8 · trigger: ohwx"  # the picked file, before any run
-    assert seen["labels"] == f"{LORA_FILES['sdxl']}  [SDXL · rank 2]"  # the drop-down names each file's base model
+    assert seen["labels"] == f"{LORA_FILES['sdxl']}  [SDXL · rank 2 · not for SD1.x]"  # each file's base model, misfits marked
     (info, _), (cls, loaded) = seen["run"][LOAD]
     assert info == "lora-bridge-info" and cls == "" and loaded.startswith(f"loaded {LORA_FILES['kohya']}: SD1.x")
     assert seen["tag"] == "DIV:0" and seen["fits"] and seen["fits after reload"]  # read-only, wrapped, all in view
@@ -132,6 +137,133 @@ def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> Non
     assert "[lora-bridge] front-end extension ready" in ours
     assert not [line for line in ours if "error" in line.lower() or "Uncaught" in line], ours
     assert (tmp_path / "after-reload.png").stat().st_size > 10_000
+
+
+EDITOR = f"app.graph.getNodeById({STACK}).widgets.find((w) => w.name === 'lora_bridge_stack').element"
+EDITOR_ROWS = f"[...{EDITOR}.querySelectorAll('.lora-bridge-row')]"
+ROW_STATE = (f"{EDITOR_ROWS}.map((r) => ({{on: r.querySelector('.lora-bridge-enabled').checked, misfit: r.dataset.misfit,"
+             " pick: r.querySelector('.lora-bridge-pick').value, note: r.querySelector('span').textContent,"
+             " model: r.querySelector('.lora-bridge-strength_model').value, clip: r.querySelector('.lora-bridge-strength_clip').value}))")
+
+
+def in_row(row: int, selector: str) -> str:
+    return f"{EDITOR_ROWS}[{row}].querySelector('{selector}')"
+
+
+async def enter(page: Browser, row: int, selector: str, value: object) -> None:
+    """Type into a row's field and leave it, as a user does (the rows write on 'change')."""
+    await page.evaluate(f"(() => {{ const el = {in_row(row, selector)}; el.value = {json.dumps(value)};"
+                        " el.dispatchEvent(new Event('change', {bubbles: true})); })()")
+
+
+async def press_in_row(page: Browser, row: int, selector: str) -> None:
+    await page.evaluate(f"{in_row(row, selector)}.click()")
+
+
+def queued_loras(url: str) -> list[dict]:
+    """The stack node's `loras` in the newest prompt the pod ran (its own history, once the queue is empty)."""
+    for _ in range(600):
+        with urllib.request.urlopen(f"{url}/queue") as resp:
+            queue = json.load(resp)
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            break
+        time.sleep(0.1)
+    with urllib.request.urlopen(f"{url}/history?max_items=1") as resp:
+        (run,) = json.load(resp).values()
+    return json.loads(run["prompt"][2][str(STACK)]["inputs"]["loras"])
+
+
+async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
+    seen: dict = {}
+    await page.open(url)
+    await page.wait_for(READY)
+    await page.press("Escape")
+    await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
+    graph = workflow(STACK_LORAS)
+    graph[str(TRIGGERS)] = {"class_type": "LoraBridgeTriggerWords", "inputs": {"lora": [str(LOAD), 0], "text": "a portrait",
+                                                                               "leave_out": ""}}
+    graph["6"]["inputs"]["text"] = [str(TRIGGERS), 0]
+    await page.evaluate(f"app.loadApiJson({json.dumps(graph)}, 'lora-bridge-stack.json')")
+    tags = f"[...app.graph.getNodeById({TRIGGERS}).widgets.find((w) => w.name === 'lora_bridge_tags').element.querySelectorAll('button')]"
+    seen["tags"] = await page.wait_for(f"{tags}.length && {tags}.map((b) => [b.textContent, b.dataset.on])", timeout=30)
+    await page.evaluate(f"{tags}[0].click()")  # leave the LoRA's trigger word out
+    seen["tags off"] = await page.evaluate(f"{tags}.map((b) => [b.textContent, b.dataset.on])")
+    seen["loaded"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {EDITOR_ROWS}[2].dataset.misfit === 'true'"
+                                         f" && {ROW_STATE}", timeout=30)
+    seen["option"] = await page.evaluate(f"{EDITOR}.querySelector('option[value={json.dumps(LORA_FILES['sdxl'])}]').label")
+    seen["load file label"] = await page.wait_for(
+        f"app.graph.getNodeById({LOAD}).widgets.find((w) => w.name === 'lora_name')"
+        f".options.getOptionLabel?.({json.dumps(LORA_FILES['sdxl'])})?.includes('not for') &&"
+        f" app.graph.getNodeById({LOAD}).widgets.find((w) => w.name === 'lora_name').options.getOptionLabel({json.dumps(LORA_FILES['sdxl'])})",
+        timeout=30)
+    await press_in_row(page, 0, ".lora-bridge-info-button")  # the file inspected whole, before any run
+    seen["row details"] = await page.wait_for(f"{EDITOR}.querySelector('.lora-bridge-detail')?.textContent.includes('sha256 ')"
+                                              f" && [...{EDITOR}.querySelector('.lora-bridge-detail').children].map((d) => d.textContent)",
+                                              timeout=30)
+    await press_in_row(page, 0, ".lora-bridge-info-button")
+    await page.evaluate(f"app.graph.getNodeById({LOAD}).widgets.find((w) => w.name === 'LoRA info').callback()")
+    seen["file details"] = await page.wait_for(f"{rows(LOAD)}.filter((r) => r[0] === 'lora-bridge-detail').map((r) => r[1])"
+                                               ".find((t) => t.startsWith('sha256 ')) && " + rows(LOAD), timeout=30)
+    await press_in_row(page, 1, ".lora-bridge-enabled")  # peft: off
+    await enter(page, 0, ".lora-bridge-strength_model", "0.7")
+    await press_in_row(page, 2, ".lora-bridge-remove")  # the SDXL one
+    await page.evaluate(f"{EDITOR}.querySelector('.lora-bridge-add').click()")
+    await page.wait_for(f"{EDITOR_ROWS}.length === 3")
+    await enter(page, 2, ".lora-bridge-pick", LORA_FILES["sdxl"])  # a wrong pick first: marked at once
+    seen["wrong pick"] = await page.wait_for(f"{EDITOR_ROWS}[2].dataset.misfit === 'true' && {ROW_STATE}[2]", timeout=30)
+    await enter(page, 2, ".lora-bridge-pick", LORA_FILES["kohya"])
+    await enter(page, 2, ".lora-bridge-strength_clip", "0.3")
+    await enter(page, 2, ".lora-bridge-strength_model", "250")  # out of range: refused, nothing written
+    await press_in_row(page, 2, ".lora-bridge-up")
+    seen["edited"] = await page.evaluate(ROW_STATE)
+    seen["text"] = await page.evaluate(f"app.graph.getNodeById({STACK}).widgets.find((w) => w.name === 'loras').value")
+    await page.evaluate("document.querySelectorAll('.p-dialog-close-button, .global-dialog button.right-6')"
+                        ".forEach((b) => b.click())")  # the first-run templates dialog, where it opened late
+    await page.evaluate(f"app.canvas.centerOnNode?.(app.graph.getNodeById({STACK})); app.canvas.setDirty(true, true)")
+    await page.screenshot(shots / "stack-editor.png")
+    await run_from_button(page)
+    await page.wait_for(f"{rows(STACK)}?.length === 3", timeout=180)
+    seen["run"] = await page.evaluate(rows(STACK))
+    seen["queued"] = queued_loras(url)
+    seen["prompt"] = await page.evaluate(rows(TRIGGERS))
+    await page.reload()  # the rows come back from the saved workflow's loras
+    await page.wait_for(READY)
+    seen["reloaded"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {ROW_STATE}.every((r) => r.note) && {ROW_STATE}",
+                                           timeout=60)  # and the pod's file list is in
+    return seen
+
+
+def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigger_words(comfy, tmp_path: Path) -> None:
+    async def drive() -> dict:
+        async with Browser(tmp_path / "profile") as page:
+            return await edit_stack(page, comfy.url, tmp_path)
+
+    seen = asyncio.run(drive())
+    kohya_b, peft, sdxl, kohya = (LORA_FILES[k] for k in ("kohya_b", "peft", "sdxl", "kohya"))
+    assert [(r["pick"], r["on"], r["misfit"], r["model"]) for r in seen["loaded"]] == [
+        (kohya_b, True, "false", "0.5"), (peft, True, "false", "1"), (sdxl, True, "true", "1")]
+    assert seen["loaded"][2]["note"] == "SDXL · rank 2 · not for SD1.x" and seen["loaded"][0]["note"].startswith("SD1.x · rank ")
+    assert seen["option"] == "SDXL · rank 2 · not for SD1.x"  # the searchable picker's entry
+    assert seen["load file label"] == f"{sdxl}  [SDXL · rank 2 · not for SD1.x]"  # Load LoRA File feeds the same model
+    assert seen["wrong pick"]["pick"] == sdxl and seen["wrong pick"]["note"].endswith("not for SD1.x")
+    assert [(r["pick"], r["on"], r["misfit"], r["model"], r["clip"]) for r in seen["edited"]] == [
+        (kohya_b, True, "false", "0.7", "1"), (kohya, True, "false", "1", "0.3"), (peft, False, "false", "1", "1")]
+    expected = [{"name": kohya_b, "strength_model": 0.7}, {"name": kohya, "strength_model": 1, "strength_clip": 0.3},
+                {"name": peft, "enabled": False}]
+    assert json.loads(seen["text"]) == expected == seen["queued"]  # what the pod ran, field for field
+    applied_b, applied, off = seen["run"]
+    assert applied_b[1].startswith(f"applied {kohya_b}") and "model 0.7, clip 1" in applied_b[1]
+    assert applied[1].startswith(f"applied {kohya}") and "model 1, clip 0.3" in applied[1]
+    assert off[1] == f"off {peft}"
+    assert seen["reloaded"] == seen["edited"]
+    sha = {name: hashlib.sha256((comfy.models_dir("loras") / name).read_bytes()).hexdigest() for name in (kohya_b, LORA_FILES["kohya"])}
+    assert seen["row details"][0].startswith(f"sha256 {sha[kohya_b]} (AutoV2 {sha[kohya_b][:10].upper()})")
+    assert "trigger words: zwx" in seen["row details"] and any(line.startswith("ss_") for line in seen["row details"])
+    details = [text for cls, text in seen["file details"] if cls == "lora-bridge-detail"]
+    assert details[0].startswith(f"sha256 {sha[LORA_FILES['kohya']]}") and "trigger words: ohwx" in details
+    assert seen["tags"] == [["ohwx", "true"]] and seen["tags off"] == [["ohwx", "false"]]  # Load LoRA File's pick, before any run
+    assert seen["prompt"] == [["", "a portrait"]]  # the tag that was turned off stayed out of the prompt
+    assert (tmp_path / "stack-editor.png").stat().st_size > 10_000
 
 
 STATUS = "(document.querySelector('.lora-bridge-status')?.textContent ?? '')"

@@ -240,7 +240,7 @@ strengths = st.floats(min_value=-100, max_value=100, allow_nan=False)
 entries = st.builds(protocol.StackEntry, source=st.sampled_from(["s3://b/k.safetensors", "https://h/x.safetensors", None]),
                     name=st.from_regex(r"[a-z][a-z0-9_.]{0,20}", fullmatch=True),
                     sha256=st.none() | st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
-                    strength_model=strengths, strength_clip=strengths)
+                    strength_model=strengths, strength_clip=strengths, enabled=st.booleans())
 
 
 @given(st.lists(entries, max_size=5))
@@ -256,6 +256,7 @@ def test_stack_json_round_trips(stack: list[protocol.StackEntry]) -> None:
     ('[{"strength_model": 1}]', "needs a 'source'"),
     ('{"source": "x"}', "must be a JSON list"),
     ('[{"name": "../x"}]', "loras[0].name"),
+    ('[{"name": "x", "enabled": "no"}]', "loras[0].enabled"),
 ])
 def test_stack_json_refusals_name_the_field(text: str, problem: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=problem.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):

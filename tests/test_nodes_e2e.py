@@ -19,6 +19,7 @@ from comfyui_lora_bridge.bridge.graphs.prompts import with_trigger_words
 from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
 from file_server import Faults
 from support import (
+    CHECKPOINT,
     LORA_FILES,
     POD_TOKEN,
     LoraRequest,
@@ -158,6 +159,8 @@ def test_trigger_words_node(comfy) -> None:
     graph["51"] = {"class_type": "LoraBridgeTriggerWords", "inputs": {"lora": ["50", 0], "text": "portrait of a man"}}
     graph["6"]["inputs"]["text"] = ["51", 0]
     assert node_text(run_graph(comfy, graph), "51") == ["zwx, portrait of a man"]
+    graph["51"]["inputs"]["leave_out"] = " ZWX , other"  # the tags the user turned off
+    assert node_text(run_graph(comfy, graph), "51") == ["portrait of a man"]
     assert with_trigger_words("a ZWX portrait", ["zwx"]) == "a ZWX portrait"
     assert with_trigger_words("zwxx portrait", ["zwx"]) == "zwx, zwxx portrait"
     assert with_trigger_words("", ["zwx", "zwx"]) == "zwx"
@@ -183,6 +186,23 @@ def test_routes_require_the_token(comfy) -> None:
     assert status == 200
     by_name = {item["name"]: item for item in body["loras"]}
     assert by_name[LORA_FILES["loha"]]["format"] == "lycoris_loha" and by_name[LORA_FILES["sdxl"]]["family"] == "sdxl"
+
+
+def test_lora_info_and_which_loras_fit_a_model_file(comfy, weights) -> None:
+    status, info = call(comfy, "GET", f"/lora_bridge/loras/info?name={LORA_FILES['kohya']}")
+    assert status == 200 and info["sha256"] == hashlib.sha256(Path(weights.loras["kohya"]).read_bytes()).hexdigest()
+    assert info["trigger_words"] == ["ohwx"] and info["family"] == "sd15" and info["metadata"] and info["source"] == LORA_FILES["kohya"]
+    assert call(comfy, "GET", "/lora_bridge/loras/info?name=../../comfy/sd.py")[0] == 400  # only what the loras folders list
+    status, body = call(comfy, "GET", "/lora_bridge/loras/info?name=test_kohya.safetensor")
+    assert status == 404 and "did you mean" in body["error"]["message"]
+    assert call(comfy, "GET", "/lora_bridge/loras/info")[0] == 400
+    status, listing = call(comfy, "GET", f"/lora_bridge/loras?model_folder=checkpoints&model_name={CHECKPOINT}")
+    assert status == 200 and listing["model"]["family"] == "sd15" and listing["model"]["family_name"] == "SD1.x"
+    fits = {item["name"]: item["fits_model"] for item in listing["loras"]}
+    assert fits[LORA_FILES["kohya"]] is fits[LORA_FILES["peft"]] is True and fits[LORA_FILES["sdxl"]] is False
+    assert call(comfy, "GET", "/lora_bridge/loras?model_folder=checkpoints&model_name=none.safetensors")[0] == 404
+    assert call(comfy, "GET", "/lora_bridge/loras?model_folder=checkpoints")[0] == 400
+    assert call(comfy, "GET", f"/lora_bridge/loras?model_folder=vae&model_name={CHECKPOINT}")[0] == 400
 
 
 def test_prefetch_then_run_downloads_nothing(comfy, weights, file_server) -> None:

@@ -1,12 +1,13 @@
 // Shows on each LoRA Bridge node what it did in its last run: one read-only line per LoRA
 // (applied or skipped, base model, rank, matched keys, strengths, trigger words), warnings
 // standing out; on Load LoRA File, the picked file's base model, rank and trigger words before
-// any run, and each file's base model beside its name in the drop-down. The result lives with the node, never in the saved workflow: after a tab switch
+// any run, and each file's base model beside its name in the drop-down, files made for another
+// base model than the connected one marked. The result lives with the node, never in the saved workflow: after a tab switch
 // or a reload it is read back from the pod's own history (the newest run of that node), and it
 // is marked stale when a run fails or the node's inputs are not those of the run it shows.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { podCall } from "./lora_bridge_pod.js";
+import { badge, infoLines, loraFiles, loraInfo, misfit, modelFeeding } from "./lora_bridge_files.js";
 
 const PANEL = "lora_bridge_result";
 const KEY = "lora_bridge"; // the nodes' UI output
@@ -57,7 +58,10 @@ function render(node) {
   const rows = state.lines.map((text) => WARNING.test(text)
     ? row(text, "lora-bridge-warning", { color: "#f0b429", fontWeight: "bold" }) : row(text, ""));
   if (state.stale) rows.unshift(row(`stale: ${state.stale}`, "lora-bridge-stale", { color: "#ff7b72" }));
-  if (node.loraBridgeInfo) rows.unshift(row(node.loraBridgeInfo, "lora-bridge-info", { color: "#8ab4f8" }));
+  rows.unshift(...(node.loraBridgeDetails ?? []).map((text) => row(text, "lora-bridge-detail", { color: "#aaa" })));
+  const info = node.loraBridgeInfo;
+  if (info) rows.unshift(row(info.text, info.warning ? "lora-bridge-info lora-bridge-warning" : "lora-bridge-info",
+    info.warning ? { color: "#f0b429", fontWeight: "bold" } : { color: "#8ab4f8" }));
   if (!rows.length) return;
   const panel = panelOf(node);
   panel.element.replaceChildren(...rows);
@@ -69,35 +73,44 @@ function render(node) {
   node.setDirtyCanvas(true, true);
 }
 
-// -- Load LoRA File: each file's base model, rank and trigger words, from the pack's own inspection --
-
-let listing = null;
-
-async function loraFiles() {
-  if (!listing || Date.now() - listing.at > 10000) {
-    const { loras } = await podCall("GET", "/lora_bridge/loras");
-    listing = { at: Date.now(), byName: new Map(loras.map((file) => [file.name, file])) };
-  }
-  return listing.byName;
-}
-
-function badge(file) {
-  if (file.error) return "unreadable";
-  const rank = Math.max(0, ...(file.ranks ?? []));
-  return `${file.family_name ?? "unknown"}${file.variant ? ` ${file.variant}` : ""}${rank ? ` · rank ${rank}` : ""}`;
-}
+// -- Load LoRA File: each file's base model, rank and trigger words, from the pack's own inspection;
+// files made for another base model than the one the LoRA goes into are marked --
 
 async function describeFile(node) {
   const widget = node.widgets?.find((w) => w.name === "lora_name");
   if (!widget) return;
   try {
-    const files = await loraFiles();
-    widget.options.getOptionLabel = (value) => (files.has(value) ? `${value}  [${badge(files.get(value))}]` : String(value ?? ""));
-    const file = files.get(widget.value);
+    const { byName, model } = await loraFiles(modelFeeding(node));
+    widget.options.getOptionLabel = (value) => {
+      const file = byName.get(value);
+      if (!file) return String(value ?? "");
+      const mark = misfit(file, model);
+      return `${value}  [${badge(file)}${mark ? ` · ${mark}` : ""}]`;
+    };
+    const file = byName.get(widget.value);
     const triggers = file?.trigger_words?.length ? ` · trigger: ${file.trigger_words.join(", ")}` : "";
-    node.loraBridgeInfo = file ? `${badge(file)}${triggers}` : `${widget.value}: not in the loras folders`;
+    const mark = misfit(file, model);
+    node.loraBridgeInfo = file ? { text: `${badge(file)}${triggers}${mark ? ` · ${mark}` : ""}`, warning: Boolean(mark) }
+      : { text: `${widget.value}: not in the loras folders`, warning: true };
   } catch (error) {
-    node.loraBridgeInfo = `file info unavailable: ${error.message}`;
+    node.loraBridgeInfo = { text: `file info unavailable: ${error.message}`, warning: true };
+  }
+  render(node);
+}
+
+// The picked file inspected whole (hash, metadata), under its info line; a second click hides it.
+async function toggleDetails(node) {
+  const name = node.widgets?.find((w) => w.name === "lora_name")?.value;
+  if (node.loraBridgeDetails || !name) {
+    node.loraBridgeDetails = null;
+  } else {
+    node.loraBridgeDetails = ["reading the whole file…"];
+    render(node);
+    try {
+      node.loraBridgeDetails = infoLines(await loraInfo(name));
+    } catch (error) {
+      node.loraBridgeDetails = [`no details: ${error.message}`];
+    }
   }
   render(node);
 }
@@ -174,6 +187,8 @@ app.registerExtension({
       const onNodeCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         onNodeCreated?.apply(this, arguments);
+        const button = this.addWidget("button", "LoRA info", null, () => toggleDetails(this), { serialize: false });
+        button.serialize = false;
         describeFile(this); // reads the picked file once the list is in: by then a loaded workflow has set it
       };
     }
@@ -185,13 +200,18 @@ app.registerExtension({
     const onWidgetChanged = nodeType.prototype.onWidgetChanged;
     nodeType.prototype.onWidgetChanged = function (name) {
       onWidgetChanged?.apply(this, arguments);
-      if (name !== PANEL) markStale(this, "the inputs changed since this run");
-      if (name === "lora_name") describeFile(this);
+      const widget = this.widgets?.find((w) => w.name === name);
+      if (widget && widget.serialize !== false) markStale(this, "the inputs changed since this run"); // not our views, not buttons
+      if (name === "lora_name") {
+        this.loraBridgeDetails = null; // they were another file's
+        describeFile(this);
+      }
     };
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function () {
       onConnectionsChange?.apply(this, arguments);
       markStale(this, "the inputs changed since this run");
+      if (this.type === LOAD_FILE) describeFile(this); // the model its LoRA goes into may be another one
     };
   },
 });

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 UNKNOWN = "unknown"
 FAMILY_NAMES = {
@@ -103,6 +103,24 @@ def variant_of(family: str, in_dims: Mapping[str, int]) -> str | None:
     pattern, table = {"wan": (_WAN_Q, WAN_VARIANTS), "flux": (_FLUX_QKV, FLUX_VARIANTS)}.get(family, (None, {}))
     widths = {w for p, w in in_dims.items() if pattern and pattern.match(p)}
     return table.get(widths.pop()) if len(widths) == 1 else None
+
+
+def config_variant(family: str, unet_config: Mapping[str, Any]) -> str | None:
+    """The variant of a ComfyUI model from its ``unet_config`` (the widths ``variant_of`` reads in LoRAs)."""
+    if family == "wan":
+        return WAN_VARIANTS.get(unet_config.get("dim"))  # type: ignore[arg-type]
+    if family == "flux":
+        return "Flux.2" if unet_config.get("image_model") == "flux2" else FLUX_VARIANTS.get(unet_config.get("hidden_size"))  # type: ignore[arg-type]
+    return None
+
+
+def made_for_another(lora_family: str, lora_variant: str | None, model_family: str, model_variant: str | None) -> bool:
+    """Whether a LoRA was made for another base model than this one (unknown families and variants never count)."""
+    if UNKNOWN in (lora_family, model_family):
+        return False
+    if lora_family != model_family:
+        return True
+    return None not in (lora_variant, model_variant) and lora_variant != model_variant
 
 
 def variant_name(family: str, variant: str | None) -> str:

@@ -1,0 +1,209 @@
+// The row editor of Apply LoRA Stack: one row per LoRA (on/off, a searchable picker of the pod's
+// LoRA files with their base model, the file's details on demand, model and clip strength, move
+// up/down, remove) and "+ Add LoRA". The rows read and write the node's `loras` JSON input, the same text API-built graphs
+// send, so a graph edited here runs anywhere; fields the rows do not show (sha256, a source's
+// link name) are kept. Files made for another base model than the connected one are marked.
+import { app } from "../../scripts/app.js";
+import { badge, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
+
+const STACK = "LoraBridgeApplyStack";
+const EDITOR = "lora_bridge_stack";
+const STRENGTH = { min: -100, max: 100, step: 0.05 }; // the protocol's range (bridge/pack_protocol.py)
+const WIDTH = 480; // a row's picker shows a file name whole
+let lists = 0;
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function jsonOf(node) {
+  return node.widgets?.find((w) => w.name === "loras");
+}
+
+// The entries of the `loras` input, or {error} when it is not a JSON list of objects.
+function entriesOf(node) {
+  try {
+    const text = String(jsonOf(node)?.value ?? "").trim();
+    const entries = text ? JSON.parse(text) : [];
+    if (!Array.isArray(entries) || entries.some((e) => !e || typeof e !== "object" || Array.isArray(e))) {
+      return { error: "loras is not a JSON list of objects" };
+    }
+    return { entries };
+  } catch (error) {
+    return { error: `loras is not valid JSON (${error.message})` };
+  }
+}
+
+// One entry per line: readable in the text box, and what the pod parses.
+function write(node, entries) {
+  const widget = jsonOf(node);
+  const old = widget.value;
+  widget.value = entries.length ? `[\n${entries.map((e) => `  ${JSON.stringify(e)}`).join(",\n")}\n]` : "[]";
+  widget.callback?.(widget.value);
+  node.onWidgetChanged?.("loras", widget.value, old, widget);
+  node.graph?.change?.();
+  render(node);
+}
+
+function label(entry) {
+  return entry.source ?? entry.name ?? "";
+}
+
+// A picked text names a file in the loras folders, or a source (s3://, https://, store:) to fetch.
+function pick(entry, text) {
+  const { source, name, sha256, ...rest } = entry;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(text)) {
+    return { source: text, ...(text === source ? { ...(name ? { name } : {}), ...(sha256 ? { sha256 } : {}) } : {}), ...rest };
+  }
+  return { name: text, ...rest };
+}
+
+function strengthInput(entry, key, title, onChange) {
+  const input = el("input", { type: "number", ...STRENGTH, title, className: `lora-bridge-${key}` });
+  input.value = String(entry[key] ?? 1);
+  input.style.cssText = "width: 4.5em; min-width: 0";
+  input.addEventListener("change", () => {
+    const value = input.valueAsNumber;
+    const valid = Number.isFinite(value) && value >= STRENGTH.min && value <= STRENGTH.max;
+    input.style.outline = valid ? "" : "1px solid #ff7b72";
+    if (valid) onChange(value);
+  });
+  return input;
+}
+
+function rowOf(node, entries, index, files) {
+  const entry = entries[index];
+  const update = (next) => write(node, entries.map((e, i) => (i === index ? next : e)));
+  const move = (to) => {
+    const order = [...entries];
+    order.splice(to, 0, ...order.splice(index, 1));
+    write(node, order);
+  };
+  const on = el("input", { type: "checkbox", checked: entry.enabled !== false, title: "on: applied; off: kept, not applied",
+    className: "lora-bridge-enabled" });
+  on.addEventListener("change", () => {
+    const { enabled, ...rest } = entry;
+    update(on.checked ? rest : { ...rest, enabled: false });
+  });
+  const picker = el("input", { value: label(entry), className: "lora-bridge-pick", placeholder: "LoRA file or s3:// / https:// source",
+    title: "type to search the pod's LoRA files, or paste a source" });
+  picker.setAttribute("list", files.listId);
+  picker.style.cssText = "flex: 1; min-width: 10em";
+  picker.addEventListener("change", () => picker.value.trim() && update(pick(entry, picker.value.trim())));
+  const file = files.byName.get(entry.name);
+  const mark = misfit(file, files.model);
+  const note = el("span", { className: mark ? "lora-bridge-misfit" : "lora-bridge-badge",
+    textContent: file ? `${badge(file)}${mark ? ` · ${mark}` : ""}` : "" });
+  note.style.cssText = `display: block; margin-left: 22px; font-size: 10px; color: ${mark ? "#f0b429" : "#8ab4f8"}`;
+  const button = (text, title, className, action, disabled = false) => {
+    const b = el("button", { textContent: text, title, className, disabled });
+    b.style.cssText = "padding: 0 4px; min-width: 1.6em";
+    b.addEventListener("click", action);
+    return b;
+  };
+  const details = node.loraBridgeStack.details;
+  const info = button("i", "this file inspected whole: hash, metadata", "lora-bridge-info-button", async () => {
+    if (details.has(entry.name)) {
+      details.delete(entry.name);
+    } else {
+      details.set(entry.name, ["reading the whole file…"]);
+      draw(node, node.loraBridgeStack.files ?? files);
+      details.set(entry.name, await loraInfo(entry.name).then(infoLines, (error) => [`no details: ${error.message}`]));
+    }
+    draw(node, node.loraBridgeStack.files ?? files);
+  }, !file);
+  const controls = el("div", {}, on, picker, info,
+    strengthInput(entry, "strength_model", "model strength", (v) => update({ ...entry, strength_model: v })),
+    strengthInput(entry, "strength_clip", "clip strength", (v) => update({ ...entry, strength_clip: v })),
+    button("↑", "move up", "lora-bridge-up", () => move(index - 1), index === 0),
+    button("↓", "move down", "lora-bridge-down", () => move(index + 1), index === entries.length - 1),
+    button("✕", "remove", "lora-bridge-remove", () => write(node, entries.filter((_, i) => i !== index))));
+  controls.style.cssText = "display: flex; gap: 4px; align-items: center";
+  const row = el("div", { className: "lora-bridge-row" }, controls, note);
+  row.dataset.misfit = mark ? "true" : "false";
+  row.style.cssText = `margin: 2px 0 4px; opacity: ${entry.enabled === false ? 0.5 : 1}`;
+  if (!details.has(entry.name)) return [row];
+  const lines = el("div", { className: "lora-bridge-detail" }, ...details.get(entry.name).map((text) => el("div", { textContent: text })));
+  lines.style.cssText = "font: 10px/1.3 monospace; color: #aaa; margin: 0 0 4px 22px; white-space: pre-wrap; overflow-wrap: anywhere";
+  return [row, lines];
+}
+
+function draw(node, files) {
+  const parsed = entriesOf(node);
+  const add = el("button", { textContent: "+ Add LoRA", className: "lora-bridge-add", disabled: Boolean(parsed.error) });
+  add.addEventListener("click", () => write(node, [...parsed.entries, { name: "", strength_model: 1, strength_clip: 1 }]));
+  const header = el("div", { textContent: "on · LoRA · info · model · clip", style: "opacity: 0.6; font-size: 10px" });
+  const datalist = el("datalist", { id: files.listId }, ...[...files.byName.values()].map((file) => {
+    const mark = misfit(file, files.model);
+    return el("option", { value: file.name, label: `${badge(file)}${mark ? ` · ${mark}` : ""}` });
+  }));
+  const body = parsed.error ? [el("div", { className: "lora-bridge-warning", textContent: parsed.error, style: "color: #ff7b72" })]
+    : parsed.entries.flatMap((_, i) => rowOf(node, parsed.entries, i, files));
+  const status = files.problem ? [el("div", { textContent: files.problem, style: "color: #f0b429; font-size: 10px" })] : [];
+  node.loraBridgeStack.element.replaceChildren(datalist, header, ...body, ...status, add);
+  grow(node);
+}
+
+// The rows from the `loras` text as it is now, at once; again once the pod has listed its files
+// (with the connected model's family).
+async function render(node) {
+  const editor = node.loraBridgeStack;
+  if (!editor) return;
+  draw(node, editor.files ?? { listId: editor.listId, byName: new Map(), model: null, problem: null });
+  try {
+    const { byName, model, modelError } = await loraFiles(modelFileOf(node));
+    editor.files = { listId: editor.listId, byName, model, problem: modelError ? `model family unknown: ${modelError}` : null };
+  } catch (error) {
+    editor.files = { listId: editor.listId, byName: new Map(), model: null, problem: `LoRA files unavailable: ${error.message}` };
+  }
+  draw(node, editor.files);
+}
+
+function grow(node) {
+  const [width, height] = node.computeSize();
+  if (height > node.size[1] || width > node.size[0]) node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
+  node.setDirtyCanvas(true, true);
+}
+
+function addEditor(node) {
+  const element = el("div", { className: "lora-bridge-stack" });
+  element.style.cssText = "font: 11px sans-serif; color: var(--input-text, #ddd); overflow: hidden";
+  const widget = node.addDOMWidget(EDITOR, "lora_bridge_stack", element, {
+    serialize: false, hideOnZoom: false, getValue: () => undefined, setValue: () => {},
+    getMinHeight: () => [...element.children].reduce((sum, child) => sum + child.offsetHeight + 4, 8),
+  });
+  widget.serialize = false; // the rows are a view of `loras`: nothing of their own is saved or sent
+  node.loraBridgeStack = { element, listId: `lora-bridge-loras-${++lists}`, files: null, details: new Map() };
+  node.setSize([Math.max(node.size[0], WIDTH), node.size[1]]);
+  const text = jsonOf(node);
+  (text?.element ?? text?.inputEl)?.addEventListener?.("input", () => render(node)); // JSON typed by hand
+  new ResizeObserver(() => grow(node)).observe(element);
+  render(node);
+}
+
+app.registerExtension({
+  name: "comfyui-lora-bridge.stack-editor",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== STACK) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      onNodeCreated?.apply(this, arguments);
+      addEditor(this);
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      onConfigure?.apply(this, arguments);
+      render(this); // a loaded workflow's loras
+    };
+    const onConnectionsChange = nodeType.prototype.onConnectionsChange;
+    nodeType.prototype.onConnectionsChange = function () {
+      onConnectionsChange?.apply(this, arguments);
+      render(this); // another model: other files fit
+    };
+  },
+  afterConfigureGraph() {
+    (app.graph?._nodes ?? []).filter((node) => node.type === STACK).forEach(render); // links are in place now
+  },
+});

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.fetch import RetryPolicy
 from ..bridge.pack_protocol import NODE_FETCH, NODE_LOAD
 from .lora_handle import LORA_TYPE, LoraHandle
@@ -84,10 +83,7 @@ class FetchLora:
         def retrying(attempt: int, reason: str, delay: float) -> None:
             show_progress_text(f"retrying ({attempt} of {len(RetryPolicy().delays)}) in {delay:.0f} s: {reason}", unique_id)
 
-        try:
-            handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress, on_retry=retrying)
-        except LoraBridgeError as exc:  # ComfyUI's report names the class; the message names the node as users see it
-            raise type(exc)(f"{NODE_DISPLAY_NAME_MAPPINGS[NODE_FETCH]}: {exc}") from exc
+        handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress, on_retry=retrying)
         return {"ui": _ui(handle, "fetched"), "result": (handle,)}
 
 

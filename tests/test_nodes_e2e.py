@@ -145,7 +145,8 @@ def test_wrong_sha256_fails_the_node_and_leaves_no_file(comfy, file_server) -> N
 
 def test_lora_for_another_base_model(comfy) -> None:
     graph = ours(txt2img(seed=25), [{"source_node": load_file(LORA_FILES["sdxl"]), "sm": 1, "sc": 1}])
-    with pytest.raises(JobFailed, match=r"LoRA 'test_sdxl.safetensors' is SDXL; model is SD1.x; 1 of 5 keys match"):
+    with pytest.raises(JobFailed, match=r"LoraMismatch: Apply LoRA \(Bridge\): LoRA 'test_sdxl.safetensors' is SDXL; model is SD1.x; "
+                       r"1 of 5 keys match"):  # the node named as users see it
         run_graph(comfy, graph)
     base = image_of(run_graph(comfy, txt2img(seed=25)))
     skipped = run_graph(comfy, ours(txt2img(seed=25), [{"source_node": load_file(LORA_FILES["sdxl"]), "sm": 1, "sc": 1}], "skip"))

@@ -151,6 +151,7 @@ class Settings:
     pod_facts_ttl_s: float = 60.0
     templates_dir: Path | None = None  # LORA_BRIDGE_TEMPLATES_DIR: a team's templates, before the shipped ones
     retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)  # LORA_BRIDGE_RETRY_DELAYS: waits before each retry of a job's pod
+    fetch_retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0)  # LORA_BRIDGE_FETCH_RETRY_DELAYS: waits before each retry of a download
     lease_s: float = 15.0  # LORA_BRIDGE_LEASE_S: how long a replica holds its jobs without a heartbeat
     brand_store: str | None = None  # LORA_BRIDGE_BRAND_STORE (seed: LORA_BASE_DIR): {brand_id}/style.safetensors…
     preload_brands: tuple[str, ...] = ()  # LORA_PRELOAD_BRANDS: brands whose LoRAs the pods load at start
@@ -197,6 +198,7 @@ class Settings:
             stream_heartbeat_s=_number(env, "LORA_BRIDGE_STREAM_HEARTBEAT_S", 15.0, minimum=0.1),
             pod_facts_ttl_s=_number(env, "LORA_BRIDGE_POD_FACTS_TTL_S", 60.0, minimum=0.0),
             retry_delays=_delays(env, "LORA_BRIDGE_RETRY_DELAYS", (2.0, 4.0, 8.0)),
+            fetch_retry_delays=_delays(env, "LORA_BRIDGE_FETCH_RETRY_DELAYS", (2.0, 4.0, 8.0)),
             lease_s=_number(env, "LORA_BRIDGE_LEASE_S", 15.0, minimum=1.0),
             brand_store=_text(env, "LORA_BRIDGE_BRAND_STORE", "LORA_BASE_DIR"),
             preload_brands=_list(env, "LORA_PRELOAD_BRANDS"),

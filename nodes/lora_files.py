@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bridge.lorafiles.fetch import RetryPolicy
 from ..bridge.pack_protocol import NODE_FETCH, NODE_LOAD
+from ..bridge.settings import settings
 from .lora_handle import LORA_TYPE, LoraHandle
 from .pod_state import fetch_handle, handle_for_name
 
@@ -81,7 +81,8 @@ class FetchLora:
             bar.update_absolute(done * 100 // max(total, 1), 100)
 
         def retrying(attempt: int, reason: str, delay: float) -> None:
-            show_progress_text(f"retrying ({attempt} of {len(RetryPolicy().delays)}) in {delay:.0f} s: {reason}", unique_id)
+            show_progress_text(f"retrying ({attempt} of {len(settings().fetch_retry_delays)}) in {delay:.0f} s: {reason}",
+                               unique_id)
 
         handle = fetch_handle(source.strip(), sha256.strip() or None, name.strip() or None, progress, on_retry=retrying)
         return {"ui": _ui(handle, "fetched"), "result": (handle,)}

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bridge.errors import LoraBridgeError
-from ..bridge.lorafiles.fetch import FetchCancelled, IntegrityError, fetch_lora
+from ..bridge.lorafiles.fetch import (
+    FetchCancelled,
+    IntegrityError,
+    RetryPolicy,
+    fetch_lora,
+)
 from ..bridge.lorafiles.inspect import inspect_file, sha256_file
 from ..bridge.lorafiles.sources import FetchPolicy, parse_source
 from ..bridge.lorafiles.store import LoraStore
@@ -134,7 +139,8 @@ def fetch_handle(source: str, sha256: str | None = None, name: str | None = None
     src = parse_source(source)
     try:
         result = fetch_lora(src, disk_store(), sha256=sha256, name=name, policy=fetch_policy(), progress=progress,
-                            cancel=cancel or interrupted, pin=pin, on_retry=on_retry)
+                            cancel=cancel or interrupted, pin=pin, on_retry=on_retry,
+                            retry=RetryPolicy(delays=settings().fetch_retry_delays))
     except FetchCancelled:
         if cancel is None and interrupted is not None:
             import comfy.model_management

@@ -13,6 +13,7 @@ const PANEL = "lora_bridge_result";
 const KEY = "lora_bridge"; // the nodes' UI output
 const WARNING = /\bskipped\b|apply anyway|\bdropped\b|not found|mismatch|\berror\b|\b0\/\d+ keys/i;
 const HISTORY_ITEMS = 64;
+const HISTORY_WAITS = 20;
 const LOAD_FILE = "LoraBridgeLoadFile";
 
 function isOurs(node) {
@@ -134,19 +135,27 @@ function sameInputs(node, inputs) {
     || String(inputs[w.name]) === String(w.value));
 }
 
-async function newestRuns() {
-  const response = await api.fetchApi(`/history?max_items=${HISTORY_ITEMS}`);
-  const history = response.ok ? await response.json() : {};
-  return Object.values(history).sort((a, b) => (a.prompt?.[0] ?? 0) - (b.prompt?.[0] ?? 0)).reverse();
+// The pod's newest runs, newest first; with `promptId`, that one run only (ComfyUI files a run in its
+// history just after it reports success: asked again for a few seconds).
+async function newestRuns(promptId) {
+  for (let attempt = 0; ; attempt++) {
+    const response = await api.fetchApi(promptId ? `/history/${encodeURIComponent(promptId)}` : `/history?max_items=${HISTORY_ITEMS}`);
+    const history = response.ok ? await response.json() : {};
+    const runs = Object.values(history);
+    if (runs.length || !promptId || attempt >= HISTORY_WAITS) {
+      return runs.sort((a, b) => (a.prompt?.[0] ?? 0) - (b.prompt?.[0] ?? 0)).reverse();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 // Each of our nodes shows its newest run in the pod's history (stale if that run failed or its inputs differ).
-async function restore(graph = app.graph) {
-  const nodes = (graph?._nodes ?? []).filter(isOurs);
+async function restore(promptId) {
+  const nodes = (app.graph?._nodes ?? []).filter(isOurs);
   if (!nodes.length) return;
   let runs;
   try {
-    runs = await newestRuns();
+    runs = await newestRuns(promptId);
   } catch (error) {
     console.warn("[lora-bridge] could not read the pod's history", error);
     return;
@@ -174,7 +183,7 @@ app.registerExtension({
       const why = `the last run failed${detail?.node_type ? ` at ${detail.node_type}` : ""}`;
       for (const node of (app.graph?._nodes ?? []).filter(isOurs)) markStale(node, why);
     });
-    api.addEventListener("execution_success", () => restore()); // cached nodes: their result is in the history
+    api.addEventListener("execution_success", ({ detail }) => restore(detail?.prompt_id)); // cached nodes: their result is in the history
     console.info("[lora-bridge] front-end extension ready");
   },
   async afterConfigureGraph() {

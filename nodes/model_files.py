@@ -37,15 +37,21 @@ def _shapes_only(path: Path) -> dict[str, Any]:
 def _detect(path: Path) -> dict[str, Any]:
     import comfy.model_detection as detection
 
+    def unknown(note: str) -> dict[str, Any]:
+        return {"family": UNKNOWN, "variant": None, "detected_as": None, "note": note}
+
     if path.suffix != ".safetensors":
-        return {"family": UNKNOWN, "variant": None, "detected_as": None, "note": "only .safetensors files are read"}
-    state_dict = _shapes_only(path)
-    prefix = detection.unet_prefix_from_state_dict(state_dict)
-    if not any(key.startswith(prefix) for key in state_dict):  # a bare diffusion model (UNETLoader's rule)
-        prefix = ""
-    config = detection.model_config_from_unet(state_dict, prefix)
+        return unknown("only .safetensors files are read")
+    try:
+        state_dict = _shapes_only(path)
+        prefix = detection.unet_prefix_from_state_dict(state_dict)
+        if not any(key.startswith(prefix) for key in state_dict):  # a bare diffusion model (UNETLoader's rule)
+            prefix = ""
+        config = detection.model_config_from_unet(state_dict, prefix)
+    except Exception as exc:  # a damaged header, or a layout ComfyUI's detection trips over: not knowable, not fatal
+        return unknown(f"unreadable: {type(exc).__name__}: {exc}")
     if config is None:
-        return {"family": UNKNOWN, "variant": None, "detected_as": None, "note": "ComfyUI does not recognise this model"}
+        return unknown("ComfyUI does not recognise this model")
     family = COMFY_MODEL_FAMILIES.get(type(config).__name__, UNKNOWN)
     return {"family": family, "variant": config_variant(family, config.unet_config), "detected_as": type(config).__name__}
 

@@ -201,6 +201,15 @@ def test_lora_info_and_which_loras_fit_a_model_file(comfy, weights) -> None:
     assert status == 200 and listing["model"]["family"] == "sd15" and listing["model"]["family_name"] == "SD1.x"
     fits = {item["name"]: item["fits_model"] for item in listing["loras"]}
     assert fits[LORA_FILES["kohya"]] is fits[LORA_FILES["peft"]] is True and fits[LORA_FILES["sdxl"]] is False
+    damaged = comfy.models_dir("checkpoints") / "damaged.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    time.sleep(1.1)  # the folder's mtime moves on: ComfyUI lists the new file
+    try:
+        status, listing = call(comfy, "GET", "/lora_bridge/loras?model_folder=checkpoints&model_name=damaged.safetensors")
+    finally:
+        damaged.unlink()
+    assert status == 200 and listing["model"]["family"] == "unknown" and listing["model"]["note"].startswith("unreadable")
+    assert all(item["fits_model"] is not False for item in listing["loras"])  # nothing marked on a guess
     assert call(comfy, "GET", "/lora_bridge/loras?model_folder=checkpoints&model_name=none.safetensors")[0] == 404
     assert call(comfy, "GET", "/lora_bridge/loras?model_folder=checkpoints")[0] == 400
     assert call(comfy, "GET", f"/lora_bridge/loras?model_folder=vae&model_name={CHECKPOINT}")[0] == 400

@@ -19,6 +19,7 @@ import re
 import time
 import urllib.request
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import pytest
 from browser import Browser
@@ -62,6 +63,15 @@ def fits(*nodes: int) -> str:
 
 def rows(node: int) -> str:
     return f"(() => {{ const el = {panel(node)}; return el ? [...el.children].map((c) => [c.className, c.textContent]) : null }})()"
+
+
+def in_browser(tmp_path: Path, scenario: Callable[..., Awaitable[dict]], *args: object) -> dict:
+    """Run ``scenario(page, *args)`` in a fresh headless Chromium; what it saw."""
+    async def drive() -> dict:
+        async with Browser(tmp_path / "profile") as page:
+            return await scenario(page, *args)
+
+    return asyncio.run(drive())
 
 
 async def run_from_button(page: Browser) -> None:
@@ -110,11 +120,7 @@ async def scenario(page: Browser, url: str, shots: Path) -> dict:
 
 
 def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> None:
-    async def drive() -> dict:
-        async with Browser(tmp_path / "profile") as page:
-            return await scenario(page, comfy.url, tmp_path)
-
-    seen = asyncio.run(drive())
+    seen = in_browser(tmp_path, scenario, comfy.url, tmp_path)
     (apply_row,) = seen["run"][APPLY]
     assert apply_row[0] == "" and apply_row[1].startswith(f"applied {LORA_FILES['kohya']} (SD1.x, rank 8): ")
     assert "model 0.8, clip 0.8" in apply_row[1] and apply_row[1].endswith("trigger: ohwx")
@@ -234,11 +240,7 @@ async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
 
 
 def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigger_words(comfy, tmp_path: Path) -> None:
-    async def drive() -> dict:
-        async with Browser(tmp_path / "profile") as page:
-            return await edit_stack(page, comfy.url, tmp_path)
-
-    seen = asyncio.run(drive())
+    seen = in_browser(tmp_path, edit_stack, comfy.url, tmp_path)
     kohya_b, peft, sdxl, kohya = (LORA_FILES[k] for k in ("kohya_b", "peft", "sdxl", "kohya"))
     assert [(r["pick"], r["on"], r["misfit"], r["model"]) for r in seen["loaded"]] == [
         (kohya_b, True, "false", "0.5"), (peft, True, "false", "1"), (sdxl, True, "true", "1")]
@@ -303,11 +305,7 @@ def test_the_sidebar_shows_the_pods_caches_prefetches_and_clears(comfy, file_ser
     data = cached_lora(LoraSpec(layout="kohya", seed=4242, output_name="sidebar")).read_bytes()
     file_server.add("/sidebar.safetensors", data)
 
-    async def drive() -> dict:
-        async with Browser(tmp_path / "profile") as page:
-            return await sidebar(page, comfy.url, file_server.url("/sidebar.safetensors"))
-
-    seen = asyncio.run(drive())
+    seen = in_browser(tmp_path, sidebar, comfy.url, file_server.url("/sidebar.safetensors"))
     assert seen["no token"] == "the pod needs its token: set it in Settings → LoRA Bridge"
     assert seen["disk"].startswith("Disk cache") and "hit rate" in seen["disk"]
     assert seen["prefetched"] == f"fetched sidebar.safetensors (sd15, {len(data) / 1048576:.1f} MB)"

@@ -1,8 +1,9 @@
 // The row editor of Apply LoRA Stack: one row per LoRA (on/off, a searchable picker of the pod's
 // LoRA files with their base model, the file's details on demand, model and clip strength, move
-// up/down, remove) and "+ Add LoRA". The rows read and write the node's `loras` JSON input, the same text API-built graphs
-// send, so a graph edited here runs anywhere; fields the rows do not show (sha256, a source's
-// link name) are kept. Files made for another base model than the connected one are marked.
+// up/down, remove) and "+ Add LoRA". The rows read and write the node's `loras` JSON input, the
+// same text API-built graphs send, so a graph edited here runs anywhere; fields the rows do not
+// show (sha256, a source's link name) are kept. Files made for another base model than the
+// connected one are marked.
 import { app } from "../../scripts/app.js";
 import { badge, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
 

@@ -7,7 +7,7 @@
 // is marked stale when a run fails or the node's inputs are not those of the run it shows.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badge, infoLines, loraFiles, loraInfo, misfit, modelFeeding } from "./lora_bridge_files.js";
+import { describe, infoLines, loraFiles, loraInfo, misfit, modelFeeding } from "./lora_bridge_files.js";
 
 const PANEL = "lora_bridge_result";
 const KEY = "lora_bridge"; // the nodes' UI output
@@ -82,16 +82,10 @@ async function describeFile(node) {
   if (!widget) return;
   try {
     const { byName, model } = await loraFiles(modelFeeding(node));
-    widget.options.getOptionLabel = (value) => {
-      const file = byName.get(value);
-      if (!file) return String(value ?? "");
-      const mark = misfit(file, model);
-      return `${value}  [${badge(file)}${mark ? ` · ${mark}` : ""}]`;
-    };
+    widget.options.getOptionLabel = (value) => (byName.has(value) ? `${value}  [${describe(byName.get(value), model)}]`
+      : String(value ?? ""));
     const file = byName.get(widget.value);
-    const triggers = file?.trigger_words?.length ? ` · trigger: ${file.trigger_words.join(", ")}` : "";
-    const mark = misfit(file, model);
-    node.loraBridgeInfo = file ? { text: `${badge(file)}${triggers}${mark ? ` · ${mark}` : ""}`, warning: Boolean(mark) }
+    node.loraBridgeInfo = file ? { text: describe(file, model), warning: Boolean(misfit(file, model)) }
       : { text: `${widget.value}: not in the loras folders`, warning: true };
   } catch (error) {
     node.loraBridgeInfo = { text: `file info unavailable: ${error.message}`, warning: true };

@@ -69,6 +69,13 @@ export function misfit(file, model) {
   return file?.fits_model === false && model ? `not for ${model.family_name}` : null;
 }
 
+// "SD1.x · rank 8 · trigger: ohwx", then "· not for SDXL" on a misfit: what pickers show beside a name.
+export function describe(file, model) {
+  const triggers = file.trigger_words?.length ? ` · trigger: ${file.trigger_words.join(", ")}` : "";
+  const mark = misfit(file, model);
+  return `${badge(file)}${triggers}${mark ? ` · ${mark}` : ""}`;
+}
+
 // One file inspected whole, on demand (metadata, SHA-256: a full read on the pod, cached there).
 export async function loraInfo(name) {
   return podCall("GET", `/lora_bridge/loras/info?name=${encodeURIComponent(name)}`);

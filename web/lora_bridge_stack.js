@@ -5,7 +5,7 @@
 // show (sha256, a source's link name) are kept. Files made for another base model than the
 // connected one are marked.
 import { app } from "../../scripts/app.js";
-import { badge, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
+import { describe, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
 
 const STACK = "LoraBridgeApplyStack";
 const EDITOR = "lora_bridge_stack";
@@ -95,8 +95,7 @@ function rowOf(node, entries, index, files) {
   picker.addEventListener("change", () => picker.value.trim() && update(pick(entry, picker.value.trim())));
   const file = files.byName.get(entry.name);
   const mark = misfit(file, files.model);
-  const note = el("span", { className: mark ? "lora-bridge-misfit" : "lora-bridge-badge",
-    textContent: file ? `${badge(file)}${mark ? ` · ${mark}` : ""}` : "" });
+  const note = el("span", { className: mark ? "lora-bridge-misfit" : "lora-bridge-badge", textContent: file ? describe(file, files.model) : "" });
   note.style.cssText = `display: block; margin-left: 22px; font-size: 10px; color: ${mark ? "#f0b429" : "#8ab4f8"}`;
   const button = (text, title, className, action, disabled = false) => {
     const b = el("button", { textContent: text, title, className, disabled });
@@ -136,10 +135,8 @@ function draw(node, files) {
   const add = el("button", { textContent: "+ Add LoRA", className: "lora-bridge-add", disabled: Boolean(parsed.error) });
   add.addEventListener("click", () => write(node, [...parsed.entries, { name: "", strength_model: 1, strength_clip: 1 }]));
   const header = el("div", { textContent: "on · LoRA · info · model · clip", style: "opacity: 0.6; font-size: 10px" });
-  const datalist = el("datalist", { id: files.listId }, ...[...files.byName.values()].map((file) => {
-    const mark = misfit(file, files.model);
-    return el("option", { value: file.name, label: `${badge(file)}${mark ? ` · ${mark}` : ""}` });
-  }));
+  const datalist = el("datalist", { id: files.listId }, ...[...files.byName.values()].map((file) =>
+    el("option", { value: file.name, label: describe(file, files.model) })));
   const body = parsed.error ? [el("div", { className: "lora-bridge-warning", textContent: parsed.error, style: "color: #ff7b72" })]
     : parsed.entries.flatMap((_, i) => rowOf(node, parsed.entries, i, files));
   const status = files.problem ? [el("div", { textContent: files.problem, style: "color: #f0b429; font-size: 10px" })] : [];

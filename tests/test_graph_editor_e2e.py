@@ -65,6 +65,21 @@ def rows(node: int) -> str:
     return f"(() => {{ const el = {panel(node)}; return el ? [...el.children].map((c) => [c.className, c.textContent]) : null }})()"
 
 
+# The front end's own start-up is over: its default graph is in. A workflow loaded before that is replaced.
+STARTED = "app.graph?._nodes?.length > 0"
+
+
+async def open_editor(page: Browser, url: str) -> None:
+    """ComfyUI's front end with the pack's extensions, started on its default graph (the first-run
+    templates dialog is marked as seen, so every start takes that one path)."""
+    request = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request).close()
+    await page.open(url)
+    await page.wait_for(READY)
+    await page.wait_for(STARTED, timeout=60)
+
+
 def in_browser(tmp_path: Path, scenario: Callable[..., Awaitable[dict]], *args: object) -> dict:
     """Run ``scenario(page, *args)`` in a fresh headless Chromium; what it saw."""
     async def drive() -> dict:
@@ -81,9 +96,7 @@ async def run_from_button(page: Browser) -> None:
 
 async def scenario(page: Browser, url: str, shots: Path) -> dict:
     seen: dict = {}
-    await page.open(url)
-    await page.wait_for(READY)
-    await page.press("Escape")  # the first-run templates dialog
+    await open_editor(page, url)
     await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
     await page.evaluate(f"app.loadApiJson({json.dumps(workflow(STACK_LORAS))}, 'lora-bridge-e2e.json')")
     seen["info"] = await page.wait_for(f"{rows(LOAD)}?.[0]?.[0] === 'lora-bridge-info' && {rows(LOAD)}[0][1]", timeout=30)
@@ -166,24 +179,20 @@ async def press_in_row(page: Browser, row: int, selector: str) -> None:
     await page.evaluate(f"{in_row(row, selector)}.click()")
 
 
-def queued_loras(url: str) -> list[dict]:
-    """The stack node's `loras` in the newest prompt the pod ran (its own history, once the queue is empty)."""
-    for _ in range(600):
-        with urllib.request.urlopen(f"{url}/queue") as resp:
-            queue = json.load(resp)
-        if not queue["queue_running"] and not queue["queue_pending"]:
-            break
+def queued_loras(url: str, prompt_id: str) -> list[dict]:
+    """The stack node's `loras` in the prompt the pod ran (its own history, filed just after success)."""
+    for _ in range(100):
+        with urllib.request.urlopen(f"{url}/history/{prompt_id}") as resp:
+            history = json.load(resp)
+        if prompt_id in history:
+            return json.loads(history[prompt_id]["prompt"][2][str(STACK)]["inputs"]["loras"])
         time.sleep(0.1)
-    with urllib.request.urlopen(f"{url}/history?max_items=1") as resp:
-        (run,) = json.load(resp).values()
-    return json.loads(run["prompt"][2][str(STACK)]["inputs"]["loras"])
+    raise AssertionError(f"prompt {prompt_id} never reached the pod's history")
 
 
 async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
     seen: dict = {}
-    await page.open(url)
-    await page.wait_for(READY)
-    await page.press("Escape")
+    await open_editor(page, url)
     await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
     graph = workflow(STACK_LORAS)
     graph[str(TRIGGERS)] = {"class_type": "LoraBridgeTriggerWords", "inputs": {"lora": [str(LOAD), 0], "text": "a portrait",
@@ -194,8 +203,15 @@ async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
     seen["tags"] = await page.wait_for(f"{tags}.length && {tags}.map((b) => [b.textContent, b.dataset.on])", timeout=30)
     await page.evaluate(f"{tags}[0].click()")  # leave the LoRA's trigger word out
     seen["tags off"] = await page.evaluate(f"{tags}.map((b) => [b.textContent, b.dataset.on])")
-    seen["loaded"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {EDITOR_ROWS}[2].dataset.misfit === 'true'"
-                                         f" && {ROW_STATE}", timeout=30)
+    await page.wait_for(f"!!app.graph.getNodeById({TRIGGERS})")
+    try:
+        seen["loaded"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {EDITOR_ROWS}[2].dataset.misfit === 'true'"
+                                             f" && {ROW_STATE}", timeout=60)
+    except AssertionError as exc:  # what the editor showed instead
+        await page.screenshot(shots / "stack-editor-not-loaded.png")
+        shown = await page.evaluate(f"{EDITOR}?.innerText + ' | loras: ' + app.graph.getNodeById({STACK})?.widgets"
+                                    ".find((w) => w.name === 'loras')?.value")
+        raise AssertionError(f"the stack editor shows: {shown}") from exc
     seen["option"] = await page.evaluate(f"{EDITOR}.querySelector('option[value={json.dumps(LORA_FILES['sdxl'])}]').label")
     seen["load file label"] = await page.wait_for(
         f"app.graph.getNodeById({LOAD}).widgets.find((w) => w.name === 'lora_name')"
@@ -223,14 +239,14 @@ async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
     await press_in_row(page, 2, ".lora-bridge-up")
     seen["edited"] = await page.evaluate(ROW_STATE)
     seen["text"] = await page.evaluate(f"app.graph.getNodeById({STACK}).widgets.find((w) => w.name === 'loras').value")
-    await page.evaluate("document.querySelectorAll('.p-dialog-close-button, .global-dialog button.right-6')"
-                        ".forEach((b) => b.click())")  # the first-run templates dialog, where it opened late
     await page.evaluate(f"app.canvas.centerOnNode?.(app.graph.getNodeById({STACK})); app.canvas.setDirty(true, true)")
     await page.screenshot(shots / "stack-editor.png")
+    await page.evaluate("window.succeeded = null;"
+                        "comfyAPI.api.api.addEventListener('execution_success', (e) => { window.succeeded = e.detail.prompt_id })")
     await run_from_button(page)
-    await page.wait_for(f"{rows(STACK)}?.length === 3", timeout=180)
-    seen["run"] = await page.evaluate(rows(STACK))
-    seen["queued"] = queued_loras(url)
+    prompt_id = await page.wait_for("window.succeeded", timeout=180)
+    seen["run"] = await page.wait_for(f"{rows(STACK)}?.length === 3 && {rows(STACK)}", timeout=30)  # this run's, not stale
+    seen["queued"] = queued_loras(url, prompt_id)
     seen["prompt"] = await page.evaluate(rows(TRIGGERS))
     await page.reload()  # the rows come back from the saved workflow's loras
     await page.wait_for(READY)
@@ -281,9 +297,7 @@ async def click(page: Browser, selector: str) -> None:
 
 async def sidebar(page: Browser, url: str, source: str) -> dict:
     seen: dict = {}
-    await page.open(url)
-    await page.wait_for(READY)
-    await page.press("Escape")
+    await open_editor(page, url)
     await page.evaluate("app.extensionManager.setting.set('LoraBridge.PodToken', '')")
     await page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.lora-bridge')")
     seen["no token"] = await page.wait_for(f"{STATUS}.includes('token') && {STATUS}", timeout=30)
@@ -326,9 +340,7 @@ def test_a_failing_fetch_says_it_retries_and_why_in_words(comfy, tmp_path: Path)
 
     async def drive() -> dict:
         async with Browser(tmp_path / "profile") as page:
-            await page.open(comfy.url)
-            await page.wait_for(READY)
-            await page.press("Escape")
+            await open_editor(page, comfy.url)
             await page.evaluate("window.seen = {texts: [], errors: []};"
                                 "comfyAPI.api.api.addEventListener('progress_text', (e) => seen.texts.push(e.detail));"
                                 "comfyAPI.api.api.addEventListener('execution_error', (e) => seen.errors.push(e.detail))")

@@ -80,14 +80,17 @@ function render(node) {
 async function describeFile(node) {
   const widget = node.widgets?.find((w) => w.name === "lora_name");
   if (!widget) return;
+  const ticket = node.loraBridgeTicket = (node.loraBridgeTicket ?? 0) + 1; // only the newest answer is shown
   try {
     const { byName, model } = await loraFiles(modelFeeding(node));
+    if (ticket !== node.loraBridgeTicket) return;
     widget.options.getOptionLabel = (value) => (byName.has(value) ? `${value}  [${describe(byName.get(value), model)}]`
       : String(value ?? ""));
     const file = byName.get(widget.value);
     node.loraBridgeInfo = file ? { text: describe(file, model), warning: Boolean(misfit(file, model)) }
       : { text: `${widget.value}: not in the loras folders`, warning: true };
   } catch (error) {
+    if (ticket !== node.loraBridgeTicket) return;
     node.loraBridgeInfo = { text: `file info unavailable: ${error.message}`, warning: true };
   }
   render(node);

@@ -150,13 +150,17 @@ async function render(node) {
   const editor = node.loraBridgeStack;
   if (!editor) return;
   draw(node, editor.files ?? { listId: editor.listId, byName: new Map(), model: null, problem: null });
+  const ticket = ++editor.ticket; // an older answer (another model, before the links were made) never wins
+  let files;
   try {
     const { byName, model, modelError } = await loraFiles(modelFileOf(node));
-    editor.files = { listId: editor.listId, byName, model, problem: modelError ? `model family unknown: ${modelError}` : null };
+    files = { listId: editor.listId, byName, model, problem: modelError ? `model family unknown: ${modelError}` : null };
   } catch (error) {
-    editor.files = { listId: editor.listId, byName: new Map(), model: null, problem: `LoRA files unavailable: ${error.message}` };
+    files = { listId: editor.listId, byName: new Map(), model: null, problem: `LoRA files unavailable: ${error.message}` };
   }
-  draw(node, editor.files);
+  if (ticket !== editor.ticket) return;
+  editor.files = files;
+  draw(node, files);
 }
 
 function grow(node) {
@@ -173,7 +177,7 @@ function addEditor(node) {
     getMinHeight: () => [...element.children].reduce((sum, child) => sum + child.offsetHeight + 4, 8),
   });
   widget.serialize = false; // the rows are a view of `loras`: nothing of their own is saved or sent
-  node.loraBridgeStack = { element, listId: `lora-bridge-loras-${++lists}`, files: null, details: new Map() };
+  node.loraBridgeStack = { element, listId: `lora-bridge-loras-${++lists}`, files: null, details: new Map(), ticket: 0 };
   node.setSize([Math.max(node.size[0], WIDTH), node.size[1]]);
   const text = jsonOf(node);
   (text?.element ?? text?.inputEl)?.addEventListener?.("input", () => render(node)); // JSON typed by hand

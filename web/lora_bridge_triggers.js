@@ -67,13 +67,18 @@ function draw(node) {
 }
 
 async function refresh(node) {
-  if (!node.loraBridgeTags) return;
+  const tags = node.loraBridgeTags;
+  if (!tags) return;
+  const ticket = ++tags.ticket; // only the newest answer is shown
+  let found;
   try {
-    Object.assign(node.loraBridgeTags, await wordsOf(node));
+    found = await wordsOf(node);
   } catch (error) {
-    Object.assign(node.loraBridgeTags, { words: [], from: null });
+    found = { words: [], from: null };
     console.warn("[lora-bridge] trigger words unavailable", error);
   }
+  if (ticket !== tags.ticket) return;
+  Object.assign(tags, found);
   draw(node);
 }
 
@@ -86,7 +91,7 @@ function addTags(node) {
     getMinHeight: () => Math.max(24, element.scrollHeight + 4),
   });
   widget.serialize = false; // a view of `leave_out`
-  node.loraBridgeTags = { element, words: [], from: null };
+  node.loraBridgeTags = { element, words: [], from: null, ticket: 0 };
   refresh(node);
 }
 

@@ -8,6 +8,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describe, infoLines, loraFiles, loraInfo, misfit, modelFeeding } from "./lora_bridge_files.js";
+import { grow } from "./lora_bridge_widgets.js";
 
 const PANEL = "lora_bridge_result";
 const KEY = "lora_bridge"; // the nodes' UI output
@@ -111,15 +112,6 @@ async function toggleDetails(node) {
     }
   }
   render(node);
-}
-
-// The node grows until every line of its result is in view (it never shrinks a size the user chose).
-function grow(node) {
-  const [width, height] = node.computeSize();
-  if (height > node.size[1] || width > node.size[0]) {
-    node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
-    node.setDirtyCanvas(true, true);
-  }
 }
 
 function markStale(node, why) {

@@ -6,6 +6,7 @@
 // connected one are marked.
 import { app } from "../../scripts/app.js";
 import { describe, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
+import { grow, setWidgetValue } from "./lora_bridge_widgets.js";
 
 const STACK = "LoraBridgeApplyStack";
 const EDITOR = "lora_bridge_stack";
@@ -39,12 +40,7 @@ function entriesOf(node) {
 
 // One entry per line: readable in the text box, and what the pod parses.
 function write(node, entries) {
-  const widget = jsonOf(node);
-  const old = widget.value;
-  widget.value = entries.length ? `[\n${entries.map((e) => `  ${JSON.stringify(e)}`).join(",\n")}\n]` : "[]";
-  widget.callback?.(widget.value);
-  node.onWidgetChanged?.("loras", widget.value, old, widget);
-  node.graph?.change?.();
+  setWidgetValue(node, jsonOf(node), entries.length ? `[\n${entries.map((e) => `  ${JSON.stringify(e)}`).join(",\n")}\n]` : "[]");
   render(node);
 }
 
@@ -161,12 +157,6 @@ async function render(node) {
   if (ticket !== editor.ticket) return;
   editor.files = files;
   draw(node, files);
-}
-
-function grow(node) {
-  const [width, height] = node.computeSize();
-  if (height > node.size[1] || width > node.size[0]) node.setSize([Math.max(node.size[0], width), Math.max(node.size[1], height)]);
-  node.setDirtyCanvas(true, true);
 }
 
 function addEditor(node) {

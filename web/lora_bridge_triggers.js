@@ -3,6 +3,7 @@
 // leaves the word out of the prompt, or takes it back, through the node's `leave_out` input.
 import { app } from "../../scripts/app.js";
 import { loraFiles } from "./lora_bridge_files.js";
+import { setWidgetValue } from "./lora_bridge_widgets.js";
 
 const TRIGGERS = "LoraBridgeTriggerWords";
 const LOAD_FILE = "LoraBridgeLoadFile";
@@ -19,13 +20,9 @@ function leftOut(node) {
 function toggle(node, word) {
   const widget = leaveOut(node);
   if (!widget) return;
-  const old = widget.value;
   const words = leftOut(node);
   const at = words.findIndex((w) => w.toLowerCase() === word.toLowerCase());
-  widget.value = (at >= 0 ? words.filter((_, i) => i !== at) : [...words, word]).join(", ");
-  widget.callback?.(widget.value);
-  node.onWidgetChanged?.("leave_out", widget.value, old, widget);
-  node.graph?.change?.();
+  setWidgetValue(node, widget, (at >= 0 ? words.filter((_, i) => i !== at) : [...words, word]).join(", "));
   draw(node);
 }
 

@@ -17,6 +17,7 @@ from ..bridge.lorafiles.families import (
     config_variant,
     variant_name,
 )
+from .pod_state import per_file_version
 
 
 class ModelFileNotFound(LoraBridgeError):
@@ -63,10 +64,5 @@ def describe_model_file(folder: str, name: str) -> dict[str, Any]:
 
     if name not in folder_paths.get_filename_list(folder):
         raise ModelFileNotFound(f"no {folder} file named {name!r} on this pod")
-    path = Path(folder_paths.get_full_path(folder, name) or "")
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _described:
-        _described[key] = _detect(path)
-    found = _described[key]
+    found = per_file_version(_described, Path(folder_paths.get_full_path(folder, name) or ""), _detect)[0]
     return {"folder": folder, "name": name, **found, "family_name": variant_name(found["family"], found["variant"])}

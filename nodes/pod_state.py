@@ -8,9 +8,10 @@ files by name into the first ``loras`` folder, where the stock loader can see th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from ..bridge.errors import LoraBridgeError
 from ..bridge.lorafiles.fetch import (
@@ -29,6 +30,7 @@ from .lora_handle import LoraHandle
 from .memory_cache import MemoryCache
 
 log = logging.getLogger("lora_bridge")
+T = TypeVar("T")
 _lock = threading.Lock()
 _store: LoraStore | None = None
 _memory: MemoryCache | None = None
@@ -67,16 +69,21 @@ def fetch_policy() -> FetchPolicy:
     return FetchPolicy(**{**policy.__dict__, "local_roots": (*policy.local_roots, *loras_folders())})
 
 
+def per_file_version(cache: dict[tuple[str, int, int], T], path: Path, compute: Callable[[Path], T]) -> tuple[T, os.stat_result]:
+    """``compute(path)``, kept in ``cache`` until the file's size or modification time changes; and its stat."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in cache:
+        cache[key] = compute(path)
+    return cache[key], st
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a local file: from the store's content address when it is a cache link, else hashed once per version."""
     real = path.resolve()
     if real.parent == disk_store().blobs and len(real.stem) == 64:
         return real.stem
-    st = real.stat()
-    key = (str(real), st.st_size, st.st_mtime_ns)
-    if key not in _hashes:
-        _hashes[key] = sha256_file(real)
-    return _hashes[key]
+    return per_file_version(_hashes, real, sha256_file)[0]
 
 
 def _summary(info: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ..bridge.openapi import RouteSpec, openapi_document
 from ..bridge.settings import settings
 from .lora_loading import load_into_memory
 from .model_files import ModelFileNotFound, describe_model_file
-from .pod_state import disk_store, fetch_handle, memory_cache
+from .pod_state import disk_store, fetch_handle, memory_cache, per_file_version
 
 log = logging.getLogger("lora_bridge")
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -200,26 +200,27 @@ async def cancel_prefetch(request: web.Request) -> web.Response:
     return web.json_response({"request_id": body.request_id, "cancelled": downloads.cancel(body.request_id)})
 
 
+def _summary(path: Path) -> dict[str, Any]:
+    """A loras file's inspection without its metadata and hash (the listing's entry)."""
+    try:
+        info = inspect_file(path, with_hash=False).to_dict() if path.suffix == ".safetensors" else {}
+    except LoraBridgeError as exc:
+        return {"error": str(exc)}
+    info.pop("metadata", None)
+    return info
+
+
 def _list_loras(query: protocol.LoraListQuery) -> dict[str, Any]:
     import folder_paths
 
     model = describe_model_file(query.model_folder, query.model_name) if query.model_folder and query.model_name else None
     out = []
     for name in folder_paths.get_filename_list("loras"):
-        path = Path(folder_paths.get_full_path("loras", name) or "")
         try:
-            st = path.stat()
+            summary, st = per_file_version(_summaries, Path(folder_paths.get_full_path("loras", name) or ""), _summary)
         except OSError:
             continue
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        if key not in _summaries:
-            try:
-                info = inspect_file(path, with_hash=False).to_dict() if path.suffix == ".safetensors" else {}
-                info.pop("metadata", None)
-                _summaries[key] = info
-            except LoraBridgeError as exc:
-                _summaries[key] = {"error": str(exc)}
-        item = {"name": name, "size": st.st_size, **_summaries[key]}
+        item = {"name": name, "size": st.st_size, **summary}
         if model is not None:
             item["fits_model"] = None if "family" not in item else not made_for_another(
                 item["family"], item.get("variant"), model["family"], model["variant"])
@@ -241,12 +242,9 @@ def _lora_details(name: str) -> dict[str, Any]:
     import folder_paths
 
     name = resolve_name(name, folder_paths.get_filename_list("loras"))
-    path = Path(folder_paths.get_full_path("loras", name) or "")
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _details:
-        _details[key] = {**inspect_file(path, with_hash=True).to_dict(), "source": name}
-    return {"name": name, "size": st.st_size, **_details[key]}
+    details, st = per_file_version(_details, Path(folder_paths.get_full_path("loras", name) or ""),
+                                   lambda path: inspect_file(path, with_hash=True).to_dict())
+    return {"name": name, "size": st.st_size, **details, "source": name}
 
 
 async def lora_info(request: web.Request) -> web.Response:

@@ -1,8 +1,9 @@
 """Benchmark: LoRA training steps per second through the bridge vs the same graph run directly on the pod.
 
-    .venv/bin/python benchmarks/train.py [--steps 40] [--images 4] [--resolution 64]
+    .venv/bin/python benchmarks/train.py [--steps 40] [--images 4] [--resolution 64] [--device cpu|cuda]
+                                         [--checkpoint tiny|full] [--comfy-arg ARG ...]
 
-One local CPU pod with the tiny SD1.5 checkpoint. Direct: the dataset sent to the pod's input
+One local pod (ComfyUI on the CPU, or on the GPU with ``--device cuda``) with the tiny (or full) SD1.5 checkpoint. Direct: the dataset sent to the pod's input
 folder, the training graph (``workflows/train_sd15_lora.json.j2``, fitted to the pod) posted with
 the pod client. Bridge: the service's training runner (``Trainings``, in process, SQLite in
 memory): dataset checked and sent, the same graph, the LoRA fetched, verified, stored and
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.localpod.weights import cached_checkpoint
+from comfyui_lora_bridge.bridge.localpod.weights import CheckpointSize, cached_checkpoint
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient, PodEvent
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.database import Database
+from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.service.job_states import is_terminal
 from comfyui_lora_bridge.bridge.service.jobs import Generations
 from comfyui_lora_bridge.bridge.service.schemas import TrainingCreate
@@ -38,7 +39,6 @@ from comfyui_lora_bridge.bridge.training.dataset import read_zip
 from comfyui_lora_bridge.bridge.training.graph import training_graph
 from PIL import Image
 
-CHECKPOINT = "sd15-tiny.safetensors"
 
 
 def dataset_zip(images: int) -> bytes:
@@ -84,40 +84,44 @@ async def direct(pod: LocalComfy, pool: PodPool, data: bytes, params: dict) -> t
 
 
 async def bridged(trainings: Trainings, zip_bytes: bytes, request: TrainingCreate) -> tuple[float, float, float]:
-    job_id, _ = trainings.start(request, trainings.check(request), trainings.dataset_from_zip(request, zip_bytes))
-    while not is_terminal(trainings.db.job_status(job_id)):
-        await trainings.jobs.wait_change(job_id, 1.0)
-    job = trainings.db.get_job(job_id)
+    job_id, _ = await trainings.start(request, trainings.check(request), trainings.dataset_from_zip(request, zip_bytes))
+    while True:
+        change = trainings.jobs.watch(job_id)
+        if is_terminal(await trainings.db.job_status(job_id)):
+            break
+        await trainings.jobs.wait_change(change, 1.0)
+    job = await trainings.db.get_job(job_id)
     if job["status"] != "succeeded":
         raise SystemExit(f"the training failed: {job['result'].get('reason')}")
-    with trainings.db.tx() as db:  # event timestamps, as the service stored them
+    with trainings.db.sync.tx() as db:  # event timestamps, as the service stored them
         rows = db.execute("SELECT type, data, at FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
     steps = [at for type, data, at in rows if type == "progress" and '"node": "6"' in data]
     at = {type: at for type, _, at in rows}
     return (len(steps) - 1) / (steps[-1] - steps[0]), at["validating"] - at["queued"], at["validated"] - at["validating"]
 
 
-async def main(steps: int, images: int, resolution: int) -> None:
+async def main(steps: int, images: int, resolution: int, device: str, checkpoint: CheckpointSize, comfy_args: list[str]) -> None:
     zip_bytes = dataset_zip(images)
     data = read_zip(zip_bytes, "ohwx").to_zip()
-    params = {"checkpoint": CHECKPOINT, "trigger_word": "ohwx", "resolution": resolution, "steps": steps, "rank": 8,
+    name = f"sd15-{checkpoint}.safetensors"
+    params = {"checkpoint": name, "trigger_word": "ohwx", "resolution": resolution, "steps": steps, "rank": 8,
               "learning_rate": 1e-3, "training_dtype": "fp32"}
-    request = TrainingCreate(name="bench", trigger_word="ohwx", checkpoint=CHECKPOINT, steps=steps, rank=8, learning_rate=1e-3,
+    request = TrainingCreate(name="bench", trigger_word="ohwx", checkpoint=name, steps=steps, rank=8, learning_rate=1e-3,
                              resolution=resolution, training_dtype="fp32", validation_params={"steps": 2, "width": 64, "height": 64})
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp, "store")
-        with LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)}) as pod:
-            (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(cached_checkpoint("tiny"))
+        with LocalComfy(env={"LORA_BRIDGE_LOCAL_ROOTS": str(store)}, device=device, extra_args=comfy_args) as pod:
+            (pod.models_dir("checkpoints") / name).symlink_to(cached_checkpoint(checkpoint))
             pool = PodPool([PodConfig(pod.url)])
             configured = settings()
-            jobs = Generations(Database(":memory:"), pool, Path(tmp, "outputs"), configured, FetchPolicy.from_settings(configured))
+            jobs = Generations(AsyncDatabase(Database(":memory:")), pool, Path(tmp, "outputs"), configured, FetchPolicy.from_settings(configured))
             trainings = Trainings(jobs, LoraUploads(store))
             await direct(pod, pool, data, params)  # warm-up: the checkpoint loaded once for both
             d_rate, d_wall = await direct(pod, pool, data, params)
             b_rate, b_wall, validation = await bridged(trainings, zip_bytes, request)
             d2_rate, d2_wall = await direct(pod, pool, data, params)
     d_rate, d_wall = (d_rate + d2_rate) / 2, (d_wall + d2_wall) / 2
-    print(f"device cpu, tiny SD1.5 checkpoint, {images} images at {resolution} px, {steps} steps, rank 8, fp32")
+    print(f"device {device}, {checkpoint} SD1.5 checkpoint, {images} images at {resolution} px, {steps} steps, rank 8, fp32")
     print(f"steps per second : direct {d_rate:6.2f}   bridge {b_rate:6.2f}   bridge/direct {b_rate / d_rate:.3f}x")
     print(f"job wall time    : direct {d_wall:6.2f} s bridge {b_wall:6.2f} s (to the stored LoRA)   overhead "
           f"{b_wall - d_wall:+.2f} s ({(b_wall / d_wall - 1) * 100:+.1f} %)")
@@ -129,5 +133,8 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--checkpoint", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--comfy-arg", action="append", default=[], help="an option for ComfyUI's main.py (repeatable)")
     args = parser.parse_args()
-    asyncio.run(main(args.steps, args.images, args.resolution))
+    asyncio.run(main(args.steps, args.images, args.resolution, args.device, args.checkpoint, args.comfy_arg))

@@ -1,4 +1,4 @@
-"""Run a real ComfyUI on the CPU on a free loopback port, with this node pack loaded.
+"""Run a real ComfyUI (on the CPU unless told otherwise) on a free loopback port, with this node pack loaded.
 
 Each server gets a private base directory (models, input, output, user, custom_nodes) with
 the repository linked into ``custom_nodes/``. The process runs in its own process group and
@@ -53,6 +53,7 @@ class LocalComfy:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         load_node_pack: bool = True,
+        device: str = "cpu",
     ) -> None:
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="lora-bridge-pod-"))
@@ -60,6 +61,7 @@ class LocalComfy:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.load_node_pack = load_node_pack
+        self.device = device  # "cpu", or "cuda" for ComfyUI's own choice of GPU settings
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.base_dir / "comfyui.log"
         for sub in ("models/checkpoints", "models/loras", "input", "output", "user", "custom_nodes"):
@@ -94,7 +96,7 @@ class LocalComfy:
         if self.process is not None:
             return self
         cmd = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "main.py", *(["--cpu"] if self.device == "cpu" else []), "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--base-directory", str(self.base_dir), *self.extra_args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

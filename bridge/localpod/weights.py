@@ -6,7 +6,9 @@ and the VAEs and CLIP vision model their templates load (``vae_layout``, ``unet_
 
 No model can be downloaded here, so we make our own: numpy + safetensors only (no torch).
 Norm weights are 1 and biases 0, everything else N(0, 0.02): zeroed GroupNorm weights give
-an all-zero UNet output and careless init gives NaN (black) images.
+an all-zero UNet output and careless init gives NaN (black) images. The random numbers come
+from a ``Draw``: numpy's by default; the GPU check (``benchmarks/gpu/``) passes one that draws
+full-size models on the GPU through the same layouts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -67,26 +69,53 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     return path
 
 
-def _fill(out: dict[str, np.ndarray], rng: np.random.Generator, key: str, layer: Layer, dtype: type) -> None:
+class Draw(Protocol):
+    """Where generated tensors come from: ``normal`` is N(0, std²) in ``dtype`` (None: the model's dtype),
+    ``constant`` fills with one value, ``scalar`` is a float32 0-d tensor (an alpha)."""
+
+    def normal(self, shape: tuple[int, ...], std: float, dtype: str | None = None) -> Any: ...
+
+    def constant(self, shape: tuple[int, ...], value: float) -> Any: ...
+
+    def scalar(self, value: float) -> Any: ...
+
+
+class NumpyDraw:
+    """numpy's generator, seeded: the same seed gives the same bytes on every machine."""
+
+    def __init__(self, seed: int, dtype: str = "float16") -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dtype = dtype
+
+    def normal(self, shape: tuple[int, ...], std: float, dtype: str | None = None) -> np.ndarray:
+        return (self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(dtype or self.dtype)
+
+    def constant(self, shape: tuple[int, ...], value: float) -> np.ndarray:
+        return np.full(shape, value, dtype=self.dtype)
+
+    def scalar(self, value: float) -> np.ndarray:
+        return np.array(value, dtype=np.float32)
+
+
+def _fill(out: dict[str, Any], draw: Draw, key: str, layer: Layer) -> None:
     """A layer's tensors: norm scales 1, biases 0, weights N(0, 0.02); a raw parameter of rank 1 is a bias."""
     if layer.raw:
-        out[key] = (np.zeros(layer.shape, dtype=dtype) if len(layer.shape) == 1
-                    else (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype))
+        out[key] = draw.constant(layer.shape, 0.0) if len(layer.shape) == 1 else draw.normal(layer.shape, 0.02)
         return
     if layer.norm:
-        out[f"{key}.{layer.scale_key}"] = np.ones(layer.shape, dtype=dtype)
+        out[f"{key}.{layer.scale_key}"] = draw.constant(layer.shape, 1.0)
     else:
-        out[f"{key}.weight"] = (rng.standard_normal(layer.shape, dtype=np.float32) * 0.02).astype(dtype)
+        out[f"{key}.weight"] = draw.normal(layer.shape, 0.02)
     if layer.bias:
-        out[f"{key}.bias"] = np.zeros(layer.shape[:1], dtype=dtype)
+        out[f"{key}.bias"] = draw.constant(layer.shape[:1], 0.0)
 
 
-def checkpoint_tensors(spec: UNetSpec = TINY_UNET, seed: int = 0, dtype: type = np.float16) -> dict[str, np.ndarray]:
-    """All tensors of an SD1.x or SDXL checkpoint with random weights."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
+def checkpoint_tensors(spec: UNetSpec = TINY_UNET, seed: int = 0, draw: Draw | None = None) -> dict[str, Any]:
+    """All tensors of an SD1.x or SDXL checkpoint with random weights (fp16 numpy unless ``draw`` says otherwise)."""
+    draw = draw or NumpyDraw(seed)
+    out: dict[str, Any] = {}
     for prefix, layer in checkpoint_layers(spec):
-        _fill(out, rng, prefix + layer.name, layer, dtype)
+        _fill(out, draw, prefix + layer.name, layer)
     return out
 
 
@@ -132,19 +161,19 @@ def _targets(spec: LoraSpec) -> list[tuple[str, UNetLayer]]:
     return out
 
 
-def lora_tensors(spec: LoraSpec) -> dict[str, np.ndarray]:
+def lora_tensors(spec: LoraSpec, draw: Draw | None = None) -> dict[str, Any]:
     """The LoRA's tensors (float16 factors, float32 alphas) in the requested layout."""
-    rng = np.random.default_rng(spec.seed)
+    draw = draw or NumpyDraw(spec.seed)
     r = spec.rank
     alpha = float(spec.alpha if spec.alpha is not None else r)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
 
     # LoHa's delta is a Hadamard product of two low-rank products: pick its factors' scale so
     # the delta has the same magnitude as a LoRA's (rank**0.5 * scale**2).
     std = (spec.scale**2 / r**0.5) ** 0.25 if spec.layout == "loha" else spec.scale
 
-    def factor(shape: tuple[int, ...]) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float16)
+    def factor(shape: tuple[int, ...]) -> Any:
+        return draw.normal(shape, std, "float16")
 
     for key, layer in _targets(spec):
         out_dim, in_dim = layer.shape[0], layer.shape[1]
@@ -156,16 +185,16 @@ def lora_tensors(spec: LoraSpec) -> dict[str, np.ndarray]:
             out[f"{key}.hada_w1_b"] = factor((r, in_dim))
             out[f"{key}.hada_w2_a"] = factor((out_dim, r))
             out[f"{key}.hada_w2_b"] = factor((r, in_dim))
-            out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+            out[f"{key}.alpha"] = draw.scalar(alpha)
         elif spec.layout == "peft":
             out[f"{key}.lora_A.weight"] = factor((r, in_dim, *kernel))
             out[f"{key}.lora_B.weight"] = factor((out_dim, r, *(1,) * len(kernel)))
             if spec.alpha is not None:
-                out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+                out[f"{key}.alpha"] = draw.scalar(alpha)
         else:  # kohya / LoCon: a conv's down factor has the layer's kernel, its up factor is 1x1
             out[f"{key}.lora_down.weight"] = factor((r, in_dim, *kernel))
             out[f"{key}.lora_up.weight"] = factor((out_dim, r, *(1,) * len(kernel)))
-            out[f"{key}.alpha"] = np.array(alpha, dtype=np.float32)
+            out[f"{key}.alpha"] = draw.scalar(alpha)
     return out
 
 
@@ -194,12 +223,12 @@ def write_lora(path: Path, spec: LoraSpec = LoraSpec()) -> Path:
     return write_safetensors(Path(path), lora_tensors(spec), lora_metadata(spec))
 
 
-def dit_tensors(spec: DitSpec, seed: int = 0, dtype: type = np.float16) -> dict[str, np.ndarray]:
-    """All tensors of a transformer diffusion model (``spec``) with random weights."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
+def dit_tensors(spec: DitSpec, seed: int = 0, draw: Draw | None = None) -> dict[str, Any]:
+    """All tensors of a transformer diffusion model (``spec``) with random weights (fp16 numpy unless ``draw``)."""
+    draw = draw or NumpyDraw(seed)
+    out: dict[str, Any] = {}
     for layer in dit_layers(spec):
-        _fill(out, rng, layer.name, layer, dtype)
+        _fill(out, draw, layer.name, layer)
     return out
 
 
@@ -215,20 +244,20 @@ class DitLoraSpec:
     trigger: str = "ohwx"
 
 
-def dit_lora_tensors(spec: DitLoraSpec) -> dict[str, np.ndarray]:
+def dit_lora_tensors(spec: DitLoraSpec, draw: Draw | None = None) -> dict[str, Any]:
     """A LoRA on every targetable linear layer of ``spec.model``, in ``spec.layout`` (ComfyUI-trained:
     on every module)."""
-    rng = np.random.default_rng(spec.seed)
+    draw = draw or NumpyDraw(spec.seed)
     r, out = spec.rank, {}
 
-    def small(shape: tuple[int, ...]) -> np.ndarray:  # a ".diff": the size of a rank-r delta's entries
-        return (rng.standard_normal(shape, dtype=np.float32) * spec.scale**2 * r**0.5).astype(np.float16)
+    def small(shape: tuple[int, ...]) -> Any:  # a ".diff": the size of a rank-r delta's entries
+        return draw.normal(shape, spec.scale**2 * r**0.5, "float16")
 
     def pair(key: str, out_dim: int, in_dim: int, down: str, up: str) -> None:
-        out[f"{key}.{down}"] = (rng.standard_normal((r, in_dim), dtype=np.float32) * spec.scale).astype(np.float16)
-        out[f"{key}.{up}"] = (rng.standard_normal((out_dim, r), dtype=np.float32) * spec.scale).astype(np.float16)
+        out[f"{key}.{down}"] = draw.normal((r, in_dim), spec.scale, "float16")
+        out[f"{key}.{up}"] = draw.normal((out_dim, r), spec.scale, "float16")
         if spec.layout == "kohya":  # PEFT files carry no alpha (scale 1, the same as alpha = rank)
-            out[f"{key}.alpha"] = np.array(float(r), dtype=np.float32)
+            out[f"{key}.alpha"] = draw.scalar(float(r))
 
     for layer in dit_layers(spec.model):
         if spec.layout == "comfyui":
@@ -293,16 +322,21 @@ AUX_MODELS: dict[str, Callable[[], list[Layer]]] = {
 }
 
 
+def aux_tensors(name: str, draw: Draw) -> dict[str, Any]:
+    """The tensors of ``AUX_MODELS[name]`` with random weights."""
+    out: dict[str, Any] = {}
+    for layer in AUX_MODELS[name]():
+        _fill(out, draw, layer.name, layer)
+    return out
+
+
 def cached_aux_model(name: str, seed: int = 0) -> Path:
     """The file of ``AUX_MODELS[name]`` with random weights, generated once into the local cache folder."""
     layers = AUX_MODELS[name]()
     digest = hashlib.sha256(repr((layers, seed)).encode()).hexdigest()[:12]
 
     def write(path: Path) -> Path:
-        rng, out = np.random.default_rng(seed), {}
-        for layer in layers:
-            _fill(out, rng, layer.name, layer, np.float16)
-        return write_safetensors(path, out, {"format": "pt"})
+        return write_safetensors(path, aux_tensors(name, NumpyDraw(seed)), {"format": "pt"})
 
     return _cached(f"{name}-{digest}.safetensors", write)
 

@@ -37,7 +37,7 @@ def test_gpu_check_dry_run_measures_every_path_and_reports(tmp_path: Path) -> No
         # our merge is stock's math; hot-swap adds the same terms at run time
         deviation = phase["deviation"]["two stacked (0.7 then 0.5)"]
         assert deviation["merge"] < 1e-3 and deviation["hotswap"] < 0.05
-        assert set(phase["rank16"]) == {"merge", "hotswap"}
+        assert set(phase["rank16"]) == {"merge", "hotswap"} and all(f["step_ms"] > 0 for f in phase["rank16"].values())
     training = results["phases"]["training: bridge vs direct"]
     assert any(line.startswith("steps per second") for line in training["lines"])
     report = (out / "results.md").read_text()

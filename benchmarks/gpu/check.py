@@ -119,7 +119,7 @@ class Check:
             front = self.work / "front-end"
             front.mkdir(parents=True, exist_ok=True)
             (front / "index.html").write_text("<!doctype html><title>no front end</title>")
-            comfy_args = ["--comfy-arg", f"--front-end-root={front}"]
+            comfy_args = [f"--comfy-arg=--front-end-root={front}"]  # one token: argparse takes "--…" for an option
         size = ["--checkpoint", "tiny", "--steps", "4", "--resolution", "64"] if self.args.dry_run else \
                ["--checkpoint", "full", "--steps", "30", "--resolution", "512"]
         text = self.phase("training: bridge vs direct", [sys.executable, str(HERE.parent / "train.py"), "--device", self.device,
@@ -185,12 +185,12 @@ def measured(name: str, phase: dict[str, Any]) -> list[str]:
     out = [f"{name}: {phase['size']} model, {phase['width']}x{phase['height']}{frames}, {phase['steps']} steps, "
            f"3 rank-{high} LoRAs alternating; dynamic VRAM {phase['dynamic_vram']}; model load {phase['load_s']} s",
            f"{'':34}" + "".join(f"{PATH_LABELS[label]:>15}" for label in labels)]
-    rows = [("per-switch ms (alternating - repeating job)", "switch_ms"), ("apply + load ms", "apply_ms"),
-            ("jobs per minute, alternating", "jobs_per_min"), ("per-step ms, repeating", "step_ms"),
+    rows = [("per-switch ms (alternate - repeat)", "switch_ms"), ("apply + load ms", "apply_ms"),
+            ("jobs per minute, alternating", "jobs_per_min"), ("per-step ms, paths in turn", "step_ms"),
             ("peak torch allocated GiB", "peak_allocated_gib"), ("peak device used GiB", "peak_device_used_gib")]
     for title, key in rows:
-        out.append(f"{title[:34]:34}" + "".join(f"{phase['paths'][label][key]:>15}" for label in labels))
-    if "hotswap" in phase["paths"] and "merge" in phase["paths"]:
+        out.append(f"{title[:34]:34}" + "".join(f"{phase['paths'][label].get(key, '-'):>15}" for label in labels))
+    if {"step_ms"} <= set(phase["paths"].get("hotswap", {})) & set(phase["paths"].get("merge", {})):
         hot, merged = phase["paths"]["hotswap"]["step_ms"], phase["paths"]["merge"]["step_ms"]
         out.append(f"hot-swap per-step over our merge, rank {high}: {(hot / merged - 1) * 100:+.1f} %")
     low_rank = phase.get(f"rank{low}", {})

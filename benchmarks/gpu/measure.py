@@ -14,7 +14,7 @@ up: the CUDA allocator it picks, and with ``--dynamic-vram on`` comfy-aimdo's ``
 For each: jobs alternating three LoRAs (switch + text encoding + sampling + VAE decode where the
 model has them), jobs repeating one LoRA (the objects reused, as ComfyUI's cache reuses a node's
 output), their difference (what a switch costs, patching deferred to the first step included),
-per-step time, the peak of torch's allocator and of the device's used memory, and how far each
+per-step time (the paths taking turns), the peak of torch's allocator and of the device's used memory, and how far each
 result lands from stock's (as a share of the LoRA's own effect; two stacked LoRAs too).
 """
 
@@ -215,14 +215,15 @@ class Measure:
         free, total = self.torch.cuda.mem_get_info()
         return self.torch.cuda.max_memory_allocated() / 2**30, (total - free) / 2**30
 
-    def path(self, apply: Apply, alternate: bool = True) -> dict[str, Any]:
+    def path(self, apply: Apply) -> dict[str, Any]:
+        """Switch cost, jobs per minute and memory of one path (its jobs run back to back, as a pod serving it)."""
         if self.cuda:
             self.torch.cuda.reset_peak_memory_stats()
         peaks = [0.0]
-        state, warm = self.job(apply, None, 0, 0)  # warm-up: the first switch, kernels, the memory cache
-        alternating: list[dict[str, float]] = [] if alternate else [warm]
+        state, _ = self.job(apply, None, 0, 0)  # warm-up: the first switch, kernels, the memory cache
+        alternating: list[dict[str, float]] = []
         repeating: list[dict[str, float]] = []
-        for i in range(self.args.jobs if alternate else 0):
+        for i in range(self.args.jobs):
             state, t = self.job(apply, state, (state[0] + 1) % 3, i)
             alternating.append(t)
             peaks.append(self.memory()[1])
@@ -239,11 +240,24 @@ class Measure:
             "job_alternating_s": round(med["total"], 3),
             "job_repeating_s": round(rep["total"], 3),
             "jobs_per_min": round(60 / med["total"], 2),
-            "step_ms": round(rep["sample"] / self.args.steps * 1000, 2),
             "first_step_extra_ms": round((med["sample"] - rep["sample"]) * 1000, 1),
             "peak_allocated_gib": round(allocated, 2),
             "peak_device_used_gib": round(max(peaks), 2),
         }
+
+    def step_times(self, appliers: dict[str, Apply], rank: int) -> dict[str, float]:
+        """Per-step ms of each path with its LoRA applied once, the paths taking turns (drift, clocks and
+        caches hit all alike); the model is loaded before each timed sampling, which alone is timed."""
+        applied = {label: apply(self.model, self.clip, 0, 1.0, 1.0) for label, apply in appliers.items()}
+        times: dict[str, list[float]] = {label: [] for label in applied}
+        for i in range(self.args.jobs + 1):
+            for label, (m, c) in applied.items():
+                self.mm.load_models_gpu([m] + ([c.patcher] if c is not None else []))
+                self.sync()
+                t = self.sample(m, c, i)[2] / self.args.steps
+                if i:  # the first round warms up (and pays the deferred patching of dynamic VRAM)
+                    times[label].append(t)
+        return {f"{label}": round(statistics.median(t) * 1000, 2) for label, t in times.items()}
 
     def deviation(self, appliers: dict[str, Apply]) -> dict[str, dict[str, float | str]]:
         """How far each path's result lands from stock's, as a share of the LoRAs' effect (0 = stock)."""
@@ -281,19 +295,22 @@ class Measure:
                 self.report.setdefault("errors", {})[label] = self.failed(exc)
                 del appliers[label]
             self.mm.soft_empty_cache()
+        for rank, labels in ((self.high, list(appliers)), (self.low, ["merge", "hotswap"])):
+            try:
+                chosen = {label: fn for label, fn in self.appliers(rank).items() if label in labels and label in appliers}
+                steps = self.step_times(chosen, rank)
+                for label, ms in steps.items():
+                    if rank == self.high:
+                        self.report["paths"][label]["step_ms"] = ms
+                    else:
+                        self.report.setdefault(f"rank{rank}", {})[label] = {"step_ms": ms}
+            except Exception as exc:  # noqa: BLE001
+                self.report.setdefault("errors", {})[f"per-step, rank {rank}"] = self.failed(exc)
         try:
             if "stock" in appliers:
                 self.report["deviation"] = self.deviation(appliers)
         except Exception as exc:  # noqa: BLE001
             self.report.setdefault("errors", {})["deviation"] = self.failed(exc)
-        low_rank: dict[str, Any] = {}
-        for label, fn in self.appliers(self.low).items():
-            if label in ("merge", "hotswap") and label in appliers:
-                try:
-                    low_rank[label] = {"step_ms": self.path(fn, alternate=False)["step_ms"]}
-                except Exception as exc:  # noqa: BLE001
-                    self.report.setdefault("errors", {})[f"{label} rank {self.low}"] = self.failed(exc)
-        self.report[f"rank{self.low}"] = low_rank
         return self.report
 
     def failed(self, exc: BaseException) -> str:

@@ -72,6 +72,10 @@ class RequestInvalid(LoraBridgeError):
     """A request to the service does not match its schema; the message names the field."""
 
 
+class TooLarge(LoraBridgeError):
+    """An input over its size limit (a request body, an uploaded LoRA, a dataset): HTTP 413."""
+
+
 class Unauthorized(LoraBridgeError):
     """A request without the credentials its route needs (an API key, a webhook's signature)."""
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import LoraBridgeError
+from .errors import LoraBridgeError, TooLarge
 
 # -- nodes -------------------------------------------------------------------------------------
 
@@ -44,7 +44,7 @@ APPLY_MODES = ("merge", "hotswap")
 OnMismatch = Literal["error", "skip", "apply anyway"]
 ApplyMode = Literal["merge", "hotswap"]
 
-Strength = Annotated[float, Field(ge=STRENGTH_MIN, le=STRENGTH_MAX, allow_inf_nan=False, strict=False)]
+Strength = Annotated[float, Field(ge=STRENGTH_MIN, le=STRENGTH_MAX, allow_inf_nan=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 SourceText = Annotated[str, Field(min_length=1, max_length=4096)]
 FileName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^/\\\x00]+$")]
@@ -61,12 +61,6 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def _finite_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")
-    return value
-
-
 class StackEntry(_Closed):
     """One LoRA of a stack: a ``source`` (s3://, https://) or a ``name`` in the pod's ``loras`` folders."""
 
@@ -79,13 +73,9 @@ class StackEntry(_Closed):
 
     @model_validator(mode="before")
     @classmethod
-    def _checks(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("strength_model", "strength_clip"):
-                if key in data:
-                    _finite_number(data[key])
-            if data.get("sha256") == "":
-                data = {**data, "sha256": None}
+    def _no_hash(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sha256") == "":  # the editor's empty field: no hash given
+            data = {**data, "sha256": None}
         return data
 
     @model_validator(mode="after")
@@ -123,15 +113,55 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+class PayloadTooLarge(TooLarge, ProtocolError):
+    """A request body over the route's limit."""
+
+
+class UnencodableText(ProtocolError):
+    """A JSON string that is no Unicode text (a lone surrogate such as ``"\\ud800"``): it could be neither
+    stored, logged nor sent to a pod."""
+
+
+def _unencodable(value: Any, where: str) -> str | None:
+    """Where in ``value`` a string (or an object's key) holds a lone surrogate, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return where or "(the value)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _unencodable(key, f"{where}.{key!r}" if where else repr(key)) or \
+                _unencodable(item, f"{where}.{key}" if where else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _unencodable(item, f"{where}[{i}]"):
+                return found
+    return None
+
+
 def strict_json(text: str | bytes) -> Any:
-    """``json.loads`` that refuses what RFC 8259 does not allow (``NaN``, ``Infinity``)."""
+    """``json.loads`` that refuses what RFC 8259 does not allow (``NaN``, ``Infinity``) and strings that are
+    no Unicode text (``UnencodableText`` names where)."""
     def refuse(constant: str) -> Any:
         raise ProtocolError(f"{constant} is not valid JSON")
 
     try:
-        return json.loads(text, parse_constant=refuse)
+        data = json.loads(text, parse_constant=refuse)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not valid JSON: {exc}") from None
+    if (where := _unencodable(data, "")) is not None:
+        raise UnencodableText(f"{where}: not valid Unicode text (a lone surrogate); send UTF-8 text")
+    return data
+
+
+def validate_json(model: type[BaseModel], data: Any) -> Any:
+    """``data`` (from ``strict_json``) as ``model`` with JSON's own types: a number field takes a JSON
+    number only (never ``"1"`` or ``true``), a string field a JSON string. Every JSON input of the bridge
+    and the pod routes is parsed through here."""
+    return model.model_validate_json(json.dumps(data), strict=True)
 
 
 def parse_stack(text: str) -> list[StackEntry]:
@@ -144,7 +174,7 @@ def parse_stack(text: str) -> list[StackEntry]:
         if not isinstance(item, dict):
             raise ProtocolError(f"loras[{i}] must be an object")
         try:
-            entries.append(StackEntry.model_validate(item))
+            entries.append(validate_json(StackEntry, item))
         except ValidationError as exc:
             raise ProtocolError(describe_validation_error(exc, f"loras[{i}]")) from None
     return entries
@@ -234,6 +264,6 @@ def parse_payload(model: type[_Closed], raw: bytes) -> Any:
     if not isinstance(data, dict):
         raise ProtocolError("body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return validate_json(model, data)
     except ValidationError as exc:
         raise ProtocolError(describe_validation_error(exc)) from None

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from ..bridge import pack_protocol as protocol
-from ..bridge.errors import FetchCancelled, FetchError, IntegrityError, LoraBridgeError
+from ..bridge.errors import FetchCancelled, FetchError, IntegrityError, LoraBridgeError, TooLarge
 from ..bridge.lorafiles.families import made_for_another
 from ..bridge.lorafiles.header import InvalidLoraFile
 from ..bridge.lorafiles.inspect import inspect_file
@@ -101,7 +101,9 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except protocol.ProtocolError as exc:
-            return _error(400, "invalid_request", str(exc))
+            status, kind = (413, "too_large") if isinstance(exc, TooLarge) else \
+                (422, "invalid_text") if isinstance(exc, protocol.UnencodableText) else (400, "invalid_request")
+            return _error(status, kind, str(exc))
 
     return wrapped
 
@@ -122,7 +124,7 @@ async def _read(request: web.Request, limit: int) -> bytes | None:
 async def _body(request: web.Request, model: type[protocol._Closed]) -> Any:
     raw = await _read(request, MAX_BODY)
     if raw is None:
-        raise protocol.ProtocolError(f"body over {MAX_BODY} bytes")
+        raise protocol.PayloadTooLarge(f"body over {MAX_BODY} bytes")
     return protocol.parse_payload(model, raw)
 
 

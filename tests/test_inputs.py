@@ -96,6 +96,10 @@ HOSTILE = [
     ("POST", "/v1/generations", {"template": "sd15_txt2img", "apply_mode": "bogus"}, "body.apply_mode"),
     ("POST", "/v1/generations", b'{"template": "sd15_txt2img", "lora_strength": NaN}', "NaN is not valid JSON"),
     ("POST", "/v1/generations", {"template": "sd15_txt2img", "lora_strength": 101}, "body.lora_strength"),
+    ("POST", "/v1/generations", {"template": "sd15_txt2img", "lora_strength": "1"}, "body.lora_strength"),
+    ("POST", "/v1/generations", {"template": "sd15_txt2img", "lora_strength": True}, "body.lora_strength"),
+    ("POST", "/v1/generations", {"template": "sd15_txt2img", "loras": [{"lora_id": "1", "strength_model": "0.5"}]},
+     "body.loras[0].strength_model"),
     ("POST", "/v1/generations", {"template": "sd15_txt2img", "character_id": {"a": 1}}, "body.character_id"),
     ("POST", "/v1/generations", {"template": "sd15_txt2img", "workflow": {}}, "give a 'template'"),
     ("POST", "/v1/generations", {"template": "sd15_txt2img", "lora_weights": 0.8}, "body.lora_weights"),
@@ -121,6 +125,15 @@ def test_hostile_input_is_refused_clearly_and_stores_nothing(local: LocalService
     assert resp.status == 400, resp.body
     error = strict_json(resp.body)["error"]
     assert set(error) == {"type", "message"} and problem in error["message"], error
+    assert local.counts() == before
+
+
+def test_text_that_is_no_unicode_is_refused_at_the_edge(local: LocalService) -> None:
+    before = local.counts()
+    resp = local.client.request("POST", "/v1/generations", raw=b'{"template": "sd15_txt2img", "params": {"prompt": "\\ud800 x"}}')
+    assert resp.status == 422, resp.body
+    error = strict_json(resp.body)["error"]
+    assert error["type"] == "invalid_text" and "params.prompt" in error["message"], error
     assert local.counts() == before
 
 
@@ -251,6 +264,10 @@ def test_pod_routes_refuse_bad_input_and_the_pod_survives(comfy) -> None:
     for path, raw, problem in cases:
         status, body = post(path, raw)
         assert status == 400 and body["error"]["type"] == "invalid_request" and problem in body["error"]["message"], (raw, body)
+    status, body = post("/lora_bridge/prefetch", b'{"source": "\\udfff.safetensors"}')
+    assert status == 422 and body["error"]["type"] == "invalid_text" and "source" in body["error"]["message"], body
+    status, body = post("/lora_bridge/prefetch", b'{"source": "' + b"x" * 70_000 + b'"}')
+    assert status == 413 and body["error"]["type"] == "too_large", body
     assert urllib.request.urlopen(comfy.url + "/system_stats", timeout=5).status == 200  # the pod is alive
     assert [e["sha256"] for e in cache()["disk"]["items"]] == entries  # nothing was cleared
     spec = json.load(urllib.request.urlopen(comfy.url + "/lora_bridge/openapi.json"))

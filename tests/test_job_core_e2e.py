@@ -73,8 +73,12 @@ def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source,
         assert rec["prompt_id"] == before["prompt_id"] and rec["pod"] == before["pod"]
         assert rec["gpu_seconds"] >= down_at - before["result"]["started_at"]  # counted from the first start
         assert rec["cost"] == pytest.approx(rec["gpu_seconds"] / 1000, rel=0.01)
-        types = [t for _, t, _ in svc.events(job["id"])]
+        events = svc.events(job["id"])
+        types = [t for _, t, _ in events]
         assert types.count("queued") == 1 and types.count("submitted") == 1 and "resumed" in types
+        pod_events = [json.dumps([t, {k: v for k, v in d.items() if k != "timestamp"}], sort_keys=True)
+                      for _, t, d in events if t in ("started", "cached", "executing", "progress", "output", "success")]
+        assert "progress" in types and len(pod_events) == len(set(pod_events)), pod_events  # each pod event once
         assert types[-1] == "succeeded" and types.count("succeeded") == 1
         status, png = svc.call("GET", f"/v1/generations/{job['id']}/outputs/0")
         assert status == 200 and png[:4] == b"\x89PNG"

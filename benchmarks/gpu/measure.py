@@ -59,12 +59,13 @@ def start_comfyui(folder: Path, device: str, dynamic_vram: bool) -> str:
                 break
             except TypeError:
                 continue
-    import comfy.memory_management
     import comfy.model_management as mm
     import comfy.model_patcher
 
-    if not wants:
+    if not wants:  # (a ComfyUI without dynamic VRAM has no comfy.memory_management either)
         return "off" if device != "cpu" else "off (cpu)"
+    import comfy.memory_management
+
     headroom = int(getattr(comfy.cli_args.args, "vram_headroom", 0) * 1024**3)
     try:
         ok = comfy_aimdo.control.init_devices((d.index, headroom) for d in mm.get_all_torch_devices())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterable
 
-from ..errors import LoraBridgeError
+from ..errors import LoraBridgeError, TooLarge
 
 SAFE_EXTENSION = ".safetensors"
 PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
@@ -28,6 +28,10 @@ class LoraNotFound(LoraValidationError):
         self.candidates = candidates
 
 
+class LoraTooLarge(TooLarge, LoraValidationError):
+    """A LoRA file over the hard size limit."""
+
+
 @dataclass(frozen=True)
 class SizeLimits:
     warn_bytes: int = 500 * MB
@@ -36,7 +40,7 @@ class SizeLimits:
     def check(self, size: int, what: str = "LoRA") -> str | None:
         """Raise above the hard limit; return a warning above the warning threshold."""
         if size > self.max_bytes:
-            raise LoraValidationError(f"{what} is {size / MB:.0f} MB, over the limit of {self.max_bytes / MB:.0f} MB")
+            raise LoraTooLarge(f"{what} is {size / MB:.0f} MB, over the limit of {self.max_bytes / MB:.0f} MB")
         if size > self.warn_bytes:
             return f"{what} is {size / MB:.0f} MB (over {self.warn_bytes / MB:.0f} MB): large for a LoRA"
         return None

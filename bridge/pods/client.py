@@ -14,7 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import aiohttp
 
@@ -212,9 +212,12 @@ class PodClient:
             raise PodUnavailable(f"WebSocket to {self.url} failed: {type(exc).__name__}") from None
 
     async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None,
-                  prompt_id: str | None = None, client_id: str | None = None, follow: bool = False) -> JobResult:
+                  prompt_id: str | None = None, client_id: str | None = None, follow: bool = False,
+                  recorded: Iterable[tuple[str, dict[str, Any]]] = ()) -> JobResult:
         """Submit ``graph`` and stream its events; with ``follow``, re-attach to ``prompt_id``
-        instead (submitted earlier by ``client_id``: ComfyUI sends a job's events to that client).
+        instead (submitted earlier by ``client_id``: ComfyUI sends a job's events to that client),
+        reporting none of the events in ``recorded`` (what the caller's log holds already, from
+        before a restart) again.
 
         A submission first emits ``submitting`` with the prompt id it is about to use (callers
         store it, so a crash right after the POST still finds the prompt), then ``submitted``
@@ -225,6 +228,8 @@ class PodClient:
         client_id = client_id or uuid.uuid4().hex
         ws = await self._connect(client_id)
         job = _Job(self, on_event)
+        for type, data in recorded:
+            job.remember(type, data)
         try:
             if follow:
                 if prompt_id is None:
@@ -284,8 +289,22 @@ class _Job:
         self.seen: set[str] = set()
         self.steps: dict[str, float] = {}  # node -> latest step reported
 
+    @staticmethod
+    def _key(type: str, data: dict[str, Any]) -> str:
+        """What makes two events the same one (not when they were sent, nor the caller's own annotations)."""
+        return json.dumps([type, {k: v for k, v in data.items() if k not in ("timestamp", "stage")}], sort_keys=True,
+                          default=str)
+
+    def remember(self, type: str, data: dict[str, Any]) -> None:
+        """An event reported before (by an earlier process following this prompt): never report it again,
+        nor a step of a node at or before the last one reported."""
+        self.seen.add(self._key(type, data))
+        node, value = data.get("node"), data.get("value")
+        if type == "progress" and isinstance(node, str) and isinstance(value, (int, float)):
+            self.steps[node] = max(self.steps.get(node, 0), value)
+
     async def emit(self, type: str, data: dict[str, Any]) -> None:
-        key = json.dumps([type, {k: v for k, v in data.items() if k != "timestamp"}], sort_keys=True, default=str)
+        key = self._key(type, data)
         if key in self.seen and type != "preview":
             return
         self.seen.add(key)

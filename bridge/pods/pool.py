@@ -71,7 +71,7 @@ class PodStatus:
     config: PodConfig
     healthy: bool = False
     error: str | None = None
-    queue: int = 0
+    queue: int | None = None  # prompts running or pending, as last read; None while the pod does not answer
     fetch_failures: int = 0  # LoRA downloads this pod gave up on, for this bridge's jobs
     pack: bool = False
     cached: set[str] = field(default_factory=set)
@@ -121,8 +121,8 @@ class PodPool:
                     pod.cache_stats = {part: {k: v for k, v in cache.get(part, {}).items() if k != "items"}
                                        for part in ("disk", "memory")}
             pod.healthy, pod.error = True, None
-        except PodError as exc:
-            pod.healthy, pod.error = False, str(exc)
+        except PodError as exc:  # what the pod holds or runs is unknown until it answers again
+            pod.healthy, pod.error, pod.queue = False, str(exc), None
         pod.checked = time.monotonic()
 
     async def refresh_facts(self, pod: PodStatus) -> None:
@@ -186,7 +186,7 @@ class PodPool:
             reasons = "; ".join(f"{p.config.name}: {p.error or 'excluded or lacks labels'}" for p in self.status.values())
             raise NoPodAvailable(f"no healthy pod can take the job ({reasons})")
         order = list(self.status)
-        return min(candidates, key=lambda p: (-sum(unit <= p.cached for unit in units), p.queue, order.index(p.config.url)))
+        return min(candidates, key=lambda p: (-sum(unit <= p.cached for unit in units), p.queue or 0, order.index(p.config.url)))
 
     async def prefetch(self, pod: PodStatus, loras: list[LoraRequest], request_id: str | None = None,
                        on_event: EventCallback | None = None) -> list[LoraRequest]:
@@ -301,7 +301,7 @@ class PodPool:
                 if stage is not None:
                     await stage(pod)
                 graph = await self.build(pod, lambda p: build(p, named))
-                pod.queue += 1
+                pod.queue = (pod.queue or 0) + 1
                 async with self.client(pod, timeout=300) as client:
                     result = await client.run(graph, on_event)
                 return result, pod

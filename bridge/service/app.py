@@ -50,6 +50,7 @@ from .registry import (
     check_pair,
     check_pair_sources,
     check_source_allowed,
+    keep_credentials_out,
     lora_view,
     register,
 )
@@ -92,6 +93,9 @@ async def errors_and_auth(request: web.Request, handler: Callable[[web.Request],
         return await handler(request)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:  # the client hung up mid-answer: normal, nothing to answer (nginx's 499)
+        log.debug("%s %s: the client hung up", request.method, request.path)
+        return web.Response(status=499)
     except Exception as exc:  # mapped by the one error table; unknown ones are logged as bugs
         return answer(exc)
 
@@ -121,11 +125,12 @@ async def lora_metadata(request: web.Request, inputs: Inputs) -> web.Response:
 
 async def patch_lora(request: web.Request, inputs: Inputs) -> web.Response:
     fields = inputs.body.registry_fields()
-    await request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
+    current = await request.app[DB].get_lora(inputs.path.id)  # 404 before anything else
     if fields.get("source"):
         await check_source_allowed(request, fields["source"])
     if fields.get("low_noise_source"):
         await check_pair_sources(request, fields)
+    await keep_credentials_out(request, fields, current["metadata"])
     return web.json_response(lora_view(await request.app[DB].update_lora(inputs.path.id, fields)))
 
 
@@ -232,10 +237,7 @@ async def generation_ws(request: web.Request, inputs: Inputs) -> web.WebSocketRe
         if ws.closed:
             raise ConnectionResetError("client went away")
 
-    try:
-        await job_events(request, job_id, _resume_point(inputs), heartbeat, send, beat)
-    except ConnectionResetError:
-        pass
+    await job_events(request, job_id, _resume_point(inputs), heartbeat, send, beat)
     await ws.close()
     return ws
 
@@ -386,7 +388,8 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
        responses={201: "created", 422: "the source cannot be used"}), create_lora),
     (R("GET", "/v1/loras", "List LoRAs", query=s.LoraQuery), list_loras),
     (R("POST", "/v1/loras/upload", "Upload a .safetensors LoRA (multipart 'file' + fields) and register it",
-       body=s.UploadForm, content_type="multipart/form-data", responses={201: "created", 422: "not a usable LoRA"}),
+       body=s.UploadForm, content_type="multipart/form-data",
+       responses={201: "created", 413: "over the size limit", 422: "not a usable LoRA"}),
      upload_lora),
     (R("GET", "/v1/loras/{id}", "One LoRA", path_params=s.JobPath, responses={200: "LoRA", 404: "unknown"}), get_lora),
     (R("PATCH", "/v1/loras/{id}", "Update a LoRA", path_params=s.JobPath, body=s.LoraPatch,

@@ -22,6 +22,7 @@ from ..errors import (
     PodError,
     PodUnavailable,
     RequestInvalid,
+    TooLarge,
     Unauthorized,
 )
 from ..graphs.convert import WorkflowError
@@ -31,12 +32,14 @@ from ..graphs.validate import GraphInvalid
 from ..lorafiles.header import InvalidLoraFile
 from ..lorafiles.sources import SourceError, SourceRefused
 from ..lorafiles.validate import LoraValidationError
-from ..pack_protocol import ProtocolError
+from ..pack_protocol import ProtocolError, UnencodableText
 from ..training.dataset import DatasetInvalid
 
 log = logging.getLogger("lora_bridge.service")
 
 ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
+    TooLarge: (413, "too_large"),
+    UnencodableText: (422, "invalid_text"),
     RequestInvalid: (400, "invalid_request"),
     ProtocolError: (400, "invalid_request"),
     TemplateError: (400, "invalid_params"),

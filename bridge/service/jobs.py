@@ -462,7 +462,8 @@ class Generations:
         try:
             async with self.pool.client(pod, timeout=300) as client:
                 result = await client.run({}, lambda e: self._on_pod_event(job_id, e), prompt_id=job["prompt_id"],
-                                          client_id=job["result"].get("client_id"), follow=True)
+                                          client_id=job["result"].get("client_id"), follow=True,
+                                          recorded=[(type, data) for _, type, data in await self.db.events(job_id)])
         except PromptLost as exc:
             await self.record(job_id, "warning", {"message": f"{exc}; running it again"})
             await self._replan_and_run(job_id, request)

@@ -69,7 +69,8 @@ def render(replica: str, job_counts: dict[str, int], jobs: JobMetrics, pods: lis
                lambda p: p["fetch_failures"]))
     for name, kind, help, value in gauges:
         lines += [f"# HELP lora_bridge_{name} {help}", f"# TYPE lora_bridge_{name} {kind}"]
-        lines += [f'lora_bridge_{name}{{{r},pod="{escape(p["pod"])}"}} {value(p)}' for p in pods]
+        lines += [f'lora_bridge_{name}{{{r},pod="{escape(p["pod"])}"}} {value(p)}' for p in pods
+                  if value(p) is not None]  # a pod that does not answer has no queue figure (not a stale one)
     lines += ["# HELP lora_bridge_pod_cache_hit_rate Hits / lookups of the pod's LoRA cache (its own counters)",
               "# TYPE lora_bridge_pod_cache_hit_rate gauge"]
     for p in pods:

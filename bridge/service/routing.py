@@ -3,6 +3,8 @@ request's inputs against its ``RouteSpec`` (done once, before any handler runs).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -12,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import RequestInvalid
 from ..lorafiles.sources import FetchPolicy
 from ..openapi import RouteSpec
-from ..pack_protocol import describe_validation_error, strict_json
+from ..pack_protocol import describe_validation_error, strict_json, validate_json
 from ..pods.pool import PodPool
 from ..settings import Settings
 from .brand_store import BrandStore
@@ -22,6 +24,8 @@ from .jobs import Generations
 from .replicas import Replica
 from .trainings import Trainings
 from .uploads import LoraUploads
+
+log = logging.getLogger("lora_bridge.service")
 
 DB = web.AppKey("db", AsyncDatabase)
 POOL = web.AppKey("pool", PodPool)
@@ -50,9 +54,11 @@ Handler = Callable[[web.Request, Inputs], Awaitable[web.StreamResponse]]
 
 
 def validate(model: type[BaseModel], data: Any, where: str) -> Any:
-    """``data`` as ``model``, or ``RequestInvalid`` naming each field at fault under ``where``."""
+    """``data`` as ``model``, or ``RequestInvalid`` naming each field at fault under ``where``. A JSON body
+    keeps JSON's types (``validate_json``); path, query and header values are text by nature and are
+    converted (``?n=3``)."""
     try:
-        return model.model_validate(data)
+        return validate_json(model, data) if where == "body" else model.model_validate(data)
     except ValidationError as exc:
         raise RequestInvalid(describe_validation_error(exc, where)) from None
 
@@ -80,15 +86,25 @@ async def parse(request: web.Request, spec: RouteSpec) -> Inputs:
 async def job_events(request: web.Request, job_id: str, last: int, heartbeat: float,
                      send: Callable[[int, str, dict[str, Any]], Awaitable[None]],
                      beat: Callable[[], Awaitable[None]]) -> None:
-    """Send the job's events after ``last`` until it has ended (a heartbeat while nothing happens).
-    Woken by this replica's runners and, on PostgreSQL, by other replicas' (polls while that is down)."""
+    """Send the job's events after ``last`` until it has ended, and a heartbeat after ``heartbeat`` seconds
+    without one. Woken by this replica's runners and, on PostgreSQL, by other replicas' (polled every
+    second where no notifications come: SQLite, or PostgreSQL's listener down). A client that hangs up
+    ends the stream quietly: that is how streams end, not a fault."""
     gens, replica = request.app[GENERATIONS], request.app[REPLICA]
-    while True:
-        change = gens.watch(job_id)
-        for seq, type, data in await gens.db.events(job_id, last):
-            await send(seq, type, data)
-            last = seq
-        if is_terminal(await gens.db.job_status(job_id)) and not await gens.db.events(job_id, last) or gens.stopping:
-            return
-        if not await gens.wait_change(change, heartbeat if replica.listening else min(heartbeat, 1.0)):
-            await beat()
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    try:
+        while True:
+            change = gens.watch(job_id)
+            for seq, type, data in await gens.db.events(job_id, last):
+                await send(seq, type, data)
+                last, sent = seq, loop.time()
+            if is_terminal(await gens.db.job_status(job_id)) and not await gens.db.events(job_id, last) or gens.stopping:
+                return
+            poll = heartbeat if replica.listening else min(heartbeat, 1.0)
+            if not await gens.wait_change(change, min(poll, max(sent + heartbeat - loop.time(), 0.0))) \
+                    and loop.time() - sent >= heartbeat:
+                await beat()
+                sent = loop.time()
+    except ConnectionResetError:
+        log.debug("events of %s: the client hung up", job_id)

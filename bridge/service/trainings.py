@@ -224,7 +224,8 @@ class Trainings:
         try:
             async with self.pool.client(pod, timeout=300) as client:
                 result = await client.run({}, lambda e: self.jobs._on_pod_event(job_id, e), prompt_id=job["prompt_id"],
-                                          client_id=job["result"].get("client_id"), follow=True)
+                                          client_id=job["result"].get("client_id"), follow=True,
+                                          recorded=[(type, data) for _, type, data in await self.db.events(job_id)])
         except PromptLost as exc:
             await self.jobs.record(job_id, "warning", {"message": f"{exc}; training again"})
             await self.jobs._transition(job_id, JobState.PREPARING, "failover", {"reason": str(exc)}, prompt_id=None)

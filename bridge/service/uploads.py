@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..lorafiles.inspect import LoraInfo, inspect_file
+from ..lorafiles.sources import FetchPolicy, SourceError, parse_source, transport_for
 from ..lorafiles.validate import SizeLimits, check_extension, safe_name
 
 
@@ -65,6 +66,38 @@ class LoraUploads:
             tmp.unlink(missing_ok=True)
             raise
         info.sha256 = hashlib.sha256(data).hexdigest()
+        return StagedUpload(filename, tmp, info)
+
+    def stage_source(self, source: str, policy: FetchPolicy) -> StagedUpload:
+        """Download ``source`` (under the pods' fetch policy) into a staged file, hashed as it arrives;
+        raises (and keeps nothing) if it is not a LoRA. For sources whose URL carries credentials: the
+        URL is used for this one read and never stored."""
+        src = parse_source(source)
+        filename = safe_name(src.filename or "lora.safetensors")
+        check_extension(filename)
+        transport = transport_for(src, policy)
+        stat = transport.stat()
+        self.limits.check(stat.size, f"LoRA {src.display}")
+        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
+        sha, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as f:
+                if stat.size:
+                    body, _ = transport.open(0, stat.size, stat.validator)
+                    try:
+                        while size < stat.size and (chunk := body.read(min(1 << 20, stat.size - size))):
+                            size += len(chunk)
+                            sha.update(chunk)
+                            f.write(chunk)
+                    finally:
+                        body.close()
+            if size != stat.size:
+                raise SourceError(f"{src.display}: the connection ended after {size} of {stat.size} bytes")
+            info = inspect_file(tmp, with_hash=False)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        info.sha256 = sha.hexdigest()
         return StagedUpload(filename, tmp, info)
 
     def discard(self, staged: StagedUpload) -> None:

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import LoraBridgeError
+from ..errors import LoraBridgeError, TooLarge
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # what LoadImageTextDataSetFromFolder reads
 CAPTION = ".txt"
@@ -27,6 +27,10 @@ MB = 1024 * 1024
 
 class DatasetInvalid(LoraBridgeError):
     """The dataset cannot be trained on; the message says which file and why."""
+
+
+class DatasetTooLarge(TooLarge, DatasetInvalid):
+    """A dataset over the size limit (uncompressed)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def read_zip(data: bytes, trigger_word: str | None = None, limits: DatasetLimits
             raise DatasetInvalid(f"the dataset has {len(members)} files; at most {limits.max_images} images with their captions")
         total = sum(info.file_size for _, info in members)
         if total > limits.max_bytes:
-            raise DatasetInvalid(f"the dataset is {total / MB:.0f} MB uncompressed, over the limit of {limits.max_bytes / MB:.0f} MB")
+            raise DatasetTooLarge(f"the dataset is {total / MB:.0f} MB uncompressed, over the limit of {limits.max_bytes / MB:.0f} MB")
         files = {}
         for path, info in members:
             try:

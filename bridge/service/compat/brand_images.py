@@ -29,7 +29,7 @@ log = logging.getLogger("lora_bridge.compat.brands")
 TEMPLATE = "sd15_txt2img"  # the seed's LoRAs are trained on Stable Diffusion 1.5
 BrandId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=BRAND_ID.pattern,
                                      description="letters, digits, '_', '.', '-' (a folder of the brand store)")]
-Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=False)]
+Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 PRELOADED = web.AppKey("brand_preload", dict)
 PRELOADER = web.AppKey("brand_preloader", asyncio.Task)
 

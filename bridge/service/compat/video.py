@@ -42,7 +42,7 @@ class VideoRequest(Closed):
     image_path: FileName | None = Field(None, description="i2v: the start image, a file in the pods' input folder")
     lora_path: Annotated[StrictStr, Field(min_length=1, max_length=4096)] | None = Field(
         None, description="a registry LoRA's name or id, or a source (s3://, https://) registered on first use")
-    lora_strength: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, strict=False)] = Field(1.0, description="0.0-2.0")
+    lora_strength: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = Field(1.0, description="0.0-2.0")
     negative_prompt: Annotated[StrictStr, Field(max_length=4000)] | None = None
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
     steps: Annotated[StrictInt, Field(ge=2, le=100)] | None = None

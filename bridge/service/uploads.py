@@ -8,12 +8,13 @@ once the whole request is valid, and *discarded* otherwise, so a refused request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..lorafiles.inspect import LoraInfo, inspect_file
 from ..lorafiles.sources import FetchPolicy, SourceError, parse_source, transport_for
@@ -35,38 +36,43 @@ class LoraUploads:
         self.local_dir, self.bucket, self.prefix, self.limits, self.s3_endpoint = local_dir, bucket, prefix, limits, s3_endpoint
         local_dir.mkdir(parents=True, exist_ok=True)
 
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[Path]:
+        """A hidden temporary file in the store's folder, removed if the block raises."""
+        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _staged(filename: str, tmp: Path, sha256: str) -> StagedUpload:
+        """The staged file inspected (raises if it is not a LoRA), with the SHA-256 of what was written."""
+        info = inspect_file(tmp, with_hash=False)
+        info.sha256 = sha256
+        return StagedUpload(filename, tmp, info)
+
     async def stage(self, part: Any) -> StagedUpload:
         """Receive a multipart file part under a temporary name; raises (and keeps nothing) if it is not a LoRA."""
         filename = safe_name(part.filename or "upload.safetensors")
         check_extension(filename)  # safetensors only: uploads never take pickle files
-        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
         sha, size = hashlib.sha256(), 0
-        try:
+        with self._staging() as tmp:
             with open(tmp, "wb") as f:
                 while chunk := await part.read_chunk(1 << 20):
                     size += len(chunk)
                     self.limits.check(size, f"upload {filename}")
                     sha.update(chunk)
                     f.write(chunk)
-            info = inspect_file(tmp, with_hash=False)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        info.sha256 = sha.hexdigest()
-        return StagedUpload(filename, tmp, info)
+            return self._staged(filename, tmp, sha.hexdigest())
 
     def stage_bytes(self, data: bytes, filename: str) -> StagedUpload:
         """Stage a file the bridge holds already (a LoRA trained on a pod); raises if it is not a LoRA."""
         self.limits.check(len(data), f"LoRA {filename}")
-        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
-        try:
+        with self._staging() as tmp:
             tmp.write_bytes(data)
-            info = inspect_file(tmp, with_hash=False)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        info.sha256 = hashlib.sha256(data).hexdigest()
-        return StagedUpload(filename, tmp, info)
+            return self._staged(filename, tmp, hashlib.sha256(data).hexdigest())
 
     def stage_source(self, source: str, policy: FetchPolicy) -> StagedUpload:
         """Download ``source`` (under the pods' fetch policy) into a staged file, hashed as it arrives;
@@ -78,9 +84,8 @@ class LoraUploads:
         transport = transport_for(src, policy)
         stat = transport.stat()
         self.limits.check(stat.size, f"LoRA {src.display}")
-        tmp = self.local_dir / f".{uuid.uuid4().hex}.upload"
         sha, size = hashlib.sha256(), 0
-        try:
+        with self._staging() as tmp:
             with open(tmp, "wb") as f:
                 if stat.size:
                     body, _ = transport.open(0, stat.size, stat.validator)
@@ -93,12 +98,7 @@ class LoraUploads:
                         body.close()
             if size != stat.size:
                 raise SourceError(f"{src.display}: the connection ended after {size} of {stat.size} bytes")
-            info = inspect_file(tmp, with_hash=False)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        info.sha256 = sha.hexdigest()
-        return StagedUpload(filename, tmp, info)
+            return self._staged(filename, tmp, sha.hexdigest())
 
     def discard(self, staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)

@@ -12,8 +12,8 @@ if __package__:  # imported as a package: by ComfyUI, or as comfyui_lora_bridge
 
     start_in_comfyui()
 else:  # a bare module: pytest collecting a checkout whose folder name is not an identifier
-    NODE_CLASS_MAPPINGS: dict[str, type] = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+    NODE_CLASS_MAPPINGS = {}
+    NODE_DISPLAY_NAME_MAPPINGS = {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
 __version__ = "0.1.0"

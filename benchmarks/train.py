@@ -40,7 +40,6 @@ from comfyui_lora_bridge.bridge.training.graph import training_graph
 from PIL import Image
 
 
-
 def dataset_zip(images: int) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

@@ -109,6 +109,9 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
         for loc in err["loc"]:
             where += f"[{loc}]" if isinstance(loc, int) else (f".{loc}" if where else str(loc))
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("float_type", "int_type") and isinstance(err.get("input"), (bool, str)):
+            number = "a whole number" if err["type"] == "int_type" else "a number"
+            message = f"must be {number}, not {'a boolean' if isinstance(err['input'], bool) else 'a string'}"
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 

@@ -6,12 +6,13 @@ import functools
 import logging
 import sys
 import threading
+from typing import Any
 
 from ..bridge.errors import LoraBridgeError
 from . import lora_apply, lora_files, lora_training, trigger_words
 
 
-def _named_errors(node_class: type, display_name: str) -> None:
+def _named_errors(node_class: Any, display_name: str) -> None:
     """Our errors from ``node_class`` start with the node's name as users see it: ComfyUI's report
     names only the class (``LoraBridgeApply``), its dialog shows the message."""
     method = getattr(node_class, node_class.FUNCTION)

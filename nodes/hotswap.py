@@ -100,7 +100,7 @@ def _wrap(module: Any) -> None:
 def supported(key: Any, patch: Any) -> bool:
     """Plain LoRA factors (no LoHa/LoKr, tucker mid, DoRA or reshape) can be hot-swapped, on a whole
     weight or on a row slice of one (``(name, (0, first, count))``, a fused layer's part)."""
-    w = getattr(patch, "weights", None)
+    w: Any = getattr(patch, "weights", None)
     plain = getattr(patch, "name", "") == "lora" and bool(w) and w[3] is None and w[4] is None and w[5] is None
     return plain and (isinstance(key, str) or (len(key) == 2 and key[1][0] == 0))
 

@@ -15,6 +15,9 @@ from typing import Any, Callable
 from ..bridge.lorafiles.store import CacheCounters
 from ..bridge.settings import settings
 
+# a LoRA's patches converted for one model (key -> patch) and which of their keys are the diffusion model's
+Converted = tuple[dict[Any, Any], frozenset[Any]]
+
 
 @dataclass
 class CachedLora:
@@ -22,7 +25,7 @@ class CachedLora:
     name: str
     state_dict: dict[str, Any]
     nbytes: int
-    converted: dict[str, dict[Any, Any]] = field(default_factory=dict)  # model signature -> patches
+    converted: dict[str, Converted] = field(default_factory=dict)  # model signature -> patches
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class MemoryCache:
             self._shrink(keep=sha256)
         return entry, False
 
-    def converted(self, entry: CachedLora, signature: str, convert: Callable[[], dict[Any, Any]]) -> tuple[dict[Any, Any], bool]:
+    def converted(self, entry: CachedLora, signature: str, convert: Callable[[], Converted]) -> tuple[Converted, bool]:
         """Patches of ``entry`` for a model ``signature``, converted once."""
         with self._lock:
             patches = entry.converted.get(signature)

@@ -249,7 +249,8 @@ def test_stack_json_round_trips(stack: list[protocol.StackEntry]) -> None:
 
 
 @pytest.mark.parametrize("text, problem", [
-    ('[{"source": "x", "strength_model": true}]', "not a boolean"),
+    ('[{"source": "x", "strength_model": true}]', "loras[0].strength_model: must be a number, not a boolean"),
+    ('[{"source": "x", "strength_clip": "0.5"}]', "loras[0].strength_clip: must be a number, not a string"),
     ('[{"source": "x", "strength_model": NaN}]', "NaN is not valid JSON"),
     ('[{"source": "x", "strength_clip": 100.5}]', "loras[0].strength_clip"),
     ('[{"name": "x", "extra": 1}]', "loras[0].extra"),

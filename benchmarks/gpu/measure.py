@@ -150,8 +150,10 @@ class Measure:
         if LoraLoaderBypass is not None:
             native = LoraLoaderBypass()
             out["native"] = lambda m, c, k, sm, sc: tuple(native.load_lora(m, c, names[k], sm, sc))
-        for mode in ("merge", "hotswap"):
-            out[mode] = (lambda mode: lambda m, c, k, sm, sc: ours.apply(m, handles[k], sm, sc, "error", c, mode)["result"])(mode)
+        def mode_of(mode: str) -> Apply:
+            return lambda m, c, k, sm, sc: ours.apply(m, handles[k], sm, sc, "error", c, mode)["result"]
+
+        out["merge"], out["hotswap"] = mode_of("merge"), mode_of("hotswap")
         wanted = self.args.paths.split(",")
         return {label: fn for label, fn in out.items() if label in wanted}
 

@@ -241,7 +241,7 @@ def _bypass_input(node: _Node, slot: int, target_type: Any) -> dict[str, Any] | 
     if slot < len(inputs) and inputs[slot] in fits:
         return inputs[slot]
     exact = [inp for inp in inputs if inp.get("type") == target_type]
-    return (exact or fits or [None])[0]
+    return next(iter(exact or fits), None)
 
 
 def _spec_inputs(info: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:

@@ -100,7 +100,7 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
             errors.append(f"node {node_id}: not an object with 'class_type' and 'inputs'")
             continue
         cls = node.get("class_type")
-        info = object_info.get(cls)
+        info = object_info.get(cls) if isinstance(cls, str) else None
         if info is None:
             errors.append(f"node {node_id}: class {cls!r} does not exist on the pod")
             pod_facts = True
@@ -123,7 +123,7 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
                 if src is None:
                     errors.append(f"{where}: linked to missing node {value[0]}")
                     continue
-                outs = object_info.get(src.get("class_type"), {}).get("output", [])
+                outs = object_info.get(str(src.get("class_type")), {}).get("output", [])
                 if value[1] >= len(outs):
                     errors.append(f"{where}: node {value[0]} has no output {value[1]}")
                 elif not _types_match(outs[value[1]] if isinstance(outs[value[1]], str) else "COMBO", kind):

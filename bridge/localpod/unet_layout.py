@@ -169,7 +169,7 @@ def _clip_encoder(b: _Builder, clip: ClipSpec, prefix: str = "", lora_prefix: st
     for i in range(clip.layers):
         p = f"encoder.layers.{i}"
 
-        def add(name: str, shape: Shape) -> None:
+        def add(name: str, shape: Shape, p: str = p) -> None:
             b.add(f"{prefix}{p}.{name}", shape, diffusers_name=lora_prefix and f"{lora_prefix}{p}.{name}")
 
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -234,8 +234,9 @@ SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
 VAE_PREFIX = "first_stage_model."
 
 
-def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, UNetLayer]]:
+def checkpoint_layers(spec: UNetSpec) -> Iterator[tuple[str, Layer]]:
     """Every layer of a full SD1.x or SDXL checkpoint with its key prefix."""
+    parts: tuple[tuple[str, list[UNetLayer] | list[Layer]], ...]
     if spec.sdxl:
         parts = ((UNET_PREFIX, unet_layers(spec)), (SDXL_CLIP_L_PREFIX, clip_layers(CLIP_L)),
                  (SDXL_CLIP_G_PREFIX, open_clip_layers(CLIP_G)), (VAE_PREFIX, kl_vae_layers()))

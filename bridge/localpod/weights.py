@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 from safetensors.numpy import save_file
@@ -315,7 +315,7 @@ def cached_dit_lora(spec: DitLoraSpec) -> Path:
 
 # what the shipped templates load beside the diffusion models: Flux.1's and Z-Image's ``ae.safetensors``,
 # the Wan 2.1 VAE (Wan 2.1, Wan 2.2 A14B, Qwen-Image) and the CLIP vision model of Wan 2.1 I2V
-AUX_MODELS: dict[str, Callable[[], list[Layer]]] = {
+AUX_MODELS: dict[str, Callable[[], Sequence[Layer]]] = {
     "flux_vae": lambda: kl_vae_layers(z=16, quant_convs=False),
     "wan21_vae": wan21_vae_layers,
     "clip_vision_h": clip_vision_layers,

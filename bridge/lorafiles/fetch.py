@@ -10,6 +10,7 @@ then size, hash and safetensors header are checked before the atomic rename.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from ..errors import FetchCancelled, FetchError, IntegrityError
 from .header import InvalidLoraFile
 from .inspect import LoraInfo, inspect_file
 from .sources import (
+    Body,
     FetchPolicy,
     RemoteChanged,
     RemoteStat,
@@ -252,7 +254,7 @@ class _Download:
                             hasher = self._hasher = _StreamHasher()
                         mode = "wb"
                     # read1: what has arrived, so a stall or cut loses no received bytes
-                    read = getattr(body, "read1", None) or (lambda n: body.read(min(n, SMALL_CHUNK)))
+                    read = getattr(body, "read1", None) or functools.partial(_read_small, body)
                     with open(path, mode) as f:
                         written = done
                         while done < length:
@@ -387,6 +389,11 @@ _FAILURES = (
 )
 
 
+def _read_small(body: Body, n: int) -> bytes:
+    """``read1`` for a body that has none: at most a small chunk, so a stall loses little."""
+    return body.read(min(n, SMALL_CHUNK))
+
+
 def _reason(exc: BaseException) -> str:
     """A network error in one short line a person can act on ("host unreachable (connection
     refused)"), else the error's own first line; never a bare exception class name."""
@@ -489,11 +496,12 @@ def _revalidate(src: Source, store: LoraStore, policy: FetchPolicy, version: tup
     """Forget the cached copy of a source whose size or validator changed; an unreachable source keeps
     its copy, with a warning."""
     size, validator = version
+    unreachable: tuple[type[BaseException], ...] = (*_transient_errors(), SourceError)
     try:
         stat = transport_for(src, policy).stat()
     except SourceRefused:
         raise
-    except (*_transient_errors(), SourceError) as exc:
+    except unreachable as exc:
         return [f"could not revalidate {src.display} ({exc}); using the cached copy"]
     if stat.size != size or (stat.validator or None) != (validator or None):
         store.forget_source(src.identity)

@@ -112,12 +112,12 @@ def trigger_words(metadata: Mapping[str, str], limit: int = 3) -> list[str]:
     except ValueError:
         return []
     counts: Counter[str] = Counter()
-    if isinstance(freq, dict):
+    if isinstance(freq, dict):  # (counts are numbers of images; a float one is taken whole)
         for tags in freq.values():
             if isinstance(tags, dict):
                 for tag, n in tags.items():
                     if isinstance(n, (int, float)) and tag.strip():
-                        counts[tag.strip()] += n
+                        counts[tag.strip()] += int(n)
     if not counts:
         return []
     top = counts.most_common(1)[0][1]

@@ -168,7 +168,7 @@ def _check_address(host: str, port: int, policy: FetchPolicy) -> None:
         raise SourceError(f"cannot resolve host {host}: {exc}") from None
     explicit = policy.host_allowed(host)
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata address too
         if ip in _METADATA_IPS or ip.is_link_local:

@@ -172,7 +172,7 @@ class LoraStore:
                 sha256 = row[0] if row else None
             row = db.execute("SELECT ext FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() if sha256 else None
             path = self.blob_path(sha256, row[0]) if row and sha256 else None
-            if path is not None and path.exists():
+            if sha256 and path is not None and path.exists():
                 db.execute("UPDATE blobs SET last_used = ? WHERE sha256 = ?", (time.time(), sha256))
                 self._count(db, "hits")
                 return sha256, path
@@ -323,7 +323,7 @@ class LoraStore:
             partial = self._partials().get(key, (0, 0.0))[0]  # a resumed download already holds these bytes
             needed = used - partial + size - self.budget_bytes
             rows = db.execute("SELECT sha256, ext, size, pinned FROM blobs ORDER BY last_used ASC").fetchall()
-            victims = []
+            victims: list[tuple[str, str, int]] = []
             for sha, ext, blob_size, pinned in rows:
                 if needed - sum(v[2] for v in victims) <= 0:
                     break

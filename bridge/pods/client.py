@@ -140,10 +140,10 @@ class PodClient:
     async def submit(self, graph: dict[str, Any], client_id: str, prompt_id: str | None = None) -> str:
         """``POST /prompt`` (under ``prompt_id`` where the pod takes one); returns the prompt id the pod
         uses, or raises ``PromptRejected`` naming node, input and reason."""
-        body = {"prompt": graph, "client_id": client_id, **({"prompt_id": prompt_id} if prompt_id else {})}
+        request = {"prompt": graph, "client_id": client_id, **({"prompt_id": prompt_id} if prompt_id else {})}
         try:
-            async with self.session.post(self.url + "/prompt", json=body) as resp:
-                body = await resp.json(content_type=None)
+            async with self.session.post(self.url + "/prompt", json=request) as resp:
+                body: Any = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
@@ -177,8 +177,8 @@ class PodClient:
                 if resp.status != 200:
                     raise PodError(f"GET /view {filename} answered {resp.status}")
                 return await resp.read()
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:  # (``type`` is the parameter here)
+            raise PodUnavailable(f"{self.url} is unreachable: {exc.__class__.__name__}") from None
 
     async def upload_image(self, data: bytes | Path, name: str | None = None, overwrite: bool = True) -> str:
         """Upload an input image (``POST /upload/image``); returns the name to use in graphs."""

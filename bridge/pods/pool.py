@@ -300,7 +300,7 @@ class PodPool:
                 named = await self.prefetch(pod, loras, request_id, on_event)
                 if stage is not None:
                     await stage(pod)
-                graph = await self.build(pod, lambda p: build(p, named))
+                graph = await self.build(pod, lambda p: build(p, named))  # noqa: B023 (used within this attempt)
                 pod.queue = (pod.queue or 0) + 1
                 async with self.client(pod, timeout=300) as client:
                     result = await client.run(graph, on_event)

@@ -475,7 +475,8 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
                                 else (Path(settings.brand_store),)))
     app[REGISTRY_POLICY] = dataclasses.replace(policy, local_roots=(*policy.local_roots, *own))
     store = BrandStore(settings.brand_store, adb, app[REGISTRY_POLICY]) if settings.brand_store else None
-    app[BRAND_STORE], app[compat.PRELOADED] = store, {}
+    app[BRAND_STORE] = store
+    app[compat.PRELOADED] = {}
     app[GENERATIONS] = gens = Generations(adb, pool, outputs_dir, settings, policy)
     gens.discover_brand = store.discover if store else None
     app[TRAININGS] = trainings = Trainings(gens, uploads)

@@ -56,7 +56,7 @@ def verdict(video_family: str, video_variant: str | None, lora_family: str | Non
 def matrix() -> list[dict[str, Any]]:
     """Every video model × LoRA family pair with its path (``GET /v1/compatibility``)."""
     videos = [("wan", "1.3B"), ("wan", "14B")]
-    loras = [(family, None) for family in FAMILY_NAMES if family not in (UNKNOWN, "wan")]
+    loras: list[tuple[str, str | None]] = [(family, None) for family in FAMILY_NAMES if family not in (UNKNOWN, "wan")]
     loras[0:0] = [("wan", "1.3B"), ("wan", "14B")]
     rows = []
     for video_family, video_variant in videos:

@@ -25,7 +25,8 @@ CHANNEL = "lora_bridge_jobs"  # NOTIFY payload: "<job id> <replica>", a job that
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 
@@ -35,7 +36,7 @@ class Cursor(Protocol):
 class Tx(Protocol):
     """A transaction (or, from ``Backend.read``, an autocommit reader)."""
 
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
+    def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor: ...
 
 
 class Backend(Protocol):

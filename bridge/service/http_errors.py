@@ -80,8 +80,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
 def answer(exc: BaseException) -> web.Response:
     """The HTTP answer for ``exc`` (aiohttp's own HTTP errors keep their status)."""
     if isinstance(exc, web.HTTPException):
-        return error_response(exc.status, HTTP_TYPES.get(exc.status, "http"), exc.text if exc.status != 413 else
-                              "request body too large")
+        return error_response(exc.status, HTTP_TYPES.get(exc.status, "http"), (exc.text or exc.reason) if exc.status != 413
+                              else "request body too large")
     status, type = classify(exc)
     if type == "internal":
         log.error("internal error answering a request", exc_info=exc)

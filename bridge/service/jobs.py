@@ -190,9 +190,9 @@ class Generations:
             if owner_id is not None:
                 rec = await self.owner_lora(kind, str(owner_id), family, variant)
                 wanted.append((rec, f"{kind} {owner_id}", request.lora_strength, request.lora_strength,
-                               dict(request.expert_strengths or {}), None))
+                               {str(k): v for k, v in (request.expert_strengths or {}).items()}, None))
         loras, warnings, styles, resolved = [], [], [], []
-        for rec, label, sm, sc, per_expert, kind in wanted:
+        for rec, label, sm, sc, per_expert, lora_type in wanted:
             reason = None
             if rec is None:
                 reason = f"LoRA {label} not found" + (f" for base model {family}" if family else "")
@@ -215,12 +215,12 @@ class Generations:
                     styles.append(rec["fallback_style"])
                 continue
             assert rec is not None
-            resolved.append(_resolved(rec, label, sm, sc, kind))
+            resolved.append(_resolved(rec, label, sm, sc, lora_type))
             if not experts:
                 loras.append(lora_request(rec, sm, sc))
                 continue
             pair = bool(rec["low_noise_source"])  # each file on its own expert; a single file on those named (default all)
-            for expert in experts if pair else (request.experts or list(experts)):
+            for expert in list(experts) if pair else list(request.experts or experts):
                 lora = lora_request(rec, per_expert.get(expert, sm), sc)
                 if pair and expert == "low_noise":
                     lora = replace(lora, source=rec["low_noise_source"], sha256=rec["low_noise_sha256"])
@@ -241,7 +241,7 @@ class Generations:
             return "fallback", f"LoRA {rec['id']} ({rec['name']}): {v.reason}", None, None
         if v.path == "direct":
             return "direct", v.reason, None, None
-        frame_params = {**{k: video[k] for k in ("prompt", "seed") if k in video}, **request.key_frame_params}
+        frame_params: dict[str, Any] = {**{k: video[k] for k in ("prompt", "seed") if k in video}, **request.key_frame_params}
         lora = lora_request(rec, request.lora_strength, request.lora_strength)
         return "preprocess", v.reason, KeyFrame(KEY_FRAME_TEMPLATES[rec["family"]], frame_params, [lora]), rec
 
@@ -287,7 +287,7 @@ class Generations:
     async def start(self, request: GenerationCreate) -> str:
         """Plan, store as ``queued`` and start a job; refusals raise before anything is stored."""
         plan = await self.prepare(request)
-        events = [("queued", {}), *(("warning", {"message": w}) for w in plan.warnings)]
+        events: list[tuple[str, dict[str, Any]]] = [("queued", {}), *(("warning", {"message": w}) for w in plan.warnings)]
         if plan.path:
             events.insert(1, ("path", {"path": plan.path, "reason": plan.path_reason}))
         job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(), events)

@@ -37,7 +37,7 @@ GENERATIONS = web.AppKey("generations", Generations)
 TRAININGS = web.AppKey("trainings", Trainings)
 REPLICA = web.AppKey("replica", Replica)
 OPENAPI = web.AppKey("openapi", dict)
-BRAND_STORE = web.AppKey("brand_store", BrandStore | None)  # type: ignore[arg-type]
+BRAND_STORE: web.AppKey[BrandStore | None] = web.AppKey("brand_store")
 
 
 @dataclass

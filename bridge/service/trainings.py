@@ -247,7 +247,7 @@ class Trainings:
         try:
             info = staged.info
             if info.sha256 != report.get("sha256"):
-                raise TrainedLoraRefused(f"the trained file changed on its way from the pod (SHA-256 {info.sha256[:12]}…, "
+                raise TrainedLoraRefused(f"the trained file changed on its way from the pod (SHA-256 {(info.sha256 or '')[:12]}…, "
                                          f"the pod wrote {str(report.get('sha256'))[:12]}…)")
             if info.family != plan.family:
                 raise TrainedLoraRefused(f"the trained file is {variant_name(info.family, info.variant)}, "

@@ -32,7 +32,7 @@ class LoraUploads:
     """``local_dir`` stages and keeps the files; ``bucket`` (optional) also receives them."""
 
     def __init__(self, local_dir: Path, bucket: str | None = None, prefix: str = "loras/",
-                 limits: SizeLimits = SizeLimits(), s3_endpoint: str | None = None) -> None:
+                 limits: SizeLimits = SizeLimits(), s3_endpoint: str | None = None) -> None:  # noqa: B008 (frozen)
         self.local_dir, self.bucket, self.prefix, self.limits, self.s3_endpoint = local_dir, bucket, prefix, limits, s3_endpoint
         local_dir.mkdir(parents=True, exist_ok=True)
 

@@ -33,7 +33,7 @@ def fit_to_pod(graph: Graph, object_info: dict[str, Any]) -> Graph:
         inputs = dict(node["inputs"])
         for name, value in inputs.items():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str):
-                src_cls = graph.get(value[0], {}).get("class_type")
+                src_cls = str(graph.get(value[0], {}).get("class_type"))
                 names = list(object_info.get(src_cls, {}).get("output_name") or [])
                 if value[1] not in names:
                     errors.append(f"node {node_id} input '{name}': node {value[0]} ({src_cls}) has no output "

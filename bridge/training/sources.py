@@ -38,7 +38,7 @@ def s3_prefix_sources(prefix: str, policy: FetchPolicy) -> list[str]:
     return [f"s3://{source.bucket}/{key}" for key in keys]
 
 
-def fetch_files(sources: list[str], policy: FetchPolicy, limits: DatasetLimits = DatasetLimits()) -> dict[str, bytes]:
+def fetch_files(sources: list[str], policy: FetchPolicy, limits: DatasetLimits = DatasetLimits()) -> dict[str, bytes]:  # noqa: B008
     """The files named by ``sources``, by file name (checked against the policy before any request)."""
     parsed = [parse_source(text) for text in sources]
     for source in parsed:

@@ -131,7 +131,8 @@ def _sse_lines(svc: Service, job_id: str, seconds: float) -> list[str]:
 def test_cancel_a_prompt_waiting_in_the_pods_queue(comfy, tmp_path) -> None:
     svc = Service([comfy.url], tmp_path).start()
     try:
-        _, first = svc.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 40, "seed": 63}})
+        # long enough to still run while the second waits behind it (cancelled at the end, not waited for)
+        _, first = svc.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 150, "seed": 63}})
         svc.wait_for(first["id"], "progress")
         _, second = svc.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "seed": 64}})
         svc.wait_for(second["id"], "submitted")

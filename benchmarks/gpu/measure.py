@@ -248,7 +248,7 @@ class Measure:
             "peak_device_used_gib": round(max(peaks), 2),
         }
 
-    def step_times(self, appliers: dict[str, Apply], rank: int) -> dict[str, float]:
+    def step_times(self, appliers: dict[str, Apply]) -> dict[str, float]:
         """Per-step ms of each path with its LoRA applied once, the paths taking turns (drift, clocks and
         caches hit all alike); the model is loaded before each timed sampling, which alone is timed."""
         applied = {label: apply(self.model, self.clip, 0, 1.0, 1.0) for label, apply in appliers.items()}
@@ -260,7 +260,7 @@ class Measure:
                 t = self.sample(m, c, i)[2] / self.args.steps
                 if i:  # the first round warms up (and pays the deferred patching of dynamic VRAM)
                     times[label].append(t)
-        return {f"{label}": round(statistics.median(t) * 1000, 2) for label, t in times.items()}
+        return {label: round(statistics.median(t) * 1000, 2) for label, t in times.items()}
 
     def deviation(self, appliers: dict[str, Apply]) -> dict[str, dict[str, float | str]]:
         """How far each path's result lands from stock's, as a share of the LoRAs' effect (0 = stock)."""
@@ -301,7 +301,7 @@ class Measure:
         for rank, labels in ((self.high, list(appliers)), (self.low, ["merge", "hotswap"])):
             try:
                 chosen = {label: fn for label, fn in self.appliers(rank).items() if label in labels and label in appliers}
-                steps = self.step_times(chosen, rank)
+                steps = self.step_times(chosen)
                 for label, ms in steps.items():
                     if rank == self.high:
                         self.report["paths"][label]["step_ms"] = ms

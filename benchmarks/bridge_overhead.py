@@ -16,11 +16,11 @@ import statistics
 import time
 
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.localpod.weights import cached_checkpoint
 from comfyui_lora_bridge.bridge.pods.client import PodClient
 from comfyui_lora_bridge.bridge.pods.generation import run_generation
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
+from comfyui_lora_bridge.testing.server import LocalComfy
+from comfyui_lora_bridge.testing.weights import cached_checkpoint
 
 PARAMS = {"checkpoint": "sd15-tiny.safetensors", "width": 64, "height": 64, "steps": 2}
 

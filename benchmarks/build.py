@@ -23,7 +23,7 @@ from comfyui_lora_bridge.bridge.errors import LoraBridgeError
 from comfyui_lora_bridge.bridge.graphs.convert import is_ui_workflow, ui_to_api
 from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest, insert_loras
 from comfyui_lora_bridge.bridge.graphs.validate import GraphInvalid, validate_graph
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.testing.server import LocalComfy
 
 LORAS = [LoraRequest("a.safetensors", 0.8, 0.6, trigger_words=("ohwx",)), LoraRequest("b.safetensors", 0.5, 0.5)]
 

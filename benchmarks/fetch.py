@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test file server
-
 from comfyui_lora_bridge.bridge.lorafiles.fetch import RetryPolicy, fetch_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
 from comfyui_lora_bridge.bridge.lorafiles.validate import SizeLimits
-from file_server import FaultyFileServer, write_random_file  # noqa: E402
+from comfyui_lora_bridge.testing.file_server import FaultyFileServer, write_random_file
 
 POLICY = FetchPolicy(allowed_hosts=("127.0.0.1",), limits=SizeLimits(warn_bytes=1 << 40, max_bytes=1 << 40))
 

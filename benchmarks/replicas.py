@@ -29,11 +29,9 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from comfyui_lora_bridge.bridge.localpod.server import free_port
-from comfyui_lora_bridge.bridge.service.database import Database
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from postgres import Cluster  # noqa: E402  (the tests' throwaway cluster)
+from comfyui_lora_bridge.bridge.jobs.database import Database
+from comfyui_lora_bridge.testing.postgres import Cluster
+from comfyui_lora_bridge.testing.server import free_port
 
 EXE = str(Path(sys.executable).with_name("lora-bridge"))
 KEY = "bench-key"

@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
-from comfyui_lora_bridge.bridge.localpod.unet_layout import FULL_UNET, TINY_UNET
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
+from comfyui_lora_bridge.testing.inprocess import import_comfyui
+from comfyui_lora_bridge.testing.unet_layout import FULL_UNET, TINY_UNET
+from comfyui_lora_bridge.testing.weights import (
     LoraSpec,
     cached_checkpoint,
     cached_lora,
 )
-from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
 
 
 def main() -> None:

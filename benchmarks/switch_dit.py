@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from comfyui_lora_bridge.bridge.localpod.dit_layout import FLUX, WAN21_T2V, DitSpec
-from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
+from comfyui_lora_bridge.testing.dit_layout import FLUX, WAN21_T2V, DitSpec
+from comfyui_lora_bridge.testing.inprocess import import_comfyui
+from comfyui_lora_bridge.testing.weights import (
     DitLoraSpec,
     cached_dit_lora,
     cached_dit_model,
 )
-from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
 
 
 def main() -> None:

@@ -23,20 +23,19 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.localpod.weights import CheckpointSize, cached_checkpoint
+from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
+from comfyui_lora_bridge.bridge.jobs.requests import TrainingCreate
+from comfyui_lora_bridge.bridge.jobs.runner import Generations
+from comfyui_lora_bridge.bridge.jobs.trainings import Trainings
+from comfyui_lora_bridge.bridge.jobs.uploads import LoraUploads
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient, PodEvent
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
-from comfyui_lora_bridge.bridge.service.job_states import is_terminal
-from comfyui_lora_bridge.bridge.service.jobs import Generations
-from comfyui_lora_bridge.bridge.service.schemas import TrainingCreate
-from comfyui_lora_bridge.bridge.service.trainings import Trainings
-from comfyui_lora_bridge.bridge.service.uploads import LoraUploads
 from comfyui_lora_bridge.bridge.settings import settings
 from comfyui_lora_bridge.bridge.training.dataset import read_zip
 from comfyui_lora_bridge.bridge.training.graph import training_graph
+from comfyui_lora_bridge.testing.server import LocalComfy
+from comfyui_lora_bridge.testing.weights import CheckpointSize, cached_checkpoint
 from PIL import Image
 
 
@@ -84,14 +83,9 @@ async def direct(pod: LocalComfy, pool: PodPool, data: bytes, params: dict) -> t
 
 async def bridged(trainings: Trainings, zip_bytes: bytes, request: TrainingCreate) -> tuple[float, float, float]:
     job_id, _ = await trainings.start(request, trainings.check(request), trainings.dataset_from_zip(request, zip_bytes))
-    while True:
-        change = trainings.jobs.watch(job_id)
-        if is_terminal(await trainings.db.job_status(job_id)):
-            break
-        await trainings.jobs.wait_change(change, 1.0)
-    job = await trainings.db.get_job(job_id)
-    if job["status"] != "succeeded":
-        raise SystemExit(f"the training failed: {job['result'].get('reason')}")
+    job = await trainings.jobs.hub.wait_ended(job_id)
+    if job.status != "succeeded":
+        raise SystemExit(f"the training failed: {job.result.get('reason')}")
     with trainings.db.sync.tx() as db:  # event timestamps, as the service stored them
         rows = db.execute("SELECT type, data, at FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
     steps = [at for type, data, at in rows if type == "progress" and '"node": "6"' in data]

@@ -13,7 +13,7 @@ from .settings import cache_root, settings
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..testing.demo import run_demo  # the [testing] toolkit: generated weights, a local ComfyUI
 
     run_demo(Path(args.out), steps=args.steps, size=args.size, strength=args.strength)
     return 0
@@ -157,11 +157,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
+    from .http.app import AccessLog, create_app
+    from .jobs.database import Database
+    from .jobs.uploads import LoraUploads
     from .lorafiles.sources import FetchPolicy
     from .pods.pool import PodConfig, PodPool
-    from .service.app import AccessLog, create_app
-    from .service.database import Database
-    from .service.uploads import LoraUploads
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     configured = settings()
@@ -174,8 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
     pods = [PodConfig(url, configured.pod_token) for url in args.pod]
     with contextlib.ExitStack() as stack:
         if args.embedded_pod:
-            from .localpod.server import LocalComfy
-            from .localpod.weights import cached_checkpoint
+            from ..testing.server import LocalComfy  # the [testing] toolkit
+            from ..testing.weights import cached_checkpoint
 
             store = configured.local_store_dir
             store.mkdir(parents=True, exist_ok=True)

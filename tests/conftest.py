@@ -7,16 +7,16 @@ from pathlib import Path
 
 import boto3
 import pytest
-from comfyui_lora_bridge.bridge.localpod.server import free_port
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.file_server import FaultyFileServer
+from comfyui_lora_bridge.testing.postgres import Cluster
+from comfyui_lora_bridge.testing.server import free_port
+from comfyui_lora_bridge.testing.weights import (
     LoraSpec,
     cached_checkpoint,
     cached_lora,
 )
-from file_server import FaultyFileServer
 from foreign_loras import write_foreign_lora
 from moto.server import ThreadedMotoServer
-from postgres import Cluster
 from support import LORA_FILES, S3_ENV, configured_pod
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from comfyui_lora_bridge.bridge.localpod.weights import write_safetensors
+from comfyui_lora_bridge.testing.weights import write_safetensors
 
 # family -> layout -> {module name: (out_features, in_features)}
 KEYSETS: dict[str, dict[str, dict[str, tuple[int, int]]]] = {

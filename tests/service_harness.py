@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from comfyui_lora_bridge.bridge.api_client import BridgeClient
-from comfyui_lora_bridge.bridge.localpod.server import free_port
-from comfyui_lora_bridge.bridge.service.database import Database
-from comfyui_lora_bridge.bridge.service.job_states import is_terminal
+from comfyui_lora_bridge.bridge.jobs.database import Database
+from comfyui_lora_bridge.bridge.jobs.states import is_terminal
+from comfyui_lora_bridge.testing.server import free_port
 from support import POD_TOKEN, S3_ENV
 
 KEY = "test-api-key"

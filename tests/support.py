@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest, insert_loras
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
 from comfyui_lora_bridge.bridge.pods.client import JobResult, PodClient
+from comfyui_lora_bridge.testing.server import LocalComfy
 from PIL import Image
 
 CHECKPOINT = "sd15-tiny.safetensors"

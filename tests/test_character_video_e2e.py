@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+from comfyui_lora_bridge.testing.dit_layout import (
     WAN21_T2V,
     WAN22_EXPERT,
 )
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.weights import (
     DitLoraSpec,
     LoraSpec,
     cached_dit_lora,

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from comfyui_lora_bridge.bridge.errors import PodStartError
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.testing.server import LocalComfy
 from support import (
     LORA_FILES,
     POD_TOKEN,

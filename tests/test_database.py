@@ -8,14 +8,14 @@ import time
 
 import pytest
 from comfyui_lora_bridge.bridge.errors import DatabaseUnavailable
-from comfyui_lora_bridge.bridge.service.database import Database
-from comfyui_lora_bridge.bridge.service.db_backends import PostgresBackend, open_backend
-from comfyui_lora_bridge.bridge.service.job_states import JobState
-from comfyui_lora_bridge.bridge.service.migrations import (
+from comfyui_lora_bridge.bridge.jobs.database import Database
+from comfyui_lora_bridge.bridge.jobs.db_backends import PostgresBackend, open_backend
+from comfyui_lora_bridge.bridge.jobs.migrations import (
     LATEST,
     migrate,
     schema_version,
 )
+from comfyui_lora_bridge.bridge.jobs.states import JobState
 
 
 def test_a_database_of_the_previous_schema_upgrades_in_place_with_its_data(db_url: str) -> None:
@@ -32,10 +32,10 @@ def test_a_database_of_the_previous_schema_upgrades_in_place_with_its_data(db_ur
     new = Database(db_url, replica="r1")
     assert schema_version(new.backend) == LATEST
     lora = new.get_lora("l1")
-    assert (lora["name"], lora["variant"], lora["size"]) == ("kept", "14B", 5000000000)
+    assert (lora.name, lora.variant, lora.size) == ("kept", "14B", 5000000000)
     assert [t for _, t, _ in new.events("j1")] == ["queued", "running"]
     claimed = new.claim()  # a job from before leases belongs to nobody: the first replica takes it on
-    assert [(j["id"], j["prompt_id"], j["owner"]) for j in claimed] == [("j1", "p1", "r1")]
+    assert [(j.id, j.prompt_id, j.owner) for j in claimed] == [("j1", "p1", "r1")]
     assert Database(db_url, replica="r2").claim() == []  # migrating again changes nothing; the lease holds
 
 
@@ -50,7 +50,7 @@ def test_an_unfinished_job_is_claimed_by_exactly_one_replica_once_its_lease_runs
     claims: dict[str, list[str]] = {}
 
     def claim(replica: Database) -> None:
-        claims[replica.replica] = [job["id"] for job in replica.claim()]
+        claims[replica.replica] = [job.id for job in replica.claim()]
 
     threads = [threading.Thread(target=claim, args=(o,)) for o in others]
     for t in threads:
@@ -64,7 +64,7 @@ def test_an_unfinished_job_is_claimed_by_exactly_one_replica_once_its_lease_runs
     holder = next(o for o in others if o.replica == owner)
     assert holder.renew({job_ids[1]}) == set()
     holder.release()  # a graceful stop: claimable at once, by anyone (even the same name after a restart)
-    assert [j["id"] for j in Database(db_url, replica="z").claim() if j["id"] == job_ids[1]] == [job_ids[1]]
+    assert [j.id for j in Database(db_url, replica="z").claim() if j.id == job_ids[1]] == [job_ids[1]]
 
 
 def test_two_replicas_writing_one_jobs_events_get_one_sequence(db_url: str) -> None:
@@ -123,7 +123,7 @@ def test_an_unreachable_database_is_a_clear_error(postgres) -> None:
 
 @pytest.mark.postgres
 def test_the_service_answers_503_while_its_database_is_away_and_recovers(tmp_path) -> None:
-    from postgres import Cluster
+    from comfyui_lora_bridge.testing.postgres import Cluster
     from service_harness import Service
 
     cluster = Cluster(tmp_path).start()

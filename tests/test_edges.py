@@ -13,14 +13,15 @@ from typing import Any, Iterator
 
 import pytest
 from comfyui_lora_bridge.bridge import pack_protocol as protocol
+from comfyui_lora_bridge.bridge.http.app import ROUTES as SERVICE_ROUTES
+from comfyui_lora_bridge.bridge.http.errors import classify
+from comfyui_lora_bridge.bridge.http.routing import GENERATIONS
+from comfyui_lora_bridge.bridge.http.streams import job_events
+from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
+from comfyui_lora_bridge.bridge.jobs.metrics import render
+from comfyui_lora_bridge.bridge.jobs.runner import Generations
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.app import ROUTES as SERVICE_ROUTES
-from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
-from comfyui_lora_bridge.bridge.service.http_errors import classify
-from comfyui_lora_bridge.bridge.service.jobs import Generations
-from comfyui_lora_bridge.bridge.service.metrics import render
-from comfyui_lora_bridge.bridge.service.routing import GENERATIONS, REPLICA, job_events
 from comfyui_lora_bridge.bridge.settings import Settings
 from comfyui_lora_bridge.nodes.routes import ROUTES as POD_ROUTES
 from hypothesis import given, settings
@@ -131,7 +132,8 @@ def _stream_request(tmp_path: Path) -> tuple[Any, str]:
     job = db.add_job({"template": "sd15_txt2img", "params": {}}, {}, [("queued", {})])
     gens = Generations(AsyncDatabase(db), PodPool([PodConfig("http://127.0.0.1:9")]), tmp_path,
                        Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path)}), FetchPolicy())
-    return types.SimpleNamespace(app={GENERATIONS: gens, REPLICA: types.SimpleNamespace(listening=False)}), job
+    gens.hub.notified = False  # as on PostgreSQL with its listener down: streams poll
+    return types.SimpleNamespace(app={GENERATIONS: gens}), job
 
 
 def test_heartbeats_come_at_the_configured_period_while_polling_every_second(tmp_path: Path) -> None:
@@ -179,6 +181,6 @@ def test_a_pod_that_does_not_answer_has_no_queue_figure() -> None:
 
 
 async def _metrics() -> Any:
-    from comfyui_lora_bridge.bridge.service.metrics import JobMetrics
+    from comfyui_lora_bridge.bridge.jobs.metrics import JobMetrics
 
     return JobMetrics()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from comfyui_lora_bridge.bridge.jobs.webhooks import check_webhook_url
 from comfyui_lora_bridge.bridge.lorafiles.sources import (
     FetchPolicy,
     SourceError,
@@ -14,7 +15,6 @@ from comfyui_lora_bridge.bridge.lorafiles.sources import (
     check_source,
     parse_source,
 )
-from comfyui_lora_bridge.bridge.service.webhooks import check_webhook_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

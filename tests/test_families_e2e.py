@@ -26,7 +26,7 @@ import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed
 from comfyui_lora_bridge.bridge.graphs.builder import build_graph
 from comfyui_lora_bridge.bridge.graphs.lora_insertion import PREFIX, LoraRequest
-from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+from comfyui_lora_bridge.testing.dit_layout import (
     FLUX,
     QWEN_IMAGE,
     WAN21_I2V,
@@ -36,9 +36,9 @@ from comfyui_lora_bridge.bridge.localpod.dit_layout import (
     Z_IMAGE,
     DitSpec,
 )
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
-from comfyui_lora_bridge.bridge.localpod.unet_layout import SDXL_UNET
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.server import LocalComfy
+from comfyui_lora_bridge.testing.unet_layout import SDXL_UNET
+from comfyui_lora_bridge.testing.weights import (
     DitLoraSpec,
     LoraSpec,
     cached_aux_model,

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.server import free_port
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.fetch import (
     FetchCancelled,
     FetchError,
@@ -28,7 +26,9 @@ from comfyui_lora_bridge.bridge.lorafiles.validate import (
     SizeLimits,
 )
 from comfyui_lora_bridge.bridge.settings import Settings
-from file_server import Faults, FaultyFileServer
+from comfyui_lora_bridge.testing.file_server import Faults, FaultyFileServer
+from comfyui_lora_bridge.testing.server import free_port
+from comfyui_lora_bridge.testing.weights import LoraSpec, write_lora
 
 FAST = RetryPolicy(delays=(0.01, 0.02, 0.04), jitter=0.1, max_total=30)
 POLICY = FetchPolicy(allowed_hosts=("127.0.0.1",), read_timeout=0.5)

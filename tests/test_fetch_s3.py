@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles import sources
 from comfyui_lora_bridge.bridge.lorafiles.fetch import (
     FetchCancelled,
@@ -20,6 +19,7 @@ from comfyui_lora_bridge.bridge.lorafiles.sources import (
     SourceRefused,
 )
 from comfyui_lora_bridge.bridge.lorafiles.store import LoraStore
+from comfyui_lora_bridge.testing.weights import LoraSpec, write_lora
 
 FAST = RetryPolicy(delays=(0.01, 0.02), parallel=3, parallel_min_bytes=1 << 20)
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.weights import cached_aux_model
+from comfyui_lora_bridge.testing.weights import cached_aux_model
 
 pytestmark = pytest.mark.comfy
 
@@ -19,7 +19,7 @@ SCRIPT = r"""
 import json, os, sys, tempfile
 from pathlib import Path
 from safetensors import safe_open
-from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
+from comfyui_lora_bridge.testing.inprocess import import_comfyui
 
 wan_vae, flux_vae, clip_vision_h = sys.argv[1:4]  # (import_comfyui sets ComfyUI's own arguments)
 with tempfile.TemporaryDirectory() as loras:

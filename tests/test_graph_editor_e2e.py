@@ -23,8 +23,8 @@ from typing import Awaitable, Callable
 
 import pytest
 from browser import Browser
-from comfyui_lora_bridge.bridge.localpod.server import free_port
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
+from comfyui_lora_bridge.testing.server import free_port
+from comfyui_lora_bridge.testing.weights import LoraSpec, cached_lora
 from support import LORA_FILES, POD_TOKEN, txt2img
 
 pytestmark = pytest.mark.comfy

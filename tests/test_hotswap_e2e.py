@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.testing.server import LocalComfy
 from support import (
     CHECKPOINT,
     LORA_FILES,

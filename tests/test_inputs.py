@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from comfyui_lora_bridge.bridge.api_client import BridgeClient
-from comfyui_lora_bridge.bridge.localpod.server import free_port
+from comfyui_lora_bridge.bridge.http.app import create_app
+from comfyui_lora_bridge.bridge.jobs.database import Database
+from comfyui_lora_bridge.bridge.jobs.uploads import LoraUploads
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pack_protocol import strict_json
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.app import create_app
-from comfyui_lora_bridge.bridge.service.database import Database
-from comfyui_lora_bridge.bridge.service.uploads import LoraUploads
 from comfyui_lora_bridge.bridge.settings import Settings
+from comfyui_lora_bridge.testing.server import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import POD_TOKEN

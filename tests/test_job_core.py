@@ -18,18 +18,20 @@ from comfyui_lora_bridge.bridge.errors import (
     PromptRejected,
 )
 from comfyui_lora_bridge.bridge.graphs.templates import TemplateError
+from comfyui_lora_bridge.bridge.http.errors import classify
+from comfyui_lora_bridge.bridge.jobs.brand_store import BrandStore
+from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
+from comfyui_lora_bridge.bridge.jobs.planner import Plan, Resolution
+from comfyui_lora_bridge.bridge.jobs.records import LoraRecord
+from comfyui_lora_bridge.bridge.jobs.requests import GenerationCreate
+from comfyui_lora_bridge.bridge.jobs.runner import Generations
+from comfyui_lora_bridge.bridge.jobs.states import IllegalTransition, JobState
 from comfyui_lora_bridge.bridge.lorafiles.sources import (
     FetchPolicy,
     SourceError,
     SourceRefused,
 )
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.brand_store import BrandStore
-from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
-from comfyui_lora_bridge.bridge.service.http_errors import classify
-from comfyui_lora_bridge.bridge.service.job_states import IllegalTransition, JobState
-from comfyui_lora_bridge.bridge.service.jobs import Generations, Plan, Resolution
-from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
 from comfyui_lora_bridge.bridge.settings import Settings
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,8 +53,8 @@ def test_transitions_are_checked_and_stored_with_their_event(db: Database) -> No
         with pytest.raises(IllegalTransition):
             db.transition(job, state, "late")
     record = db.get_job(job)
-    assert record["status"] == "succeeded" and record["pod"] == "p1" and record["prompt_id"] == "abc"
-    assert record["result"] == {"warnings": [], "client_id": "c", "outputs": ["a.png"]}
+    assert record.status == "succeeded" and record.pod == "p1" and record.prompt_id == "abc"
+    assert record.result == {"warnings": [], "client_id": "c", "outputs": ["a.png"]}
     assert [t for _, t, _ in db.events(job)] == ["queued", "preparing", "submitted", "succeeded"]
     assert db.unfinished_jobs() == []
 
@@ -62,7 +64,7 @@ def test_failover_and_interruption_paths(db: Database) -> None:
     for state in (JobState.PREPARING, JobState.SUBMITTED, JobState.RUNNING, JobState.PREPARING, JobState.SUBMITTED,
                   JobState.INTERRUPTED):
         db.transition(job, state, state.value)
-    assert db.get_job(job)["status"] == "interrupted"
+    assert db.get_job(job).status == "interrupted"
     with pytest.raises(IllegalTransition):  # interrupted is terminal, apart from cancelled
         db.transition(job, JobState.CANCELLED, "cancelled")
 
@@ -71,10 +73,10 @@ def test_records_refuse_non_standard_json(db: Database) -> None:
     job = db.add_job({}, {}, [])
     with pytest.raises(ValueError):
         db.patch_job(job, {"gpu_seconds": float("nan")})
-    assert "gpu_seconds" not in db.get_job(job)["result"]
+    assert "gpu_seconds" not in db.get_job(job).result
 
 
-def _registry(db: Database) -> dict[str, dict]:
+def _registry(db: Database) -> dict[str, LoraRecord]:
     add = db.add_lora
     return {
         "ready": add({"name": "a", "owner_kind": "character", "owner_id": "1", "status": "ready", "family": "sd15",
@@ -94,10 +96,10 @@ class Planner:
         self.gens = gens
 
     def prepare(self, request: GenerationCreate) -> Plan:
-        return asyncio.run(self.gens.prepare(request))
+        return asyncio.run(self.gens.planner.plan(request))
 
     def resolve_loras(self, *args: Any) -> Resolution:
-        return asyncio.run(self.gens.resolve_loras(*args))
+        return asyncio.run(self.gens.planner.resolve_loras(*args))
 
     def cancel(self, job_id: str) -> None:
         asyncio.run(self.gens.cancel(job_id))
@@ -113,13 +115,13 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
     loras = _registry(db)
     gens = _gens(db, tmp_path)
     request = GenerationCreate(template="sd15_txt2img", character_id=1,
-                               loras=[{"lora_id": loras["training"]["id"], "strength_model": 0.5},
-                                      {"lora_id": loras["sdxl"]["id"]}, {"lora_id": loras["no source"]["id"]},
+                               loras=[{"lora_id": loras["training"].id, "strength_model": 0.5},
+                                      {"lora_id": loras["sdxl"].id}, {"lora_id": loras["no source"].id},
                                       {"lora_id": "missing"}])
     found = gens.resolve_loras(request, "sd15")
     chosen, warnings, styles = found.loras, found.warnings, found.styles
-    assert [(lora.name, lora.strength_model, lora.trigger_words) for lora in chosen] == [(f"lora-{loras['ready']['id']}", 1.0, ("ohwx",))]
-    assert found.resolved == [{"lora_id": loras["ready"]["id"], "name": "a", "for": "character 1", "strength_model": 1.0,
+    assert [(lora.name, lora.strength_model, lora.trigger_words) for lora in chosen] == [(f"lora-{loras['ready'].id}", 1.0, ("ohwx",))]
+    assert found.resolved == [{"lora_id": loras["ready"].id, "name": "a", "for": "character 1", "strength_model": 1.0,
                                "strength_clip": 1.0, "trigger_word": "ohwx"}]
     assert len(warnings) == 4 and styles == ["watercolor"]
     assert any("is training, not ready" in w for w in warnings) and any("is SDXL; the model is SD1.x" in w for w in warnings)
@@ -129,7 +131,7 @@ def test_lora_resolution_and_fallback(db: Database, tmp_path: Path) -> None:
     strict = request.model_copy(update={"lora_policy": "strict"})
     with pytest.raises(GenerationRefused, match="not ready"):
         gens.prepare(strict)
-    clip = GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": loras["ready"]["id"], "strength_model": 0.7}])
+    clip = GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": loras["ready"].id, "strength_model": 0.7}])
     assert gens.resolve_loras(clip, "sd15").loras[0].strength_clip == 0.7  # clip follows model unless given
 
 
@@ -141,19 +143,19 @@ def test_references_by_name_and_owner_and_the_brand_store(db: Database, tmp_path
     (store / "acme" / "lora.safetensors").write_bytes(Path(weights.loras["kohya_b"]).read_bytes())
     gens = _gens(db, tmp_path)
     brands = BrandStore(str(store), gens.gens.db, FetchPolicy(local_roots=(store,)))
-    gens.gens.discover_brand = brands.discover
+    gens.gens.planner.discover_brand = brands.discover
     request = GenerationCreate(template="sd15_txt2img", loras=[
         {"name": "a", "strength_model": 0.4, "type": "style"}, {"brand_id": "acme", "strength_model": 0.6, "type": "product"},
         {"character_id": 1}, {"brand_id": "../brands/acme"}])
     found = gens.resolve_loras(request, "sd15")
     acme = db.list_loras(owner_kind="brand", owner_id="acme")
-    assert [r["name"] for r in acme] == ["acme/lora.safetensors"] and acme[0]["status"] == "ready"
+    assert [r.name for r in acme] == ["acme/lora.safetensors"] and acme[0].status == "ready"
     assert [(r["lora_id"], r["for"], r["strength_model"], r.get("type")) for r in found.resolved] == [
-        (loras["ready"]["id"], "named 'a'", 0.4, "style"), (acme[0]["id"], "brand acme", 0.6, "product"),
-        (loras["ready"]["id"], "character 1", 1.0, None)]  # by name: the ready one, not the newer failed one
+        (loras["ready"].id, "named 'a'", 0.4, "style"), (acme[0].id, "brand acme", 0.6, "product"),
+        (loras["ready"].id, "character 1", 1.0, None)]  # by name: the ready one, not the newer failed one
     assert found.warnings == ["LoRA brand ../brands/acme not found for base model sd15; generating without it"]
-    assert acme[0]["trigger_word"] == "zwx" and acme[0]["family"] == "sd15"
-    assert brands.brands() == ["acme"] and gens.resolve_loras(request, "sd15").resolved[1]["lora_id"] == acme[0]["id"]
+    assert acme[0].trigger_word == "zwx" and acme[0].family == "sd15"
+    assert brands.brands() == ["acme"] and gens.resolve_loras(request, "sd15").resolved[1]["lora_id"] == acme[0].id
     with pytest.raises(ValueError, match="name the LoRA one way"):
         GenerationCreate(template="sd15_txt2img", loras=[{"lora_id": "x", "brand_id": "y"}])
 
@@ -166,15 +168,15 @@ def test_a_lora_of_another_variant_is_dropped_or_refused_naming_both(db: Databas
     request = GenerationCreate(template="wan22_t2v", character_id="w")  # the template declares Wan 2.2 A14B: "14B"
     found = gens.resolve_loras(request, "wan", "14B")
     chosen, warnings = found.loras, found.warnings
-    assert chosen == [] and any(f"LoRA {small['id']} (wan small) is Wan 2.x 1.3B; the model is Wan 2.x 14B" in w for w in warnings)
+    assert chosen == [] and any(f"LoRA {small.id} (wan small) is Wan 2.x 1.3B; the model is Wan 2.x 14B" in w for w in warnings)
     with pytest.raises(GenerationRefused, match="is Wan 2.x 1.3B; the model is Wan 2.x 14B"):
         gens.prepare(request.model_copy(update={"lora_policy": "strict"}))
     big = add({"name": "wan big", "owner_kind": "character", "owner_id": "w", "status": "ready", "family": "wan",
                "variant": "14B", "source": "s3://b/w14.safetensors", "version": 1})
     chosen = gens.prepare(request).loras  # the owner's LoRA that fits, on both experts of Wan 2.2 A14B
-    assert [(lora.name, lora.source_nodes) for lora in chosen] == [(f"lora-{big['id']}", ("75",)), (f"lora-{big['id']}", ("76",))]
+    assert [(lora.name, lora.source_nodes) for lora in chosen] == [(f"lora-{big.id}", ("75",)), (f"lora-{big.id}", ("76",))]
     assert [lora.name for lora in gens.prepare(GenerationCreate(template="wan21_t2v", character_id="w")).loras] == \
-        [f"lora-{small['id']}"]  # no variant declared: the newest version, as before
+        [f"lora-{small.id}"]  # no variant declared: the newest version, as before
 
 
 def test_a_database_of_the_first_schema_gains_the_new_columns_with_its_rows(tmp_path: Path) -> None:
@@ -191,9 +193,9 @@ def test_a_database_of_the_first_schema_gains_the_new_columns_with_its_rows(tmp_
     old.close()
     db = Database(str(path))
     kept = db.get_lora("old1")
-    assert kept["name"] == "kept" and kept["family"] == "sdxl" and kept["trigger_word"] == "tw" and kept["variant"] is None
+    assert kept.name == "kept" and kept.family == "sdxl" and kept.trigger_word == "tw" and kept.variant is None
     new = db.add_lora({"name": "new", "family": "wan", "variant": "14B", "source": "s3://b/n.safetensors"})
-    assert db.get_lora(new["id"])["variant"] == "14B" and len(Database(str(path)).list_loras()) == 2
+    assert db.get_lora(new.id).variant == "14B" and len(Database(str(path)).list_loras()) == 2
 
 
 def test_webhooks_need_a_secret_and_an_allowed_host(db: Database, tmp_path: Path) -> None:
@@ -272,17 +274,17 @@ def test_a_character_in_a_video_takes_the_path_its_loras_allow(db: Database, tmp
     request = GenerationCreate(template="wan22_t2v", character_id="hero", params={"prompt": "running", "seed": 5, "width": 320},
                                key_frame_params={"checkpoint": "sdxl.safetensors"}, lora_strength=0.8)
     plan = gens.prepare(request)
-    assert plan.path == "preprocess" and plan.template == "wan22_i2v" and plan.loras == []
-    assert plan.key_frame is not None and plan.key_frame.template == "sdxl_txt2img"
+    assert plan.path == "preprocess" and plan.template is not None and plan.template.name == "wan22_i2v" and plan.loras == []
+    assert plan.key_frame is not None and plan.key_frame.template.name == "sdxl_txt2img"
     assert plan.key_frame.params == {"prompt": "running", "seed": 5, "checkpoint": "sdxl.safetensors"}
-    assert [(lora.name, lora.strength_model) for lora in plan.key_frame.loras] == [(f"lora-{image['id']}", 0.8)]
+    assert [(lora.name, lora.strength_model) for lora in plan.key_frame.loras] == [(f"lora-{image.id}", 0.8)]
     assert plan.params == {"prompt": "running", "seed": 5, "width": 320}  # the UNets stay the image-to-video template's
     with pytest.raises(TemplateError, match="'steps' = 0"):
         gens.prepare(request.model_copy(update={"key_frame_params": {"steps": 0}}))  # the key frame's parameters, checked up front
     add({"name": "hero wan", "owner_kind": "character", "owner_id": "hero", "status": "ready", "family": "wan",
          "variant": "14B", "source": "s3://b/hero-wan.safetensors"})
     plan = gens.prepare(request)
-    assert plan.path == "direct" and plan.template == "wan22_t2v" and plan.key_frame is None and len(plan.loras) == 2  # both experts
+    assert plan.path == "direct" and plan.template is not None and plan.template.name == "wan22_t2v" and plan.key_frame is None and len(plan.loras) == 2  # both experts
     plan = gens.prepare(GenerationCreate(template="wan22_t2v", character_id="nobody"))
     assert plan.path == "fallback" and "has no LoRA" in plan.path_reason and plan.loras == []
     assert gens.prepare(GenerationCreate(template="sdxl_txt2img", character_id="hero")).path is None  # an image: no path
@@ -298,12 +300,12 @@ def test_a_wan22_pair_puts_each_file_on_its_expert(db: Database, tmp_path: Path)
                                            expert_strengths={"low_noise": 0.4})).loras
     assert [(lora.source, lora.sha256, lora.source_nodes, lora.strength_model) for lora in placed] == [
         ("s3://b/high.safetensors", "a" * 64, ("75",), 0.9), ("s3://b/low.safetensors", "b" * 64, ("76",), 0.4)]
-    assert {lora.name for lora in placed} == {f"lora-{pair['id']}"}  # one unit: dropped or routed together
+    assert {lora.name for lora in placed} == {f"lora-{pair.id}"}  # one unit: dropped or routed together
     request = GenerationCreate(template="wan21_t2v", character_id="duo")  # a graph whose experts nobody named
     with pytest.raises(GenerationRefused, match="is a Wan 2.2 expert pair; the graph does not say which model is which expert"):
         gens.prepare(request.model_copy(update={"lora_policy": "strict"}))
     single = add({"name": "one file", "family": "wan", "variant": "14B", "status": "ready", "source": "s3://b/one.safetensors"})
-    placed = gens.prepare(GenerationCreate(template="wan22_i2v", loras=[{"lora_id": single["id"]}], experts=["high_noise"])).loras
+    placed = gens.prepare(GenerationCreate(template="wan22_i2v", loras=[{"lora_id": single.id}], experts=["high_noise"])).loras
     assert [lora.source_nodes for lora in placed] == [("75",)]  # a single file on the expert the caller names
 
 
@@ -334,4 +336,4 @@ def test_cancelling_a_job_that_no_runner_holds(db: Database, tmp_path: Path) -> 
     job = db.add_job({"template": "sd15_txt2img"}, {}, [("queued", {})])
     gens.cancel(job)
     record = db.get_job(job)
-    assert record["status"] == "cancelled" and record["result"]["reason"] == "cancelled by the caller"
+    assert record.status == "cancelled" and record.result["reason"] == "cancelled by the caller"

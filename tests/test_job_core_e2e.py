@@ -12,15 +12,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
+from comfyui_lora_bridge.bridge.jobs.records import JobRecord
+from comfyui_lora_bridge.bridge.jobs.requests import GenerationCreate
+from comfyui_lora_bridge.bridge.jobs.runner import Generations
+from comfyui_lora_bridge.bridge.jobs.states import JobState
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
-from comfyui_lora_bridge.bridge.service.database import AsyncDatabase, Database
-from comfyui_lora_bridge.bridge.service.job_states import JobState
-from comfyui_lora_bridge.bridge.service.jobs import Generations
-from comfyui_lora_bridge.bridge.service.schemas import GenerationCreate
 from comfyui_lora_bridge.bridge.settings import Settings
-from file_server import Faults
+from comfyui_lora_bridge.testing.file_server import Faults
 from service_harness import KEY, Service
 from support import CHECKPOINT, POD_TOKEN
 
@@ -42,7 +43,7 @@ def _character(svc: Service, character: int, source: str) -> dict:
 
 
 def _pod_queue(comfy) -> dict:
-    async def go() -> dict:
+    async def go() -> JobRecord:
         async with PodClient(comfy.url, token=POD_TOKEN) as client:
             return await client.get_json("/queue")
     return asyncio.run(go())
@@ -57,11 +58,11 @@ def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source,
                                                       "params": {**PARAMS, "steps": 25, "seed": 62}})
         svc.wait_for(job["id"], "progress")
         before = Database(db_url, replica="test-reader").get_job(job["id"])
-        assert before["result"]["applied"] and before["result"]["trigger_words"] == ["ohwx"]  # stored when known
+        assert before.result["applied"] and before.result["trigger_words"] == ["ohwx"]  # stored when known
         if how == "graceful stop":
             assert svc.stop() == 0
             stopped = Database(db_url, replica="test-reader").get_job(job["id"])
-            assert stopped["status"] == "running" and "detached" in [t for _, t, _ in svc.peek(job["id"])]
+            assert stopped.status == "running" and "detached" in [t for _, t, _ in svc.peek(job["id"])]
         else:
             svc.kill()
         down_at = time.time()
@@ -70,8 +71,8 @@ def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source,
         rec = svc.wait_end(job["id"])
         assert rec["status"] == "succeeded", rec
         assert rec["outputs"] and rec["applied"][0]["strength_model"] == 1.0 and rec["trigger_words"] == ["ohwx"]
-        assert rec["prompt_id"] == before["prompt_id"] and rec["pod"] == before["pod"]
-        assert rec["gpu_seconds"] >= down_at - before["result"]["started_at"]  # counted from the first start
+        assert rec["prompt_id"] == before.prompt_id and rec["pod"] == before.pod
+        assert rec["gpu_seconds"] >= down_at - before.result["started_at"]  # counted from the first start
         assert rec["cost"] == pytest.approx(rec["gpu_seconds"] / 1000, rel=0.01)
         events = svc.events(job["id"])
         types = [t for _, t, _ in events]
@@ -102,7 +103,7 @@ def test_start_up_survives_jobs_that_cannot_be_resumed(comfy, tmp_path) -> None:
     try:
         records = {name: svc.wait_end(job) for name, job in (("strict", strict), ("hook", hook), ("junk", junk), ("fine", fine))}
         assert records["fine"]["status"] == "succeeded"
-        assert records["strict"]["status"] == "failed" and f"LoRA {failed_lora['id']}" in records["strict"]["reason"]
+        assert records["strict"]["status"] == "failed" and f"LoRA {failed_lora.id}" in records["strict"]["reason"]
         assert "is failed, not ready" in records["strict"]["reason"]
         assert records["hook"]["status"] == "failed" and "LORA_BRIDGE_WEBHOOK_SECRET" in records["hook"]["reason"]
         assert records["junk"]["status"] == "failed" and records["junk"]["reason"].startswith("cannot resume")
@@ -138,7 +139,7 @@ def test_cancel_a_prompt_waiting_in_the_pods_queue(comfy, tmp_path) -> None:
         svc.wait_for(second["id"], "submitted")
         lines = _sse_lines(svc, second["id"], 1.6)  # nothing happens to a waiting job: heartbeats keep the stream alive
         assert lines.count(": heartbeat") >= 2, lines
-        prompt = Database(str(svc.db_path)).get_job(second["id"])["prompt_id"]
+        prompt = Database(str(svc.db_path)).get_job(second["id"]).prompt_id
         assert any(item[1] == prompt for item in _pod_queue(comfy)["queue_pending"])
         status, rec = svc.call("DELETE", f"/v1/generations/{second['id']}")
         assert status == 200 and rec["status"] == "cancelled" and rec["reason"] == "cancelled by the caller"
@@ -198,11 +199,11 @@ def test_a_checkpoint_added_to_the_pod_later_is_found(comfy, weights, tmp_path) 
 
 
 def _run_in_process(comfy, tmp_path: Path, request: dict, settings: Settings | None = None,
-                    outputs: Path | None = None, patch=None) -> dict:
+                    outputs: Path | None = None, patch=None) -> JobRecord:
     """One job through the real job core and pod, in this process; its final record."""
     settings = settings or Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path)})
 
-    async def go() -> dict:
+    async def go() -> JobRecord:
         gens = Generations(AsyncDatabase(Database(str(tmp_path / "db.sqlite3"))), PodPool([PodConfig(comfy.url, POD_TOKEN)]),
                            outputs or tmp_path / "out", settings, FetchPolicy.from_settings(settings))
         if patch:
@@ -211,7 +212,7 @@ def _run_in_process(comfy, tmp_path: Path, request: dict, settings: Settings | N
         await gens.tasks[job_id]
         job = await gens.db.get_job(job_id)
         events = await gens.db.events(job_id)
-        assert events[-1][1] == job["status"] and events[-1][2]["message"] == job["result"]["reason"]  # state and log agree
+        assert events[-1].type == job.status and events[-1].data["message"] == job.result["reason"]  # state and log agree
         return job
 
     return asyncio.run(go())
@@ -222,14 +223,14 @@ def test_every_stage_of_the_runner_ends_the_job(comfy, s3, tmp_path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     rec = _run_in_process(comfy, tmp_path / "a", job, outputs=blocked / "out")
-    assert rec["status"] == "failed" and "could not be saved" in rec["result"]["reason"]
+    assert rec.status == "failed" and "could not be saved" in rec.result["reason"]
     configured = dataclasses.replace(Settings.from_env({"LORA_BRIDGE_CACHE": str(tmp_path)}),
                                      output_bucket="no-such-bucket", s3_endpoint=s3.endpoint)
     rec = _run_in_process(comfy, tmp_path / "b", job, settings=configured)
-    assert rec["status"] == "failed" and "could not be uploaded to s3://no-such-bucket" in rec["result"]["reason"]
+    assert rec.status == "failed" and "could not be uploaded to s3://no-such-bucket" in rec.result["reason"]
     editor = {"nodes": [{"id": 1, "type": "NoSuchNode", "inputs": [], "outputs": [{"name": "X", "type": "X"}]}], "links": []}
     rec = _run_in_process(comfy, tmp_path / "c", {"workflow": editor, "family": "sd15"})
-    assert rec["status"] == "failed" and "not installed on the pod" in rec["result"]["reason"]
+    assert rec.status == "failed" and "not installed on the pod" in rec.result["reason"]
 
     def explode(gens: Generations) -> None:
         async def boom(job_id, files):
@@ -237,4 +238,4 @@ def test_every_stage_of_the_runner_ends_the_job(comfy, s3, tmp_path) -> None:
         gens._complete = boom  # an exception nobody planned for, after the pod finished
 
     rec = _run_in_process(comfy, tmp_path / "d", job, patch=explode)
-    assert rec["status"] == "failed" and rec["result"]["reason"] == "internal error (RuntimeError: disk on fire)"
+    assert rec.status == "failed" and rec.result["reason"] == "internal error (RuntimeError: disk on fire)"

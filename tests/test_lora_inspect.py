@@ -7,20 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.dit_layout import (
-    FLUX,
-    QWEN_IMAGE,
-    WAN21_T2V,
-    Z_IMAGE,
-    DitSpec,
-)
-from comfyui_lora_bridge.bridge.localpod.weights import (
-    DitLoraSpec,
-    LoraSpec,
-    dit_lora_tensors,
-    write_lora,
-    write_safetensors,
-)
 from comfyui_lora_bridge.bridge.lorafiles.header import InvalidLoraFile, parse_header
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file, trigger_words
 from comfyui_lora_bridge.bridge.lorafiles.validate import (
@@ -30,6 +16,20 @@ from comfyui_lora_bridge.bridge.lorafiles.validate import (
     check_extension,
     resolve_name,
     safe_name,
+)
+from comfyui_lora_bridge.testing.dit_layout import (
+    FLUX,
+    QWEN_IMAGE,
+    WAN21_T2V,
+    Z_IMAGE,
+    DitSpec,
+)
+from comfyui_lora_bridge.testing.weights import (
+    DitLoraSpec,
+    LoraSpec,
+    dit_lora_tensors,
+    write_lora,
+    write_safetensors,
 )
 from foreign_loras import (
     KEYSETS,

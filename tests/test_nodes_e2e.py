@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed
 from comfyui_lora_bridge.bridge.graphs.prompts import with_trigger_words
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
-from file_server import Faults
+from comfyui_lora_bridge.testing.file_server import Faults
+from comfyui_lora_bridge.testing.weights import LoraSpec, cached_lora
 from support import (
     CHECKPOINT,
     LORA_FILES,

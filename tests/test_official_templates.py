@@ -25,7 +25,7 @@ from comfyui_lora_bridge.bridge.graphs.lora_insertion import (
     insert_loras,
 )
 from comfyui_lora_bridge.bridge.graphs.validate import validate_graph
-from comfyui_lora_bridge.bridge.localpod.server import LocalComfy
+from comfyui_lora_bridge.testing.server import LocalComfy
 from support import CHECKPOINT, txt2img
 
 pytestmark = pytest.mark.comfy

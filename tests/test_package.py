@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import tomllib
-from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir
+from comfyui_lora_bridge.testing.install import comfyui_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def test_bridge_side_imports_without_torch_or_comfyui() -> None:
         "import comfyui_lora_bridge\n"
         "import comfyui_lora_bridge.bridge.cli, comfyui_lora_bridge.bridge.pods.client\n"
         "import comfyui_lora_bridge.bridge.graphs.templates, comfyui_lora_bridge.bridge.graphs.lora_insertion\n"
-        "import comfyui_lora_bridge.bridge.localpod.server, comfyui_lora_bridge.bridge.localpod.weights\n"
+        "import comfyui_lora_bridge.testing.server, comfyui_lora_bridge.testing.weights\n"
         "print(sorted(m for m in ('torch', 'comfy', 'folder_paths', 'nodes') if m in sys.modules))\n"
         "print(len(comfyui_lora_bridge.NODE_CLASS_MAPPINGS))\n"
     )
@@ -36,7 +36,8 @@ def test_console_command_is_installed() -> None:
 
 def test_comfy_registry_section_is_read_by_comfyui() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
+    assert {"PublisherId", "DisplayName"} <= set(meta["tool"]["comfy"])
+    assert "example" not in str(meta["project"].get("urls", {}))  # no placeholder repository
     # ComfyUI's own parser of node-pack metadata must understand it.
     code = (
         "from comfy_config import config_parser\n"
@@ -54,3 +55,18 @@ def test_every_python_package_is_in_the_distribution() -> None:
     found = {"comfyui_lora_bridge" + "".join(f".{part}" for part in init.parent.relative_to(ROOT).parts)
              for folder in ("bridge", "nodes") for init in (ROOT / folder).rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_product_code_never_imports_the_testing_toolkit() -> None:
+    """``comfyui_lora_bridge.testing`` is for tests, benchmarks and the demo: no module of the pack or the
+    bridge imports it, but the CLI's ``demo`` and ``serve --embedded-pod`` (lazily, inside them)."""
+    import ast
+
+    offenders = []
+    for path in [*(ROOT / "bridge").rglob("*.py"), *(ROOT / "nodes").rglob("*.py"), ROOT / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module is not None and (module == "testing" or module.startswith("testing.")) and node.level >= 2:
+                offenders.append((str(path.relative_to(ROOT)), node.lineno, node.col_offset))
+    # the CLI's two lazy imports, indented inside the commands that need them
+    assert all(p == "bridge/cli.py" and col > 0 for p, _, col in offenders) and len(offenders) == 3, offenders

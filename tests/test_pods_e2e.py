@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from comfyui_lora_bridge.bridge.errors import JobFailed, NoPodAvailable, PromptRejected
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient
 from comfyui_lora_bridge.bridge.pods.generation import (
@@ -22,6 +21,7 @@ from comfyui_lora_bridge.bridge.pods.generation import (
     run_generation,
 )
 from comfyui_lora_bridge.bridge.pods.pool import PodConfig, PodPool
+from comfyui_lora_bridge.testing.weights import LoraSpec, write_lora
 from support import (
     CHECKPOINT,
     LORA_FILES,

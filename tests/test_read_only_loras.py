@@ -20,7 +20,7 @@ pytestmark = pytest.mark.comfy
 SCRIPT = r"""
 import json, sys, tempfile
 from pathlib import Path
-from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui
+from comfyui_lora_bridge.testing.inprocess import import_comfyui
 
 checkpoint, lora = sys.argv[1], Path(sys.argv[2])
 with tempfile.TemporaryDirectory() as loras:

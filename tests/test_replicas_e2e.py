@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from comfyui_lora_bridge.bridge.service.job_states import is_terminal
+from comfyui_lora_bridge.bridge.jobs.states import is_terminal
 from service_harness import Service
 from support import CHECKPOINT, POD_TOKEN, configured_pod
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.localpod.dit_layout import WAN22_EXPERT
-from comfyui_lora_bridge.bridge.localpod.weights import DitLoraSpec, cached_dit_lora
-from comfyui_lora_bridge.bridge.service.webhooks import (
+from comfyui_lora_bridge.bridge.jobs.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     sign,
 )
+from comfyui_lora_bridge.testing.dit_layout import WAN22_EXPERT
+from comfyui_lora_bridge.testing.weights import DitLoraSpec, cached_dit_lora
 from PIL import Image
 from service_harness import KEY, Service
 from support import CHECKPOINT, POD_TOKEN, frames_of

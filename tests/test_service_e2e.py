@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, cached_lora
-from file_server import Faults
-from postgres import pg_bin
+from comfyui_lora_bridge.testing.file_server import Faults
+from comfyui_lora_bridge.testing.postgres import pg_bin
+from comfyui_lora_bridge.testing.weights import LoraSpec, cached_lora
 from service_harness import EXE, KEY, SECRET, Service
 from support import CHECKPOINT, assert_steps
 
@@ -178,7 +178,7 @@ class Receiver:
 
 
 def test_signed_webhook_with_retries_and_ws_twin(service) -> None:
-    from comfyui_lora_bridge.bridge.service.webhooks import (
+    from comfyui_lora_bridge.bridge.jobs.webhooks import (
         SIGNATURE_HEADER,
         TIMESTAMP_HEADER,
         verify_signature,

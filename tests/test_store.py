@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from comfyui_lora_bridge.bridge.localpod.weights import LoraSpec, write_lora
 from comfyui_lora_bridge.bridge.lorafiles.fetch import RetryPolicy, fetch_lora
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.lorafiles.store import CacheFull, LoraStore
+from comfyui_lora_bridge.testing.weights import LoraSpec, write_lora
 
 
 @pytest.fixture()

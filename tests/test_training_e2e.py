@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comfyui_lora_bridge.bridge.jobs.database import Database
 from comfyui_lora_bridge.bridge.lorafiles.inspect import inspect_file
 from comfyui_lora_bridge.bridge.pack_protocol import TRAINING_DATASETS, TRAINING_OUTPUTS
-from comfyui_lora_bridge.bridge.service.database import Database
 from PIL import Image
 from service_harness import EXE, KEY, Service
 from support import CHECKPOINT, POD_TOKEN, configured_pod

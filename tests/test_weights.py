@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from comfyui_lora_bridge.bridge.localpod.unet_layout import (
+from comfyui_lora_bridge.testing.unet_layout import (
     FULL_UNET,
     TINY_UNET,
     checkpoint_layers,
 )
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.weights import (
     LoraSpec,
     lora_tensors,
     write_lora,

@@ -341,7 +341,7 @@ def test_a_key_frame_graph_feeds_the_image_to_video_start_image() -> None:
 
 
 def test_the_compatibility_matrix_picks_a_path_per_family() -> None:
-    from comfyui_lora_bridge.bridge.service.character_paths import verdict
+    from comfyui_lora_bridge.bridge.jobs.character_paths import verdict
 
     assert verdict("wan", "14B", "wan", "14B").path == "direct"
     assert verdict("wan", None, "wan", "1.3B").path == "direct"  # a template that fixes no size: the pod checks

@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 from comfyui_lora_bridge.bridge.graphs.templates import WORKFLOWS_DIR
-from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+from comfyui_lora_bridge.testing.dit_layout import (
     WAN21_I2V,
     WAN21_T2V,
     WAN22_EXPERT,
     WAN22_I2V_EXPERT,
 )
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.weights import (
     cached_aux_model,
     cached_dit_model,
 )

@@ -4,11 +4,11 @@ fixtures find them made; LoRAs are small and are made by the fixtures themselves
 
 from __future__ import annotations
 
-from comfyui_lora_bridge.bridge.localpod.dit_layout import (
+from comfyui_lora_bridge.testing.dit_layout import (
     WAN22_EXPERT,
     WAN22_I2V_EXPERT,
 )
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.weights import (
     AUX_MODELS,
     cached_aux_model,
     cached_checkpoint,

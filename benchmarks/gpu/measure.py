@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfyui_lora_bridge.bridge.localpod.inprocess import import_comfyui  # noqa: E402
-from comfyui_lora_bridge.bridge.localpod.install import comfyui_dir  # noqa: E402
+from comfyui_lora_bridge.testing.inprocess import import_comfyui  # noqa: E402
+from comfyui_lora_bridge.testing.install import comfyui_dir  # noqa: E402
 from models import BENCHES, Bench, BenchFiles  # noqa: E402
 
 Apply = Callable[[Any, Any, int, float, float], tuple[Any, Any]]

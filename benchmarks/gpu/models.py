@@ -1,6 +1,6 @@
 """Full-size random models and LoRAs for the GPU check, drawn on the device through the test layouts.
 
-The layouts are the ones the tests use (``comfyui_lora_bridge.bridge.localpod``); only the sizes
+The layouts are the ones the tests use (``comfyui_lora_bridge.testing``); only the sizes
 differ: SDXL's own UNet (2.6 B parameters, transformer depth 10) with the real CLIP-L and CLIP-G,
 Flux.1 at 12 B (19 double and 38 single blocks) in bf16, Wan 2.1 14B (40 blocks) in bf16. A dry run
 (``tiny``) takes the test sizes. Files are written tensor by tensor (a 24 GB model never sits in
@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from comfyui_lora_bridge.bridge.localpod.dit_layout import FLUX, WAN21_T2V, DitSpec
-from comfyui_lora_bridge.bridge.localpod.unet_layout import SDXL_UNET, TINY_UNET, UNetSpec
-from comfyui_lora_bridge.bridge.localpod.weights import (
+from comfyui_lora_bridge.testing.dit_layout import FLUX, WAN21_T2V, DitSpec
+from comfyui_lora_bridge.testing.unet_layout import SDXL_UNET, TINY_UNET, UNetSpec
+from comfyui_lora_bridge.testing.weights import (
     DitLoraSpec,
     LoraSpec,
     checkpoint_tensors,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from .convert import WorkflowError, is_ui_workflow, ui_to_api
 from .key_frame import KEY_FRAME_PREFIX, attach_key_frame
 from .lora_insertion import InsertionReport, LoraRequest, insert_loras
-from .templates import load_template
+from .templates import Template, load_template
 from .validate import validate_graph
 
 Graph = dict[str, dict[str, Any]]
@@ -26,7 +26,7 @@ Graph = dict[str, dict[str, Any]]
 class KeyFrame:
     """The image stage of a pre-processed video: an image template drawn with its LoRAs."""
 
-    template: str
+    template: Template
     params: dict[str, Any] = field(default_factory=dict)
     loras: list[LoraRequest] = field(default_factory=list)
 
@@ -40,7 +40,7 @@ class BuiltGraph:
 
 def build_graph(
     object_info: dict[str, Any],
-    template: str | None = None,
+    template: str | Template | None = None,
     params: dict[str, Any] | None = None,
     workflow: dict[str, Any] | None = None,
     loras: list[LoraRequest] | None = None,
@@ -51,11 +51,11 @@ def build_graph(
     key_frame: KeyFrame | None = None,
 ) -> BuiltGraph:
     """One of ``template`` (+ ``params``) or ``workflow``; returns the validated graph and what was
-    applied (with a ``key_frame``: to both stages)."""
+    applied (with a ``key_frame``: to both stages). A template is given by name or as loaded."""
     if (template is None) == (workflow is None):
         raise WorkflowError("give exactly one of a template name or a workflow")
     if template is not None:
-        tpl = load_template(template)
+        tpl = template if isinstance(template, Template) else load_template(template)
         graph = tpl.render(**(params or {}))
         family = family or tpl.family
     else:
@@ -64,7 +64,7 @@ def build_graph(
         graph = ui_to_api(workflow, object_info) if is_ui_workflow(workflow) else workflow
     graph, report = insert_loras(graph, loras or [], object_info, mode, family, on_mismatch, apply_mode)
     if key_frame is not None:
-        tpl = load_template(key_frame.template)
+        tpl = key_frame.template
         image, image_report = insert_loras(tpl.render(**key_frame.params), key_frame.loras, object_info, mode,
                                            tpl.family, on_mismatch, apply_mode)
         graph = attach_key_frame(graph, image)

@@ -9,6 +9,7 @@ Transports serve byte ranges for inspection and resumable, verified downloads (`
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import ipaddress
 import socket
 import threading
@@ -234,6 +235,16 @@ class Transport(Protocol):
     def read_range(self, start: int, length: int) -> bytes: ...
 
 
+def _requirement(module: str, kind: str) -> Any:
+    """``module``, or a ``SourceError`` saying how to install it (a pack installed without its
+    requirements.txt still loads; only this kind of source needs the package)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SourceError(f"{kind} sources need the Python package {module.split('.')[0]!r}, which is not installed: "
+                          f"pip install -r requirements.txt (the node pack's folder) into ComfyUI's environment") from None
+
+
 class HttpTransport:
     """HTTP(S) through urllib3: manual redirects (each hop re-checked), no auth to other hosts."""
 
@@ -241,8 +252,7 @@ class HttpTransport:
     _pool: Any = None
 
     def __init__(self, source: Source, policy: FetchPolicy, max_redirects: int = 5) -> None:
-        import urllib3
-
+        urllib3 = _requirement("urllib3", "https://")
         self.source = source
         self.policy = policy
         self.max_redirects = max_redirects
@@ -332,7 +342,7 @@ class S3Transport:
     """``s3://`` through boto3 (standard credential chain, optional custom endpoint)."""
 
     def __init__(self, source: Source, policy: FetchPolicy) -> None:
-        import boto3
+        boto3 = _requirement("boto3", "s3://")
         from botocore.config import Config
 
         self.source = source

@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Literal
 
 from ..graphs.builder import KeyFrame, build_graph
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
+from ..graphs.templates import Template
 from ..lorafiles.inspect import inspect_source
 from ..lorafiles.sources import FetchPolicy
 from .client import EventCallback, OutputFile
@@ -50,7 +51,7 @@ class JobOutcome:
     saved: list[Path] = field(default_factory=list)
 
 
-async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str | None = None,
+async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str | Template | None = None,
                          params: dict[str, Any] | None = None, workflow: dict[str, Any] | None = None,
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
                          apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,

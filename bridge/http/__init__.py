@@ -1,0 +1,1 @@
+"""The bridge's HTTP front doors over the job core (``bridge/jobs``): see ``app.py``."""

@@ -1,0 +1,121 @@
+"""Where a job's events are written once and read by everything that follows it.
+
+Runners write through the hub (``record``, ``patch``, ``transition``: the database's event log,
+one transaction each); every reader follows that log by sequence number: the SSE and WebSocket
+streams of the front doors (``follow``), a request that waits for the end (``wait_ended``),
+and the completion webhook (``notify``). A write wakes this replica's readers at once; other
+replicas' writes wake them through PostgreSQL's notifications (``replicas.py``), or a poll
+every second where none come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any, AsyncIterator
+
+from ..lorafiles.sources import FetchPolicy
+from . import webhooks
+from .database import AsyncDatabase
+from .records import JobEvent, JobRecord
+from .states import JobState, is_terminal
+
+HEARTBEAT = None  # what ``follow`` yields when a heartbeat is due
+
+
+class EventHub:
+    """The job event log of one replica's runners and readers."""
+
+    def __init__(self, db: AsyncDatabase, policy: FetchPolicy, webhook_secret: str | None) -> None:
+        self.db, self.policy, self.webhook_secret = db, policy, webhook_secret
+        # job -> the event its readers wait on (held by them alone: gone with the last reader)
+        self._changed: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
+        self.closed = False  # the replica is stopping: readers end
+        self.notified = True  # other replicas' writes wake readers here (PostgreSQL's listener is up; set by ``Replica``)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    async def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
+        await self.db.add_event(job_id, type, data)
+        self.signal(job_id)
+
+    async def patch(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,
+                    data: dict[str, Any] | None = None, **columns: Any) -> None:
+        """Merge into the job's record (state unchanged), with an optional event."""
+        await self.db.patch_job(job_id, result, event, data, **columns)
+        self.signal(job_id)
+
+    async def transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
+                         result: dict[str, Any] | None = None, **columns: Any) -> None:
+        """Move the job to ``state`` (checked against the state machine) with its event."""
+        await self.db.transition(job_id, state, event, data, result, **columns)
+        self.signal(job_id)
+
+    # -- waking readers -----------------------------------------------------------------------------
+
+    def signal(self, job_id: str) -> None:
+        """Wake whatever waits on the job here (its streams, a ``?wait=true`` request)."""
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def watch(self, job_id: str) -> asyncio.Event:
+        """An event set at the job's next change. Take it *before* reading the job: a change made
+        while the read awaits the database then still wakes the reader."""
+        return self._changed.setdefault(job_id, asyncio.Event())
+
+    def close(self) -> None:
+        """The replica stops: every reader wakes and ends."""
+        self.closed = True
+        for event in list(self._changed.values()):
+            event.set()
+
+    @staticmethod
+    async def wait_change(change: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``change`` (from ``watch``) is set (True) or ``timeout`` passes (False)."""
+        try:
+            await asyncio.wait_for(change.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def wait_ended(self, job_id: str) -> JobRecord:
+        """The job once it has ended (or once this replica stops)."""
+        while True:
+            change = self.watch(job_id)
+            job = await self.db.get_job(job_id)
+            if is_terminal(job.status) or self.closed:
+                return job
+            await self.wait_change(change, 1.0)
+
+    async def follow(self, job_id: str, last: int, heartbeat: float) -> AsyncIterator[JobEvent | None]:
+        """The job's events after ``last`` until it has ended (or this replica stops), and ``HEARTBEAT``
+        after ``heartbeat`` seconds without one."""
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        while True:
+            change = self.watch(job_id)
+            for event in await self.db.events(job_id, last):
+                yield event
+                last, sent = event.seq, loop.time()
+            if is_terminal(await self.db.job_status(job_id)) and not await self.db.events(job_id, last) or self.closed:
+                return
+            poll = heartbeat if self.notified else min(heartbeat, 1.0)
+            if not await self.wait_change(change, min(poll, max(sent + heartbeat - loop.time(), 0.0))) \
+                    and loop.time() - sent >= heartbeat:
+                yield HEARTBEAT
+                sent = loop.time()
+
+    async def notify(self, job_id: str) -> None:
+        """Send the ended job's signed completion webhook, if it asked for one; the outcome is an event."""
+        job = await self.db.get_job(job_id)
+        url = job.request.get("webhook_url")
+        if not url or not is_terminal(job.status):
+            return
+        if not self.webhook_secret:
+            await self.record(job_id, "webhook", {"delivered": False, "reason": "LORA_BRIDGE_WEBHOOK_SECRET is not configured"})
+            return
+        delivered, outcome = await webhooks.deliver(url, self.webhook_secret, job.view(), self.policy)
+        await self.record(job_id, "webhook", {"delivered": delivered, "outcome": outcome})

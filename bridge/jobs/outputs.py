@@ -1,0 +1,59 @@
+"""Where a job's outputs are kept: a folder per job on the bridge, and S3 when a bucket is configured
+(``s3://bucket/generations/<job>/<file>``, answered with presigned GET URLs)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ..errors import LoraBridgeError
+from ..pods.client import OutputFile
+
+
+class OutputsNotSaved(LoraBridgeError):
+    """The pod produced the outputs, but they could not be stored or uploaded."""
+
+
+class OutputStore:
+    """A job's files under ``root/<job>/``; copied to ``bucket`` (on ``s3_endpoint``) when one is set."""
+
+    def __init__(self, root: Path, bucket: str | None = None, s3_endpoint: str | None = None) -> None:
+        self.root, self.bucket, self.s3_endpoint = root, bucket, s3_endpoint
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def path(self, job_id: str, name: str) -> Path:
+        return self.root / job_id / name
+
+    async def save(self, job_id: str, files: list[OutputFile]) -> dict[str, list[str]]:
+        """Keep the files (and upload them): ``{"outputs": names}`` plus ``output_urls`` with a bucket."""
+        out_dir = self.folder(job_id)
+        names = [Path(f.filename).name for f in files]
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for f, name in zip(files, names):
+                (out_dir / name).write_bytes(f.data)
+        except OSError as exc:
+            raise OutputsNotSaved(f"the outputs could not be saved in {out_dir}: {exc}") from None
+        saved = {"outputs": names}
+        if self.bucket:
+            try:
+                saved["output_urls"] = await asyncio.get_running_loop().run_in_executor(
+                    None, self._upload, job_id, [out_dir / n for n in names])
+            except Exception as exc:  # botocore raises many types; all mean the same here
+                raise OutputsNotSaved(f"the outputs are on the bridge but could not be uploaded to s3://{self.bucket}: "
+                                      f"{type(exc).__name__}: {exc}") from None
+        return saved
+
+    def _upload(self, job_id: str, files: list[Path], expires: int = 24 * 3600) -> list[str]:
+        import boto3
+
+        assert self.bucket is not None
+        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint)
+        urls = []
+        for path in files:
+            key = f"generations/{job_id}/{path.name}"
+            s3.upload_file(str(path), self.bucket, key)
+            urls.append(s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires))
+        return urls

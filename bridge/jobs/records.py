@@ -1,0 +1,85 @@
+"""The records the database layer returns: a registry LoRA, a job, one event of a job.
+
+Typed and immutable; the front doors turn them into JSON with ``view()`` (the job core reads
+their fields). ``JobRecord.result`` stays an open mapping: it is the job's growing account
+(applied LoRAs, warnings, timings, outputs), written in parts as the job runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ..lorafiles.sources import carries_credentials, redact_url
+
+LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
+LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
+               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256")
+GENERATION = "generation"  # a job's kind when its request names none (trainings: "training")
+INTERNAL_RESULT_FIELDS = ("client_id",)  # kept on the record for re-attaching, never shown
+
+
+@dataclass(frozen=True)
+class LoraRecord:
+    """One registry entry: who owns it, what it is for, where its bytes are."""
+
+    id: str
+    owner_kind: str | None
+    owner_id: str | None
+    name: str
+    version: int
+    status: str
+    family: str | None
+    trigger_word: str | None
+    fallback_style: str | None
+    source: str | None
+    sha256: str | None
+    size: int | None
+    rank: int | None
+    metadata: dict[str, Any]
+    variant: str | None
+    low_noise_source: str | None
+    low_noise_sha256: str | None
+    created: float
+    updated: float
+
+    def view(self) -> dict[str, Any]:
+        """Every field, as JSON; source URLs without their query string (credentials: entries stored
+        before such sources were copied into the bridge's store may still hold one)."""
+        return {**dataclasses.asdict(self), **{key: redact_url(url) for key in ("source", "low_noise_source")
+                                               if (url := getattr(self, key)) and carries_credentials(url)}}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job (a generation or a training): its request, state, pod, prompt and account so far."""
+
+    id: str
+    status: str
+    request: dict[str, Any]
+    pod: str | None
+    prompt_id: str | None
+    result: dict[str, Any]
+    created: float
+    updated: float
+    owner: str | None  # the replica holding its lease
+    lease_until: float | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.request.get("kind", GENERATION))
+
+    def view(self) -> dict[str, Any]:
+        """The job as the API shows it: state, pod, prompt, and its account (internal fields left out)."""
+        result = {k: v for k, v in self.result.items() if k not in INTERNAL_RESULT_FIELDS}
+        return {"id": self.id, "status": self.status, "pod": self.pod, "prompt_id": self.prompt_id,
+                "created": self.created, "updated": self.updated, **result}
+
+
+class JobEvent(NamedTuple):
+    """One event of a job's log; ``seq`` counts from 1 per job (the SSE ``id``)."""
+
+    seq: int
+    type: str
+    data: dict[str, Any]

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.comfy
+pytestmark = [pytest.mark.comfy, pytest.mark.gpu_check]
 
 
 def test_gpu_check_dry_run_measures_every_path_and_reports(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ def test_a_stop_or_crash_mid_job_resumes_the_same_record(comfy, s3, lora_source,
         svc.kill()
 
 
+@pytest.mark.bridge_logic  # what resumes and what fails is decided before any pod is asked
 def test_start_up_survives_jobs_that_cannot_be_resumed(comfy, tmp_path) -> None:
     db = Database(str(tmp_path / "bridge.sqlite3"))
     failed_lora = db.add_lora({"name": "char 401", "owner_kind": "character", "owner_id": "401", "status": "failed",

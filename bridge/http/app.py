@@ -42,7 +42,6 @@ from .routing import (
     POLICY,
     POOL,
     REGISTRY,
-    REPLICA,
     SETTINGS,
     TRAININGS,
     UPLOADS,
@@ -114,7 +113,7 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
         await gens.resume(jobs)
         await training_runs.resume(jobs)
 
-    app[REPLICA] = replica = Replica(adb, gens.hub, resume, gens.let_go, lambda: set(gens.tasks))
+    replica = Replica(adb, gens.hub, resume, gens.let_go, lambda: set(gens.tasks))
 
     async def on_startup(app: web.Application) -> None:
         await replica.start()

@@ -13,7 +13,6 @@ from ..errors import RequestInvalid
 from ..jobs.brand_store import BrandStore
 from ..jobs.database import AsyncDatabase
 from ..jobs.registry import Registry
-from ..jobs.replicas import Replica
 from ..jobs.runner import Generations
 from ..jobs.trainings import Trainings
 from ..jobs.uploads import LoraUploads
@@ -31,7 +30,6 @@ REGISTRY = web.AppKey("registry", Registry)
 UPLOADS = web.AppKey("uploads", LoraUploads)
 GENERATIONS = web.AppKey("generations", Generations)
 TRAININGS = web.AppKey("trainings", Trainings)
-REPLICA = web.AppKey("replica", Replica)
 OPENAPI = web.AppKey("openapi", dict)
 BRAND_STORE: web.AppKey[BrandStore | None] = web.AppKey("brand_store")
 

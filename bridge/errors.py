@@ -88,5 +88,41 @@ class GenerationRefused(LoraBridgeError):
     """A request that cannot run as asked (a ``strict`` job whose LoRA cannot be applied, a webhook without a secret)."""
 
 
+class MissingAsset(GenerationRefused):
+    """A graph's ``core/ASSET`` reference names no asset this bridge holds (or is malformed)."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+class QueueFull(LoraBridgeError):
+    """The bounded queue of waiting jobs is full: try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IdempotencyConflict(LoraBridgeError):
+    """A request with this ``Idempotency-Key`` is still being answered: retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IdempotencyKeyReuse(LoraBridgeError):
+    """An ``Idempotency-Key`` sent again with another request body."""
+
+
+class HashMismatch(IntegrityError):
+    """Uploaded bytes whose blake3 is not the one the client declared."""
+
+
+class BlobNotFound(NotFound):
+    """No bytes with that hash that the caller may mint an asset from."""
+
+
 class DatabaseUnavailable(LoraBridgeError):
     """The bridge's database cannot be reached (PostgreSQL down or unreachable); nothing was changed."""

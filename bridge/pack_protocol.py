@@ -198,6 +198,7 @@ ROUTE_PREFETCH = f"{ROUTE_PREFIX}/prefetch"
 ROUTE_PREFETCH_CANCEL = f"{ROUTE_PREFIX}/prefetch/cancel"
 ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
 ROUTE_LORA_INFO = f"{ROUTE_PREFIX}/loras/info"
+ROUTE_MODEL_INFO = f"{ROUTE_PREFIX}/models/info"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
 ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
 PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}
@@ -244,6 +245,13 @@ class LoraListQuery(_Closed):
 class LoraInfoQuery(_Closed):
     """``GET /lora_bridge/loras/info``: one file of the loras folders, inspected whole (metadata, SHA-256)."""
 
+    name: Annotated[str, Field(min_length=1, max_length=400, description="as ComfyUI lists it")]
+
+
+class ModelInfoQuery(_Closed):
+    """``GET /lora_bridge/models/info``: a model file's family and variant (what its LoRAs must be made for)."""
+
+    folder: Literal["checkpoints", "diffusion_models"]
     name: Annotated[str, Field(min_length=1, max_length=400, description="as ComfyUI lists it")]
 
 

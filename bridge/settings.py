@@ -158,6 +158,8 @@ class Settings:
     trainer_bucket: str | None = None  # LORA_BRIDGE_TRAINER_BUCKET: where the trainer's s3Key points
     trainer_secret: str | None = None  # LORA_BRIDGE_TRAINER_SECRET: signs the trainer's webhook
     compat_defaults: dict[str, dict[str, object]] = field(default_factory=dict)  # LORA_BRIDGE_COMPAT_DEFAULTS
+    max_queued: int = 1000  # LORA_BRIDGE_MAX_QUEUED: jobs waiting for a pod before new ones are refused (429 queue_full)
+    job_retention_s: float = 7 * 86400  # LORA_BRIDGE_JOB_RETENTION_S: a job's expires_at (Comfy API v2), from its creation
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -205,6 +207,8 @@ class Settings:
             trainer_bucket=_text(env, "LORA_BRIDGE_TRAINER_BUCKET"),
             trainer_secret=_secret(env, "LORA_BRIDGE_TRAINER_SECRET"),
             compat_defaults=_compat_defaults(env),
+            max_queued=int(_number(env, "LORA_BRIDGE_MAX_QUEUED", 1000, minimum=1)),
+            job_retention_s=_number(env, "LORA_BRIDGE_JOB_RETENTION_S", 7 * 86400, minimum=60),
             templates_dir=Path(templates).expanduser() if (templates := _text(env, "LORA_BRIDGE_TEMPLATES_DIR")) else None,
         )
 

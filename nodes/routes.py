@@ -261,6 +261,15 @@ async def lora_info(request: web.Request) -> web.Response:
         return _error(422, "invalid_lora", str(exc))
 
 
+async def model_info(request: web.Request) -> web.Response:
+    query = protocol.parse_path(protocol.ModelInfoQuery, request.query, "query")
+    try:
+        return web.json_response(await asyncio.get_running_loop().run_in_executor(
+            None, describe_model_file, query.folder, query.name))
+    except ModelFileNotFound as exc:
+        return _error(404, "not_found", str(exc))
+
+
 def _job_folder(request: web.Request) -> str:
     return protocol.parse_path(protocol.DatasetPath, request.match_info).job
 
@@ -323,6 +332,9 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
                responses={200: "OK", 400: "invalid name or a pickle file", 404: "no such file",
                           422: "not a readable .safetensors LoRA"}),
      lora_info),
+    (RouteSpec("GET", protocol.ROUTE_MODEL_INFO, "A model file's family and variant (detected as ComfyUI loads it)",
+               query=protocol.ModelInfoQuery, responses={200: "OK", 400: "invalid query", 404: "no such model file"}),
+     model_info),
     (RouteSpec("PUT", f"{protocol.ROUTE_DATASETS}/{{job}}", "A training job's dataset (zip of images with .txt captions), "
                "checked and extracted into input/lora_bridge_datasets/<job>", path_params=protocol.DatasetPath,
                responses={200: "extracted", 400: "invalid job name", 413: "too large", 422: "not a usable dataset"}),

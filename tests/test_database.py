@@ -21,18 +21,18 @@ from comfyui_lora_bridge.bridge.jobs.states import JobState
 def test_a_database_of_the_previous_schema_upgrades_in_place_with_its_data(db_url: str) -> None:
     old = open_backend(db_url)
     assert migrate(old, target=LATEST - 1) == LATEST - 1
-    with old.tx() as db:  # what the previous version wrote: a LoRA, a running job (no lease columns yet), its events
+    with old.tx() as db:  # what the previous version wrote: a LoRA (no blake3 yet), a running job nobody holds, its events
         db.execute("INSERT INTO loras (id, name, status, family, variant, source, size, metadata, created, updated) "
                    "VALUES ('l1', 'kept', 'ready', 'wan', '14B', 's3://b/k.safetensors', 5000000000, '{}', 1.5, 1.5)")
         db.execute("INSERT INTO jobs VALUES ('j1', 'running', '{\"template\": \"sd15_txt2img\"}', 'http://pod', 'p1', "
-                   "'{\"started_at\": 2.0}', 1.0, 2.0)")
+                   "'{\"started_at\": 2.0}', 1.0, 2.0, NULL, NULL)")
         db.execute("INSERT INTO events VALUES ('j1', 1, 'queued', '{}', 1.0), ('j1', 2, 'running', '{}', 2.0)")
     old.close()
 
     new = Database(db_url, replica="r1")
     assert schema_version(new.backend) == LATEST
     lora = new.get_lora("l1")
-    assert (lora.name, lora.variant, lora.size) == ("kept", "14B", 5000000000)
+    assert (lora.name, lora.variant, lora.size, lora.blake3) == ("kept", "14B", 5000000000, None)
     assert [t for _, t, _ in new.events("j1")] == ["queued", "running"]
     claimed = new.claim()  # a job from before leases belongs to nobody: the first replica takes it on
     assert [(j.id, j.prompt_id, j.owner) for j in claimed] == [("j1", "p1", "r1")]

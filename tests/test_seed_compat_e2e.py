@@ -246,14 +246,21 @@ def test_video_parameters_and_websocket_progress(service, s3, wan_lora, comfy) -
     same_job(service, job, {"template": "wan22_t2v", "params": {"prompt": "a beautiful landscape", **SMALL_VIDEO},
                             "loras": [{"name": "anime_style.safetensors", "strength_model": 0.8}]})
 
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(comfy.base_dir / "input" / "input.jpg")
-    example = {"prompt": "portrait of a character", "model_type": "i2v-A14B", "image_path": "input.jpg",
+    # the start image in S3, not on the pod: the bridge reads it once and uploads it to the chosen pod
+    start = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(start, format="JPEG")
+    s3.client.put_object(Bucket="loras", Key="video/start.jpg", Body=start.getvalue())
+    example = {"prompt": "portrait of a character", "model_type": "i2v-A14B", "image_path": "s3://loras/video/start.jpg",
                "lora_path": "realistic_photo.pt", "lora_strength": 1.2}
     status, task = service.call("POST", "/compat/video/generate", example)
     assert status == 202
     end = progress_messages(service, task["task_id"])[-1]
     assert end["type"] == "task_completed" and end["applied"] == []
     assert end["warnings"] == ["LoRA named 'realistic_photo.pt' not found for base model wan; generating without it"]
+    _, job = service.call("GET", f"/v1/generations/{task['task_id']}")
+    graph = pod_get(comfy, f"/history/{job['prompt_id']}")[job["prompt_id"]]["prompt"][2]
+    [image] = [n["inputs"]["image"] for n in graph.values() if n["class_type"] == "LoadImage"]
+    assert image.endswith("-start.jpg") and (comfy.base_dir / "input" / image).read_bytes() == start.getvalue()
 
 
 @pytest.mark.parametrize("body, status, text", [

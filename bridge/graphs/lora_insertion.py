@@ -55,6 +55,7 @@ class LoraRequest:
     trigger_words: tuple[str, ...] = ()
     targets: tuple[str, ...] | None = None  # model-source node ids or loader file names (substrings)
     source_nodes: tuple[str, ...] | None = None  # exactly these model-source nodes (a template's experts)
+    linked: bool = False  # the graph names the file itself (a core/ASSET LoRA): the pod links it under ``name``
 
 
 @dataclass

@@ -89,8 +89,9 @@ def _check_value(where: str, kind: Any, opts: dict[str, Any], value: Any) -> str
     return None
 
 
-def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
-    """Raise ``GraphInvalid`` listing every problem found (nothing is raised for a valid graph)."""
+def validate_graph(graph: Graph, object_info: dict[str, Any], skip: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Raise ``GraphInvalid`` listing every problem found (nothing is raised for a valid graph); the values of
+    the (node, input) pairs in ``skip`` are left unchecked (asset references, named by the pod only later)."""
     errors: list[str] = []
     pod_facts = False
     if not isinstance(graph, dict) or not graph:
@@ -129,8 +130,8 @@ def validate_graph(graph: Graph, object_info: dict[str, Any]) -> None:
                 elif not _types_match(outs[value[1]] if isinstance(outs[value[1]], str) else "COMBO", kind):
                     errors.append(f"{where}: expects {kind}, linked to a {outs[value[1]]} output of node {value[0]}")
                 continue
-            if finalized_by_pod:
-                continue  # the pod derives this node's inputs from the values sent
+            if finalized_by_pod or (str(node_id), name) in skip:
+                continue  # the pod derives this node's inputs from the values sent; an asset is placed later
             problem = _check_value(where, kind, opts, value)
             if problem:
                 errors.append(problem)

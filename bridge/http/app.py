@@ -5,7 +5,8 @@ Each route is declared once, in its module's ``ROUTES``, with the models of its 
 ``/openapi.json`` is generated from the same declarations. Errors have one shape,
 ``{"error": {"type", "message"}}``, chosen by the table in ``errors.py``. With API keys configured
 (``LORA_BRIDGE_API_KEYS``) every ``/v1`` and ``/compat`` route needs ``Authorization: Bearer <key>``,
-but those declared ``auth=False`` (health, metrics, the signed trainer webhook).
+but those declared ``auth=False`` (health, metrics, the signed trainer webhook). The Comfy API v2
+door (``/api/v2``, ``comfy_v2/``) has its own auth rules and error envelope.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..lorafiles.sources import FetchPolicy
 from ..openapi import RouteSpec, openapi_document
 from ..pods.pool import PodPool
 from ..settings import Settings
-from . import compat, generations, loras, operations, pods, trainings
+from . import comfy_v2, compat, generations, loras, operations, pods, trainings
 from .errors import answer, error_response
 from .routing import (
     BRAND_STORE,
@@ -53,12 +54,14 @@ log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
 VERSION = "0.2.0"
 ROUTES: list[tuple[RouteSpec, Handler]] = [*loras.ROUTES, *generations.ROUTES, *trainings.ROUTES, *pods.ROUTES,
-                                           *operations.ROUTES, *compat.ROUTES]
+                                           *operations.ROUTES, *compat.ROUTES, *comfy_v2.ROUTES]
 OPEN_PATHS = frozenset(spec.path for spec, _ in ROUTES if not spec.auth)  # authenticated otherwise (a signed webhook)
 
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    if request.path.startswith(comfy_v2.PREFIX + "/"):
+        return await comfy_v2.guard(request, handler)  # the Comfy API v2 door: its own envelope
     keys: tuple[str, ...] = request.app[SETTINGS].api_keys
     if keys and request.path.startswith(("/v1", compat.PREFIX)) and request.path not in OPEN_PATHS:
         given = request.headers.get("Authorization", "").encode()
@@ -107,6 +110,7 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     app[GENERATIONS] = gens = Generations(adb, pool, outputs_dir, settings, policy)
     gens.planner.discover_brand = store.discover if store else None
     app[TRAININGS] = training_runs = Trainings(gens, uploads)
+    comfy_v2.setup(app)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
     async def resume(jobs: list[JobRecord]) -> None:

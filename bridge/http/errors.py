@@ -18,9 +18,11 @@ from ..errors import (
     GenerationRefused,
     IntegrityError,
     LoraBridgeError,
+    MissingAsset,
     NotFound,
     PodError,
     PodUnavailable,
+    QueueFull,
     RequestInvalid,
     TooLarge,
     Unauthorized,
@@ -48,6 +50,8 @@ ERROR_TABLE: dict[type[BaseException], tuple[int, str]] = {
     SourceRefused: (400, "source_refused"),
     Unauthorized: (401, "unauthorized"),
     NotFound: (404, "not_found"),
+    QueueFull: (429, "queue_full"),
+    MissingAsset: (422, "missing_asset"),
     GenerationRefused: (422, "refused"),
     DatasetInvalid: (422, "invalid_dataset"),
     InsertionError: (422, "lora_refused"),
@@ -86,4 +90,7 @@ def answer(exc: BaseException) -> web.Response:
     if type == "internal":
         log.error("internal error answering a request", exc_info=exc)
         return error_response(500, type, f"internal error ({exc.__class__.__name__}); see the service log")
-    return error_response(status, type, str(exc).strip("'\"") or exc.__class__.__name__)
+    response = error_response(status, type, str(exc).strip("'\"") or exc.__class__.__name__)
+    if isinstance(exc, QueueFull):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response

@@ -181,6 +181,14 @@ class Database:
             raise NotFound(f"no generation with id {job_id!r}")
         return row[0]
 
+    def recent_jobs(self, limit: int, before: str | None = None) -> list[JobRecord]:
+        """Up to ``limit`` jobs, newest first; with ``before``, those created before that job."""
+        after = "WHERE (created, id) < (SELECT created, id FROM jobs WHERE id = ?) " if before else ""
+        with self.backend.read() as db:
+            rows = db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs {after}ORDER BY created DESC, id DESC "
+                              f"LIMIT {int(limit)}", (before,) if before else ()).fetchall()
+        return [self._job(row) for row in rows]
+
     def unfinished_jobs(self) -> list[JobRecord]:
         with self.backend.read() as db:
             rows = db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE {_UNFINISHED} ORDER BY created",
@@ -268,6 +276,10 @@ class AsyncDatabase:
         self.sync, self.replica, self.lease_s, self.backend = db, db.replica, db.lease_s, db.backend
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="lora-bridge-db")
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (blocking database work of another module) in the database's worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
+
     ping = _threaded(Database.ping)
     add_lora = _threaded(Database.add_lora)
     get_lora = _threaded(Database.get_lora)
@@ -281,6 +293,7 @@ class AsyncDatabase:
     get_job = _threaded(Database.get_job)
     job_status = _threaded(Database.job_status)
     job_counts = _threaded(Database.job_counts)
+    recent_jobs = _threaded(Database.recent_jobs)
     claim = _threaded(Database.claim)
     renew = _threaded(Database.renew)
     release = _threaded(Database.release)

@@ -47,7 +47,20 @@ def _leases(db: Tx, backend: Backend) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, lease_until)")
 
 
-MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases)
+def _assets(db: Tx, backend: Backend) -> None:
+    """Version 4 (Comfy API v2): assets (uploaded LoRAs and inputs, job outputs) over content-addressed bytes,
+    a LoRA's blake3 beside its SHA-256, and the idempotency keys of submissions."""
+    _add_missing(db, backend, "loras", (("blake3", "TEXT"),))
+    db.execute("""CREATE TABLE IF NOT EXISTS assets (id TEXT PRIMARY KEY, kind TEXT, blake3 TEXT, sha256 TEXT,
+        size BIGINT, content_type TEXT, file_path TEXT, tags TEXT, location TEXT, lora_id TEXT, job_id TEXT,
+        node_id TEXT, created DOUBLE PRECISION)""")
+    db.execute("CREATE INDEX IF NOT EXISTS assets_blake3 ON assets (blake3)")
+    db.execute("CREATE INDEX IF NOT EXISTS assets_job ON assets (job_id)")
+    db.execute("""CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, body_hash TEXT, job_id TEXT,
+        created DOUBLE PRECISION)""")
+
+
+MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets)
 LATEST = len(MIGRATIONS)
 
 

@@ -26,6 +26,14 @@ class OutputStore:
     def path(self, job_id: str, name: str) -> Path:
         return self.root / job_id / name
 
+    def location(self, job_id: str, name: str) -> str:
+        """Where a saved output's bytes are for every replica: the bucket when one is set, else this replica's folder."""
+        return f"s3://{self.bucket}/{self.key(job_id, name)}" if self.bucket else str(self.path(job_id, name))
+
+    @staticmethod
+    def key(job_id: str, name: str) -> str:
+        return f"generations/{job_id}/{name}"
+
     async def save(self, job_id: str, files: list[OutputFile]) -> dict[str, list[str]]:
         """Keep the files (and upload them): ``{"outputs": names}`` plus ``output_urls`` with a bucket."""
         out_dir = self.folder(job_id)
@@ -53,7 +61,7 @@ class OutputStore:
         s3 = boto3.client("s3", endpoint_url=self.s3_endpoint)
         urls = []
         for path in files:
-            key = f"generations/{job_id}/{path.name}"
+            key = self.key(job_id, path.name)
             s3.upload_file(str(path), self.bucket, key)
             urls.append(s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires))
         return urls

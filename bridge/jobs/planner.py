@@ -10,7 +10,9 @@ the loaded templates to the runner and the graph builder). A request may:
   warning, and its fallback style words go at the end of the prompt; ``strict`` refuses;
 - ask for a character in a video: the character's LoRA goes on the video model (direct), or
   draws a key frame that an image-to-video template animates (preprocess), or the video is
-  drawn from the prompt alone (fallback) — ``character_paths.py`` says which, and why.
+  drawn from the prompt alone (fallback) — ``character_paths.py`` says which, and why;
+- name assets in its workflow (``core/ASSET`` references, Comfy API v2): each must be an asset
+  this bridge holds; LoRAs are fetched onto the chosen pod and input files uploaded to it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Protocol
 
-from ..errors import GenerationRefused, NotFound
+from ..errors import GenerationRefused, MissingAsset, NotFound
+from ..graphs.asset_refs import Placement, find_references, pod_file_name
 from ..graphs.builder import KeyFrame
 from ..graphs.convert import check_editor_workflow, is_ui_workflow
 from ..graphs.lora_insertion import LoraRequest
@@ -28,8 +31,8 @@ from ..lorafiles.families import variant_name
 from ..lorafiles.sources import FetchPolicy
 from . import webhooks
 from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, CharacterPath, verdict
-from .records import LoraRecord
-from .requests import GenerationCreate
+from .records import AssetRecord, LoraRecord
+from .requests import AssetReference, GenerationCreate
 
 
 class LoraLookup(Protocol):
@@ -39,6 +42,24 @@ class LoraLookup(Protocol):
                        variant: str | None = None) -> Awaitable[LoraRecord | None]: ...
     def list_loras(self, **filters: Any) -> Awaitable[list[LoraRecord]]: ...
     def get_lora(self, lora_id: str) -> Awaitable[LoraRecord]: ...
+
+
+class AssetLookup(Protocol):
+    """The asset reads planning needs (``AssetStore`` is one)."""
+
+    def get(self, asset_id: str) -> Awaitable[AssetRecord]: ...
+
+
+@dataclass
+class AssetPlan:
+    """A request's ``core/ASSET`` references, resolved: where each goes in its workflow, the LoRAs the pod
+    fetches and links under their names, the input files it receives (pod file name -> where the bytes
+    are), and the template parameters that name an input file (parameter -> pod file name)."""
+
+    placements: list[Placement] = field(default_factory=list)
+    loras: list[LoraRequest] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
 
 def lora_request(rec: LoraRecord, strength_model: float, strength_clip: float) -> LoraRequest:
@@ -84,6 +105,7 @@ class Plan:
     key_frame: KeyFrame | None = None
     key_frame_style: str | None = None  # the key-frame LoRA's fallback style words, should the key frame fall through
     resolved: list[dict[str, Any]] = field(default_factory=list)  # the registry LoRAs the request resolved to
+    assets: AssetPlan | None = None  # the workflow's core/ASSET references (Comfy API v2)
 
     def record(self) -> dict[str, Any]:
         """What the job record keeps of the plan from the start."""
@@ -114,9 +136,58 @@ class Planner:
     """Turns requests into plans against the registry (``lookup``); refusals raise ``LoraBridgeError``s."""
 
     def __init__(self, lookup: LoraLookup, policy: FetchPolicy, webhook_secret: str | None,
-                 discover_brand: Callable[[str], Awaitable[LoraRecord | None]] | None = None) -> None:
+                 discover_brand: Callable[[str], Awaitable[LoraRecord | None]] | None = None,
+                 assets: AssetLookup | None = None) -> None:
         self.lookup, self.policy, self.webhook_secret = lookup, policy, webhook_secret
         self.discover_brand = discover_brand  # a brand without a registry LoRA yet: its file in the brand store
+        self.assets = assets
+
+    async def place_assets(self, workflow: dict[str, Any] | None, params: dict[str, Any]) -> AssetPlan | None:
+        """The request's asset references resolved (None without any): in its workflow, and in its template
+        parameters (input files only). ``MissingAsset`` names every id that is malformed, unknown, or not a
+        file a graph can load (an output, a LoRA whose registry entry is gone or not ready, a LoRA as a
+        template parameter)."""
+        refs = find_references(workflow) if workflow is not None else []
+        named = {name: value.info.id for name, value in params.items() if isinstance(value, AssetReference)}
+        if not refs and not named:
+            return None
+        found, missing = AssetPlan(), []
+
+        async def resolve(asset_id: str | None, lora_allowed: bool) -> tuple[AssetRecord, LoraRecord | None] | None:
+            try:
+                if asset_id is None or self.assets is None:
+                    raise NotFound("malformed")
+                asset = await self.assets.get(asset_id)
+                rec = await self.lookup.get_lora(asset.lora_id) if asset.kind == "lora" and asset.lora_id else None
+            except NotFound:
+                return None
+            unusable = asset.kind == "output" or (asset.kind == "lora" and (
+                not lora_allowed or rec is None or rec.status != "ready" or not rec.source))
+            return None if unusable else (asset, rec)
+
+        for ref in refs:
+            got = await resolve(ref.asset_id, lora_allowed=True)
+            if got is None:
+                missing.append(ref.asset_id or f"(malformed reference at node {ref.node} input '{ref.input}')")
+                continue
+            asset, rec = got
+            kind = "lora" if rec is not None else "input"
+            name = pod_file_name(kind, asset.blake3, asset.file_path)
+            found.placements.append(Placement(ref.node, ref.input, asset.id, kind, name))
+            if rec is not None:
+                found.loras.append(replace(lora_request(rec, 1.0, 1.0), name=name, linked=True))
+            else:
+                found.inputs[name] = asset.location
+        for param, asset_id in named.items():
+            got = await resolve(asset_id, lora_allowed=False)
+            if got is None:
+                missing.append(f"{asset_id} (parameter '{param}')")
+                continue
+            name = pod_file_name("input", got[0].blake3, got[0].file_path)
+            found.params[param], found.inputs[name] = name, got[0].location
+        if missing:
+            raise MissingAsset(f"unresolvable core/ASSET reference(s): {', '.join(missing)}", missing)
+        return found
 
     async def owner_lora(self, kind: str, owner: str, family: str | None, variant: str | None) -> LoraRecord | None:
         """The owner's best registry LoRA; a brand with none yet is looked up in the brand store."""
@@ -228,7 +299,8 @@ class Planner:
     async def plan(self, request: GenerationCreate) -> Plan:
         """Check a request and plan it (raises ``LoraBridgeError`` subclasses: answered 4xx)."""
         self.check_request(request)
-        params = dict(request.params)
+        assets = await self.place_assets(request.workflow, request.params)
+        params = {**request.params, **(assets.params if assets else {})}
         family, variant = request.family, request.variant
         template = load_template(request.template) if request.template is not None else None
         if template is not None and template.kind != "generation":
@@ -253,7 +325,7 @@ class Planner:
             found = await self.resolve_loras(request, family, variant, template.experts if template else None)
         append_styles(params, template, found.styles, found.warnings)
         return Plan(request, found.loras, params, family, found.warnings, template, path, path_reason, key_frame,
-                    frame_lora.fallback_style if frame_lora else None, found.resolved)
+                    frame_lora.fallback_style if frame_lora else None, found.resolved, assets)
 
     async def without_key_frame(self, plan: Plan, reason: str) -> Plan:
         """The preprocess path fell through (its key-frame LoRA could not be fetched): the video template,

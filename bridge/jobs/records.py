@@ -15,7 +15,7 @@ from ..lorafiles.sources import carries_credentials, redact_url
 
 LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
-               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256")
+               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256", "blake3")
 GENERATION = "generation"  # a job's kind when its request names none (trainings: "training")
 INTERNAL_RESULT_FIELDS = ("client_id",)  # kept on the record for re-attaching, never shown
 
@@ -41,6 +41,7 @@ class LoraRecord:
     variant: str | None
     low_noise_source: str | None
     low_noise_sha256: str | None
+    blake3: str | None  # ``blake3:<hex>`` of the file's bytes, once read whole (Comfy API v2 assets name files by it)
     created: float
     updated: float
 
@@ -75,6 +76,27 @@ class JobRecord:
         result = {k: v for k, v in self.result.items() if k not in INTERNAL_RESULT_FIELDS}
         return {"id": self.id, "status": self.status, "pod": self.pod, "prompt_id": self.prompt_id,
                 "created": self.created, "updated": self.updated, **result}
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    """An asset (Comfy API v2): a record over content-addressed bytes. ``kind`` is ``lora`` (bytes in the
+    registry: ``lora_id``), ``input`` (a file for the pods' input folder) or ``output`` (a job's file);
+    ``location`` is where the bytes are (a local path, or ``s3://bucket/key``)."""
+
+    id: str
+    kind: str
+    blake3: str
+    sha256: str | None
+    size: int
+    content_type: str
+    file_path: str | None
+    tags: list[str]
+    location: str
+    lora_id: str | None
+    job_id: str | None
+    node_id: str | None
+    created: float
 
 
 class JobEvent(NamedTuple):

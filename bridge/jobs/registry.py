@@ -7,11 +7,12 @@ signature or token is ever stored."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import GenerationRefused, IntegrityError
+from ..errors import GenerationRefused, IntegrityError, NotFound
 from ..lorafiles.families import variant_name
 from ..lorafiles.inspect import LoraInfo, inspect_source
 from ..lorafiles.sources import FetchPolicy, carries_credentials, check_source, parse_source, redact_url
@@ -20,6 +21,8 @@ from .database import AsyncDatabase
 from .records import LoraRecord
 from .requests import LoraCreate, LoraPatch
 from .uploads import LoraUploads, StagedUpload
+
+log = logging.getLogger("lora_bridge.registry")
 
 
 def check_pair(infos: dict[str, LoraInfo]) -> None:
@@ -38,6 +41,37 @@ class Registry:
 
     def __init__(self, db: AsyncDatabase, policy: FetchPolicy, registry_policy: FetchPolicy, uploads: LoraUploads) -> None:
         self.db, self.policy, self.registry_policy, self.uploads = db, policy, registry_policy, uploads
+        self.hashing: set[asyncio.Task[None]] = set()  # entries registered by source, being read for their blake3
+
+    def hash_later(self, rec: LoraRecord) -> None:
+        """Read the file of an entry registered by an S3 source (the teams' own store) once, in the background,
+        for its blake3 (what Comfy API v2 assets name files by: ``from-hash`` finds the entry by it) and its
+        SHA-256 where none was given. A file that cannot be read, or whose SHA-256 is not the one registered,
+        leaves the entry as it is (logged). Sources elsewhere (a public URL) are not read by the bridge."""
+        task = asyncio.ensure_future(self._fill_hashes(rec))
+        self.hashing.add(task)
+        task.add_done_callback(self.hashing.discard)
+
+    async def _fill_hashes(self, rec: LoraRecord) -> None:
+        from .assets import blake3_file
+
+        assert rec.source is not None
+        loop = asyncio.get_running_loop()
+        try:
+            staged = await loop.run_in_executor(None, self.uploads.stage_source, rec.source, self.registry_policy)
+        except Exception as exc:  # the entry stays usable by SHA-256; only v2's hash lookup misses it
+            log.warning("LoRA %s: its file could not be read for its blake3: %s", rec.id, exc)
+            return
+        try:
+            if rec.sha256 and rec.sha256.lower() != staged.info.sha256:
+                log.warning("LoRA %s: the file's SHA-256 is %s, not the registered %s", rec.id, staged.info.sha256, rec.sha256)
+                return
+            digest = await loop.run_in_executor(None, blake3_file, staged.path)
+            await self.db.update_lora(rec.id, {"blake3": digest, "sha256": staged.info.sha256})
+        except NotFound:
+            pass  # deleted meanwhile
+        finally:
+            self.uploads.discard(staged)
 
     async def check_source_allowed(self, source: str) -> None:
         """The same source policy the pods apply, at registration: a source they would refuse (a host,
@@ -96,7 +130,10 @@ class Registry:
                 fields["trigger_word"] = info.trigger_words[0]
             fields["metadata"] = {**info.metadata, **(fields.get("metadata") or {})}
         await self._keep_credentials_out(fields)
-        return await self.db.add_lora(fields)
+        rec = await self.db.add_lora(fields)
+        if rec.source and rec.source.startswith("s3://") and not fields.get("low_noise_source"):
+            self.hash_later(rec)
+        return rec
 
     async def update(self, lora_id: str, body: LoraPatch) -> LoraRecord:
         """Change an entry; a new source obeys the same rules as a registration's."""
@@ -109,10 +146,11 @@ class Registry:
         await self._keep_credentials_out(fields, current.metadata)
         return await self.db.update_lora(lora_id, fields)
 
-    async def add_uploaded(self, lora: LoraCreate, file: StagedUpload, low_noise: StagedUpload | None = None) -> LoraRecord:
+    async def add_uploaded(self, lora: LoraCreate, file: StagedUpload, low_noise: StagedUpload | None = None,
+                           blake3: str | None = None) -> LoraRecord:
         """Keep staged, checked files (a single LoRA, or a Wan 2.2 pair's high- and low-noise files) and
-        register them; what ``lora`` leaves out is read from the file. The staged files are discarded
-        if anything fails."""
+        register them (with the file's ``blake3`` where the caller hashed it); what ``lora`` leaves out is read
+        from the file. The staged files are discarded if anything fails."""
         try:
             if low_noise is not None:
                 check_pair({"high-noise": file.info, "low-noise": low_noise.info})
@@ -128,5 +166,5 @@ class Registry:
         return await self.db.add_lora({
             **lora.registry_fields(), "source": source, "sha256": info.sha256, "size": info.size, "rank": info.rank,
             "family": lora.family or info.family, "variant": info.variant if lora.family in (None, info.family) else None,
-            "metadata": info.metadata, **pair,
+            "metadata": info.metadata, "blake3": blake3, **pair,
             "trigger_word": lora.trigger_word or (info.trigger_words[0] if info.trigger_words else None)})

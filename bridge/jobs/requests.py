@@ -43,6 +43,22 @@ class Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AssetInfo(Closed):
+    id: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    hash: Annotated[StrictStr, Field(max_length=100)] | None = None
+    file_path: Annotated[StrictStr, Field(max_length=400)] | None = None
+
+
+class AssetReference(Closed):
+    """A Comfy API v2 asset where a file name goes (``{"__type": "core/ASSET", "info": {"id": …}}``): in a
+    template parameter, an input file (a start image) the chosen pod receives before the prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    type: Literal["core/ASSET"] = Field(alias="__type")
+    info: AssetInfo
+
+
 # -- LoRA registry -------------------------------------------------------------------------------
 
 
@@ -138,7 +154,8 @@ class GenerationCreate(Closed):
     """``POST /v1/generations``: a template (+ params) or an editor/API workflow, and the LoRAs."""
 
     template: Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
-    params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(default_factory=dict)
+    params: dict[Annotated[str, Field(max_length=100)], JsonScalar | AssetReference] = Field(
+        default_factory=dict, description="the template's parameters; a file parameter (a start image) may be an asset")
     key_frame_params: dict[Annotated[str, Field(max_length=100)], JsonScalar] = Field(
         default_factory=dict, description="a character in a video template with only an image LoRA: parameters of the "
                                           "key frame's image template (its prompt and seed default to the video's)")
@@ -159,6 +176,9 @@ class GenerationCreate(Closed):
     lora_policy: Literal["fallback", "strict"] = "fallback"
     apply_mode: ApplyMode = "hotswap"
     webhook_url: Annotated[StrictStr, Field(max_length=2048, pattern=r"^https?://")] | None = None
+    labels: Annotated[dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
+                           Annotated[StrictStr, Field(max_length=256)]], Field(max_length=16)] | None = Field(
+        None, description="string labels kept with the job (the Comfy API v2 job's metadata)")
 
     @model_validator(mode="after")
     def _one_graph(self) -> "GenerationCreate":

@@ -25,7 +25,7 @@ from typing import Any, Awaitable
 
 from pydantic import ValidationError
 
-from ..errors import GenerationRefused, JobInterrupted, LoraBridgeError, PodError, PromptLost
+from ..errors import GenerationRefused, JobInterrupted, LoraBridgeError, PodError, PromptLost, QueueFull
 from ..graphs.key_frame import stage_of
 from ..graphs.lora_insertion import InsertionReport
 from ..lorafiles.sources import FetchPolicy
@@ -34,14 +34,16 @@ from ..pods.client import OutputFile, PodEvent
 from ..pods.generation import run_generation
 from ..pods.pool import PodPool, PrefetchFailed
 from ..settings import Settings
+from .assets import AssetStore, blake3_of, content_type_of
 from .database import AsyncDatabase
 from .hub import EventHub
 from .metrics import JobMetrics
 from .outputs import OutputStore
 from .planner import Plan, Planner
+from .prechecks import check_model_families
 from .records import GENERATION, JobRecord
 from .requests import GenerationCreate
-from .states import JobState, is_terminal
+from .states import WAITING, JobState, is_terminal
 
 log = logging.getLogger("lora_bridge.jobs")
 RUNNING_EVENTS = {"started", "executing", "progress", "cached", "output"}
@@ -56,6 +58,8 @@ class Generations:
         self.planner = Planner(db, policy, settings.webhook_secret)
         self.hub = EventHub(db, policy, settings.webhook_secret)
         self.outputs = OutputStore(outputs_dir, settings.output_bucket, policy.s3_endpoint)
+        self.assets = AssetStore(db, settings.local_store_dir / "assets", policy.limits)
+        self.planner.assets = self.assets
         self.metrics = JobMetrics()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
@@ -65,8 +69,14 @@ class Generations:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, request: GenerationCreate) -> str:
-        """Plan, store as ``queued`` and start a job; refusals raise before anything is stored."""
+        """Plan, store as ``queued`` and start a job; refusals raise before anything is stored (``QueueFull``
+        when ``max_queued`` jobs wait for a pod already)."""
+        counts = await self.db.job_counts()
+        if sum(counts.get(s.value, 0) for s in WAITING) >= self.settings.max_queued:
+            raise QueueFull(f"{self.settings.max_queued} jobs are waiting for a pod already (LORA_BRIDGE_MAX_QUEUED)", 5)
         plan = await self.planner.plan(request)
+        if plan.assets is not None:
+            await check_model_families(self.pool, plan)
         job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(),
                                        plan.first_events())
         if plan.key_frame is not None:
@@ -199,13 +209,17 @@ class Generations:
         while True:
             req = plan.request
             try:
+                assets = plan.assets
                 outcome = await run_generation(self.pool, loras, template=plan.template, params=plan.params,
                                                workflow=req.workflow, on_event=lambda e: self.on_pod_event(job_id, e),
                                                apply_mode=req.apply_mode, family=plan.family, on_built=built,
-                                               request_id=job_id, key_frame=plan.key_frame)
+                                               request_id=job_id, key_frame=plan.key_frame,
+                                               placements=assets.placements if assets else None,
+                                               placed_loras=assets.loras if assets else None,
+                                               inputs=assets.inputs if assets else None)
                 break
             except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
-                if req.lora_policy == "strict":
+                if req.lora_policy == "strict" or exc.lora.linked:  # a LoRA the graph names itself cannot be left out
                     raise
                 if plan.key_frame is not None and any(lora.name == exc.lora.name for lora in plan.key_frame.loras):
                     plan = await self.planner.without_key_frame(plan, str(exc))  # the character's only LoRA: prompt only
@@ -236,8 +250,12 @@ class Generations:
         await self._complete(job_id, result.files)
 
     async def _complete(self, job_id: str, files: list[OutputFile]) -> None:
-        """Store the outputs (and upload them), then ``succeeded`` with timings and cost."""
+        """Store the outputs (and upload them) and mint them as assets, then ``succeeded`` with timings and cost."""
         saved = await self.outputs.save(job_id, files)
+        for f, name in zip(files, saved["outputs"]):
+            await self.assets.add(kind="output", blake3=blake3_of(f.data), size=len(f.data), content_type=content_type_of(name),
+                                  file_path=name, location=self.outputs.location(job_id, name), job_id=job_id,
+                                  node_id=f.node_id)
         await self.hub.transition(job_id, JobState.SUCCEEDED, "succeeded", data={"outputs": saved["outputs"]},
                                   result={**saved, **await self.completion(job_id)})
 

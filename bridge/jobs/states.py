@@ -37,6 +37,7 @@ class JobState(str, Enum):
         return self.value
 
 
+WAITING = frozenset({JobState.QUEUED, JobState.PREPARING, JobState.SUBMITTED})  # not yet running on a pod
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED})
 _ENDS = {JobState.FAILED, JobState.CANCELLED}
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal
 
+from ..graphs.asset_refs import Placement, check_places, place
 from ..graphs.builder import KeyFrame, build_graph
 from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import Template
@@ -56,20 +57,29 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
                          apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,
                          on_built: Callable[[InsertionReport], Awaitable[None] | None] | None = None,
-                         request_id: str | None = None, key_frame: KeyFrame | None = None) -> JobOutcome:
+                         request_id: str | None = None, key_frame: KeyFrame | None = None,
+                         placements: list[Placement] | None = None, placed_loras: list[LoraRequest] | None = None,
+                         inputs: dict[str, str] | None = None) -> JobOutcome:
     """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
 
     ``on_built`` sees what will be applied as soon as a pod's graph is built; ``request_id``
     names the pod-side prefetches (so they can be cancelled). A ``key_frame``'s LoRAs are routed
-    and prefetched with the job's own.
+    and prefetched with the job's own. A workflow's ``core/ASSET`` references (``placements``) are
+    replaced by the pod's file names: ``placed_loras`` are fetched and linked there under their names
+    (routed like the job's own), ``inputs`` (pod file name -> local file) uploaded to its input folder.
     """
     reports: dict[str, InsertionReport] = {}
     frame_loras = key_frame.loras if key_frame is not None else []
+    placed = placed_loras or []
 
     async def build(pod: PodStatus, named: list[LoraRequest]) -> dict[str, Any]:
-        own, frame = named[:len(loras)], named[len(loras):]
+        own, frame = named[:len(loras)], named[len(loras):len(loras) + len(frame_loras)]
         stage = KeyFrame(key_frame.template, key_frame.params, frame) if key_frame is not None else None
-        built = build_graph(pod.object_info, template=template, params=params, workflow=workflow, loras=own,
+        graph = workflow
+        if placements and workflow is not None:
+            check_places(workflow, placements, pod.object_info)
+            graph = place(workflow, placements)
+        built = build_graph(pod.object_info, template=template, params=params, workflow=graph, loras=own,
                             mode="pack" if pod.pack else "stock", family=family, apply_mode=apply_mode, key_frame=stage)
         reports[pod.config.url] = built.report
         if on_built is not None:
@@ -78,7 +88,13 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                 await stored
         return built.graph
 
-    result, pod = await pool.run(build, [*loras, *frame_loras], on_event, request_id=request_id)
+    async def upload_inputs(pod: PodStatus) -> None:
+        async with pool.client(pod, timeout=300) as client:
+            for name, location in (inputs or {}).items():
+                await client.upload_image(Path(location), name)
+
+    result, pod = await pool.run(build, [*loras, *frame_loras, *placed], on_event, request_id=request_id,
+                                 pack_only=bool(placed), stage=upload_inputs if inputs else None)
     outcome = JobOutcome(result.prompt_id, pod.config.name, result.files, reports[pod.config.url])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -177,13 +177,16 @@ class PodPool:
             pod.cached.add(result["sha256"])
         return result
 
-    def choose(self, units: Collection[Set[str]], labels: Set[str] = frozenset(), exclude: Set[str] = frozenset()) -> PodStatus:
-        """The healthy pod with the requested labels that holds most of the job's LoRAs, then the
-        shortest queue, then the first configured. A LoRA is a unit of files (its SHA-256s; a Wan
-        2.2 pair has two) and counts only where all of them are cached."""
-        candidates = [p for p in self.status.values() if p.healthy and p.config.url not in exclude and labels <= p.config.labels]
+    def choose(self, units: Collection[Set[str]], labels: Set[str] = frozenset(), exclude: Set[str] = frozenset(),
+               pack_only: bool = False) -> PodStatus:
+        """The healthy pod with the requested labels (and the node pack, with ``pack_only``) that holds most
+        of the job's LoRAs, then the shortest queue, then the first configured. A LoRA is a unit of files
+        (its SHA-256s; a Wan 2.2 pair has two) and counts only where all of them are cached."""
+        candidates = [p for p in self.status.values() if p.healthy and p.config.url not in exclude
+                      and labels <= p.config.labels and (p.pack or not pack_only)]
         if not candidates:
-            reasons = "; ".join(f"{p.config.name}: {p.error or 'excluded or lacks labels'}" for p in self.status.values())
+            lacks = "excluded, lacks labels" + (" or the node pack" if pack_only else "")
+            reasons = "; ".join(f"{p.config.name}: {p.error or lacks}" for p in self.status.values())
             raise NoPodAvailable(f"no healthy pod can take the job ({reasons})")
         order = list(self.status)
         return min(candidates, key=lambda p: (-sum(unit <= p.cached for unit in units), p.queue or 0, order.index(p.config.url)))
@@ -193,12 +196,13 @@ class PodPool:
         """Download the job's LoRAs on ``pod`` ahead of the job (pack pods only; ``request_id`` names
         the downloads for ``cancel_prefetch``). Returns the LoRAs as the graph should name them:
         with their SHA-256, and a URL that carries credentials replaced by a reference to the
-        pod's store, so no signature or token reaches the graph, the pod's history or a PNG.
+        pod's store, so no signature or token reaches the graph, the pod's history or a PNG. A LoRA the
+        graph names by file (``linked``: a Comfy API v2 asset) is always sent, so the pod links it under its name.
         Each retry of a pod-side download is reported as a ``fetch_retry`` event."""
         if not pod.pack:
             return list(loras)
         wanted = [lora for lora in loras if lora.source and (not lora.sha256 or lora.sha256 not in pod.cached
-                                                             or carries_credentials(lora.source))]
+                                                             or carries_credentials(lora.source) or lora.linked)]
         fetched: dict[int, str] = {}
         if wanted:
             fetched = dict(zip(map(id, wanted), await self._prefetch(pod, wanted, request_id, on_event)))
@@ -258,13 +262,14 @@ class PodPool:
                 await client.post_json(ROUTE_PREFETCH_CANCEL, PrefetchCancel(request_id=request_id).model_dump())
 
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
-                  labels: frozenset[str] = frozenset(), request_id: str | None = None,
+                  labels: frozenset[str] = frozenset(), request_id: str | None = None, pack_only: bool = False,
                   stage: Callable[[PodStatus], Awaitable[None]] | None = None,
                   retry_delays: tuple[float, ...] | None = None) -> tuple[JobResult, PodStatus]:
         """Run a job: choose a pod, prefetch, ``stage`` (put the job's inputs on it), build its graph,
         submit, stream. A pod that is down or dies is retried after each of ``retry_delays`` (the
         pool's unless given; ``retry`` events; ``failover`` when a pod was lost), preferring pods that
-        have not failed this job. ``request_id`` names the prefetches."""
+        have not failed this job. ``request_id`` names the prefetches; ``pack_only`` keeps the job to pods with
+        the node pack (a graph that names LoRA assets: the pack fetches them)."""
         delays = self.retry_delays if retry_delays is None else retry_delays
         failed: set[str] = set()
         files: dict[str, set[str]] = {}  # a LoRA's files by its name: a Wan 2.2 pair routes as one unit
@@ -289,9 +294,9 @@ class PodPool:
             await self.refresh(force=attempt > 1)
             try:
                 try:
-                    pod = self.choose(units, labels, failed)
+                    pod = self.choose(units, labels, failed, pack_only)
                 except NoPodAvailable:
-                    pod = self.choose(units, labels)  # only pods that failed this job: one that is back will do
+                    pod = self.choose(units, labels, pack_only=pack_only)  # only pods that failed this job: one that is back will do
             except NoPodAvailable as exc:
                 reason = str(exc)
                 continue

@@ -2,6 +2,10 @@
 ``lora_strength`` 0.0–2.0, ``image_path``) on the Wan 2.2 templates, and progress over a
 WebSocket as ``progress_update`` / ``task_completed`` / ``task_failed`` messages.
 
+``image_path`` is a source the bridge reads into an input asset and uploads to the chosen pod
+with the job (the same path as a Comfy API v2 input asset), an asset id, or a file already in
+the pods' input folder.
+
 ``lora_path`` is a registry name (or id), or a source (``s3://``, ``https://``, a path under
 the allowed roots) that is inspected and registered on first use. A name the registry does not
 know runs without a LoRA, with a warning (the seed's graceful degradation); a source that
@@ -16,15 +20,16 @@ import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field, StrictInt, StrictStr, model_validator
+from pydantic import Field, StrictInt, StrictStr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ...errors import NotFound
 from ...jobs.records import JobRecord
+from ...jobs.requests import AssetInfo, AssetReference
 from ...jobs.states import is_terminal
 from ...lorafiles.sources import parse_source
 from ...openapi import RouteSpec
 from ...pack_protocol import FileName
-from ..routing import DB, REGISTRY, SETTINGS, Handler, Inputs
+from ..routing import DB, GENERATIONS, REGISTRY, SETTINGS, Handler, Inputs
 from ..schemas import Closed, GenerationCreate, JobPath, LoraCreate, LoraRef
 from ..streams import job_events
 from .common import PREFIX, output_urls, run, template_params
@@ -43,7 +48,10 @@ class VideoRequest(Closed):
 
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=4000)]
     model_type: ModelType = Field(description="t2v-A14B (text to video) or i2v-A14B (image to video)")
-    image_path: FileName | None = Field(None, description="i2v: the start image, a file in the pods' input folder")
+    image_path: Annotated[StrictStr, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="i2v: the start image: a source (s3://, https://, a path under the allowed roots) the bridge "
+                          "reads and uploads to the chosen pod, a Comfy API v2 input asset's id, or a file in the pods' "
+                          "input folder")
     lora_path: Annotated[StrictStr, Field(min_length=1, max_length=4096)] | None = Field(
         None, description="a registry LoRA's name or id, or a source (s3://, https://) registered on first use")
     lora_strength: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = Field(1.0, description="0.0-2.0")
@@ -54,6 +62,16 @@ class VideoRequest(Closed):
     num_frames: Annotated[StrictInt, Field(ge=1, le=1025)] | None = None
     fps: Annotated[StrictInt, Field(ge=1, le=60)] | None = None
     resolution: Annotated[StrictStr, Field(pattern=r"^\d{2,4}x\d{2,4}$")] | None = Field(None, description="WIDTHxHEIGHT")
+
+    @field_validator("image_path")
+    @classmethod
+    def _image_path(cls, path: str | None) -> str | None:
+        if path is not None and not IS_SOURCE.match(path):
+            try:
+                TypeAdapter(FileName).validate_python(path)
+            except ValidationError:
+                raise ValueError("give a source (s3://, https://) or a file name of the pods' input folder (no path)") from None
+        return path
 
     @model_validator(mode="after")
     def _image(self) -> "VideoRequest":
@@ -66,8 +84,7 @@ class VideoRequest(Closed):
     def params(self) -> dict[str, Any]:
         width, height = (int(v) for v in self.resolution.split("x")) if self.resolution else (None, None)
         return {"prompt": self.prompt, "negative": self.negative_prompt, "seed": self.seed, "steps": self.steps,
-                "cfg": self.guidance_scale, "length": self.num_frames, "fps": self.fps, "width": width, "height": height,
-                "image": self.image_path}
+                "cfg": self.guidance_scale, "length": self.num_frames, "fps": self.fps, "width": width, "height": height}
 
 
 async def _lora_ref(request: web.Request, body: VideoRequest) -> LoraRef | None:
@@ -88,11 +105,28 @@ async def _lora_ref(request: web.Request, body: VideoRequest) -> LoraRef | None:
     return LoraRef(lora_id=rec.id, strength_model=body.lora_strength)
 
 
+async def _start_image(request: web.Request, path: str | None) -> str | AssetReference | None:
+    """``image_path`` as the template's ``image``: a source read into an input asset (uploaded to the chosen pod
+    with the job), an asset id as its reference, else the pods' own input file name."""
+    if path is None:
+        return None
+    if IS_SOURCE.match(path):
+        await request.app[REGISTRY].check_source_allowed(path)
+        asset = await request.app[GENERATIONS].assets.input_from_source(path, request.app[REGISTRY].registry_policy)
+        return AssetReference(type="core/ASSET", info=AssetInfo(id=asset.id))
+    try:
+        asset = await request.app[GENERATIONS].assets.get(path)
+    except NotFound:
+        return path
+    return AssetReference(type="core/ASSET", info=AssetInfo(id=asset.id))
+
+
 async def generate(request: web.Request, inputs: Inputs) -> web.Response:
     body: VideoRequest = inputs.body
     template = MODEL_TYPES[body.model_type]
     ref = await _lora_ref(request, body)
-    native = GenerationCreate(template=template, params=template_params(request, template, body.params()),
+    params = {**body.params(), "image": await _start_image(request, body.image_path)}
+    native = GenerationCreate(template=template, params=template_params(request, template, params),
                               loras=[ref] if ref else None)
     job = await run(request, native, wait=False)
     return web.json_response({"task_id": job.id, "status": job.status, "websocket": f"{PREFIX}/video/ws/{job.id}"},

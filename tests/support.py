@@ -24,10 +24,11 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEF
 
 def configured_pod(weights: Any, s3_endpoint: str) -> LocalComfy:
     """A (not yet started) ComfyUI set up as a pod: the local S3 server, loopback URLs allowed,
-    a route token, the tiny checkpoint and the test LoRAs."""
+    a route token, the tiny checkpoint and the test LoRAs; it sends sampling previews, as pods
+    that users watch do."""
     env = {**S3_ENV, "LORA_BRIDGE_S3_ENDPOINT": s3_endpoint, "LORA_BRIDGE_ALLOWED_HOSTS": "127.0.0.1",
            "LORA_BRIDGE_TOKEN": POD_TOKEN}
-    pod = LocalComfy(env=env)
+    pod = LocalComfy(env=env, extra_args=("--preview-method", "latent2rgb"))
     test_nodes_link(pod)
     (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
     for key, path in weights.loras.items():

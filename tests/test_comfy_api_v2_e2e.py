@@ -25,6 +25,7 @@ from comfy_sdk import (
     InvalidWorkflow,
     MissingAsset,
     OutputReady,
+    Preview,
     Progress,
     StatusChange,
     Unauthorized,
@@ -83,8 +84,8 @@ def http(url: str, method: str = "GET", body: object = None, headers: dict | Non
 
 def test_sdk_runs_a_lora_asset_through_the_bridge_as_stock_comfyui_would(sdk, bridge, comfy, weights, monkeypatch) -> None:
     asset = sdk.assets.from_file(weights.loras["kohya"])
-    job = sdk.submit(sdk.workflows.from_json(lora_graph(asset, seed=71)), metadata={"team": "brand-7"})
-    statuses, progress, outputs = [], [], []
+    job = sdk.submit(sdk.workflows.from_json(lora_graph(asset, seed=71, steps=12)), metadata={"team": "brand-7"})
+    statuses, progress, outputs, previews = [], [], [], []
     for event in job.events():
         if isinstance(event, StatusChange):
             statuses.append(event.status)
@@ -92,8 +93,11 @@ def test_sdk_runs_a_lora_asset_through_the_bridge_as_stock_comfyui_would(sdk, br
             progress.append(event.value)
         elif isinstance(event, OutputReady):
             outputs.append(event.output)
+        elif isinstance(event, Preview):
+            previews.append(event)
     assert statuses[-1] == "succeeded" and "running" in statuses
     assert progress and progress == sorted(progress) and progress[-1] == 1.0
+    assert previews and previews[0].node_id == "3" and previews[0].to_pil().size[0] > 0  # the sampler's live preview
     done = job.refresh()
     assert done.status == "succeeded" and done.metadata == {"team": "brand-7"}
     [output] = done.get_outputs("9")
@@ -101,7 +105,7 @@ def test_sdk_runs_a_lora_asset_through_the_bridge_as_stock_comfyui_would(sdk, br
     ours = output.to_bytes()
     assert ours[:5] == output.to_bytes(range=(0, 4)) == b"\x89PNG\r"
     # the same graph with the file named directly, on the pod itself, through ComfyUI's own loader
-    stock = run_graph(comfy, lora_graph(LORA_FILES["kohya"], seed=71))
+    stock = run_graph(comfy, lora_graph(LORA_FILES["kohya"], seed=71, steps=12))
     assert np.abs(pixels(ours) - pixels(stock.files[0].data)).max() == 0
     # the pod saw a plain file name: no asset object, no URL, no credential
     _, record = bridge.call("GET", f"/v1/generations/{job.id}")  # a v2 job is a job: /v1 shows it too
@@ -117,7 +121,8 @@ def test_sdk_runs_a_lora_asset_through_the_bridge_as_stock_comfyui_would(sdk, br
     assert again.id == asset.id and again.created_new is False and again.hash == asset.hash
     other = second._low.asset_from_hash(asset.hash, file_path="renamed.safetensors")
     assert other.id != asset.id and other.created_new is False
-    job = second.run(second.workflows.from_json(lora_graph({"__type": "core/ASSET", "info": {"id": other.id}}, seed=71)))
+    job = second.run(second.workflows.from_json(lora_graph({"__type": "core/ASSET", "info": {"id": other.id}}, seed=71,
+                                                           steps=12)))
     assert np.abs(pixels(job.get_outputs("9")[0].to_bytes()) - pixels(ours)).max() == 0
     second.close()
 
@@ -139,6 +144,26 @@ def test_async_sdk_cancels_a_running_job_and_lists_it(bridge, monkeypatch) -> No
     cancelled, final, ids = asyncio.run(go())
     assert cancelled in ("canceling", "canceled") and final == "canceled"
     assert ids[0] == ids[-1] and len(ids) == 2  # the label filter finds exactly that job
+
+
+def test_outputs_are_committed_as_their_nodes_finish(sdk) -> None:
+    """Two image chains: the first one's output is on the job (poll) and on the stream while the second samples."""
+    graph = txt2img(seed=78, steps=2)
+    graph["21"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "seed": 79, "steps": 40}}
+    graph["22"] = {"class_type": "VAEDecode", "inputs": {"samples": ["21", 0], "vae": ["4", 2]}}
+    graph["23"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "second", "images": ["22", 0]}}
+    job = sdk.submit(sdk.workflows.from_json(graph))
+    seen, early = [], None
+    for event in job.events():
+        if isinstance(event, OutputReady) and early is None:
+            early = job.refresh()  # polled the moment the first output is committed
+        seen.append(event)
+        if isinstance(event, StatusChange) and event.status == "succeeded":
+            break
+    first = next(i for i, e in enumerate(seen) if isinstance(e, OutputReady))
+    assert any(isinstance(e, Progress) and e.value < 1 for e in seen[first + 1:])  # work went on after it
+    assert early is not None and early.status == "running" and len(early.outputs) == 1
+    assert {o.node_id for o in job.refresh().outputs} == {"9", "23"}
 
 
 def test_idempotent_submission_runs_once(sdk, bridge) -> None:
@@ -177,6 +202,9 @@ def test_bad_input_is_refused_with_the_spec_codes_and_keeps_nothing(sdk, bridge,
     from comfyui_lora_bridge.bridge.jobs.assets import blake3_of
 
     assert not sdk._low.head_asset_by_hash(blake3_of(data))  # nothing kept from the refused upload
+    with pytest.raises(ApiError) as header:  # the media type is sent back as a header: nothing else gets in
+        sdk._low.post_assets(io.BytesIO(data), "image/png\r\nX-Injected: 1", "style.png")
+    assert header.value.http_status == 400 and "media type" in header.value.message
     pickle = tmp_path / "evil.ckpt"
     pickle.write_bytes(b"\x80\x04not a lora")
     with pytest.raises(ApiError) as refused:

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from ..jobs.records import JobEvent
 from .routing import GENERATIONS, SETTINGS, Inputs
 
 log = logging.getLogger("lora_bridge.service")
@@ -23,7 +24,7 @@ async def job_events(request: web.Request, job_id: str, last: int, heartbeat: fl
         async for event in request.app[GENERATIONS].hub.follow(job_id, last, heartbeat):
             if event is None:
                 await beat()
-            else:
+            elif isinstance(event, JobEvent):
                 await send(*event)
     except ConnectionResetError:
         log.debug("events of %s: the client hung up", job_id)

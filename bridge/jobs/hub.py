@@ -11,8 +11,9 @@ every second where none come.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, NamedTuple
 
 from ..lorafiles.sources import FetchPolicy
 from . import webhooks
@@ -21,6 +22,15 @@ from .records import JobEvent, JobRecord
 from .states import JobState, is_terminal
 
 HEARTBEAT = None  # what ``follow`` yields when a heartbeat is due
+PREVIEW_EVERY_S = 0.5  # previews kept at most twice a second per job
+
+
+class Preview(NamedTuple):
+    """A running job's latest preview image (kept in memory by the replica running it, never in the log)."""
+
+    number: int
+    format: str
+    image: bytes
 
 
 class EventHub:
@@ -30,6 +40,8 @@ class EventHub:
         self.db, self.policy, self.webhook_secret = db, policy, webhook_secret
         # job -> the event its readers wait on (held by them alone: gone with the last reader)
         self._changed: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
+        self.previews: dict[str, Preview] = {}  # job -> its latest preview (this replica's running jobs)
+        self._preview_at: dict[str, float] = {}
         self.closed = False  # the replica is stopping: readers end
         self.notified = True  # other replicas' writes wake readers here (PostgreSQL's listener is up; set by ``Replica``)
 
@@ -50,6 +62,20 @@ class EventHub:
         """Move the job to ``state`` (checked against the state machine) with its event."""
         await self.db.transition(job_id, state, event, data, result, **columns)
         self.signal(job_id)
+
+    def preview(self, job_id: str, format: str, image: bytes) -> None:
+        """Keep a running job's latest preview (throttled) and wake its readers; ``end_previews`` drops it."""
+        last = self.previews.get(job_id)
+        now = time.monotonic()
+        if last is not None and now - self._preview_at.get(job_id, 0.0) < PREVIEW_EVERY_S:
+            return
+        self._preview_at[job_id] = now
+        self.previews[job_id] = Preview((last.number + 1) if last else 1, format, image)
+        self.signal(job_id)
+
+    def end_previews(self, job_id: str) -> None:
+        self.previews.pop(job_id, None)
+        self._preview_at.pop(job_id, None)
 
     # -- waking readers -----------------------------------------------------------------------------
 
@@ -90,16 +116,22 @@ class EventHub:
                 return job
             await self.wait_change(change, 1.0)
 
-    async def follow(self, job_id: str, last: int, heartbeat: float) -> AsyncIterator[JobEvent | None]:
+    async def follow(self, job_id: str, last: int, heartbeat: float,
+                     previews: bool = False) -> AsyncIterator[JobEvent | Preview | None]:
         """The job's events after ``last`` until it has ended (or this replica stops), and ``HEARTBEAT``
-        after ``heartbeat`` seconds without one."""
+        after ``heartbeat`` seconds without one; with ``previews``, each new preview this replica holds."""
         loop = asyncio.get_running_loop()
         sent = loop.time()
+        shown = 0
         while True:
             change = self.watch(job_id)
             for event in await self.db.events(job_id, last):
                 yield event
                 last, sent = event.seq, loop.time()
+            frame = self.previews.get(job_id) if previews else None
+            if frame is not None and frame.number != shown:
+                shown = frame.number
+                yield frame
             if is_terminal(await self.db.job_status(job_id)) and not await self.db.events(job_id, last) or self.closed:
                 return
             poll = heartbeat if self.notified else min(heartbeat, 1.0)

@@ -34,34 +34,39 @@ class OutputStore:
     def key(job_id: str, name: str) -> str:
         return f"generations/{job_id}/{name}"
 
-    async def save(self, job_id: str, files: list[OutputFile]) -> dict[str, list[str]]:
-        """Keep the files (and upload them): ``{"outputs": names}`` plus ``output_urls`` with a bucket."""
-        out_dir = self.folder(job_id)
-        names = [Path(f.filename).name for f in files]
+    async def save(self, job_id: str, file: OutputFile) -> str:
+        """Keep one output file (and upload it): where its bytes are for every replica (``location``)."""
+        name = Path(file.filename).name
+        path = self.path(job_id, name)
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for f, name in zip(files, names):
-                (out_dir / name).write_bytes(f.data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(file.data)
         except OSError as exc:
-            raise OutputsNotSaved(f"the outputs could not be saved in {out_dir}: {exc}") from None
-        saved = {"outputs": names}
+            raise OutputsNotSaved(f"an output could not be saved in {path.parent}: {exc}") from None
         if self.bucket:
             try:
-                saved["output_urls"] = await asyncio.get_running_loop().run_in_executor(
-                    None, self._upload, job_id, [out_dir / n for n in names])
+                await asyncio.get_running_loop().run_in_executor(None, self._upload, job_id, path)
             except Exception as exc:  # botocore raises many types; all mean the same here
                 raise OutputsNotSaved(f"the outputs are on the bridge but could not be uploaded to s3://{self.bucket}: "
                                       f"{type(exc).__name__}: {exc}") from None
+        return self.location(job_id, name)
+
+    async def account(self, job_id: str, names: list[str]) -> dict[str, list[str]]:
+        """The saved outputs as the job record keeps them: ``{"outputs": names}``, plus presigned ``output_urls``
+        with a bucket."""
+        saved = {"outputs": names}
+        if self.bucket:
+            saved["output_urls"] = await asyncio.get_running_loop().run_in_executor(None, self._presign, job_id, names)
         return saved
 
-    def _upload(self, job_id: str, files: list[Path], expires: int = 24 * 3600) -> list[str]:
+    def _upload(self, job_id: str, path: Path) -> None:
         import boto3
 
-        assert self.bucket is not None
+        boto3.client("s3", endpoint_url=self.s3_endpoint).upload_file(str(path), self.bucket, self.key(job_id, path.name))
+
+    def _presign(self, job_id: str, names: list[str], expires: int = 24 * 3600) -> list[str]:
+        import boto3
+
         s3 = boto3.client("s3", endpoint_url=self.s3_endpoint)
-        urls = []
-        for path in files:
-            key = self.key(job_id, path.name)
-            s3.upload_file(str(path), self.bucket, key)
-            urls.append(s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires))
-        return urls
+        return [s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self.key(job_id, name)},
+                                          ExpiresIn=expires) for name in names]

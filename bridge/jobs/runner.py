@@ -188,6 +188,7 @@ class Generations:
             self.cancel_requested.discard(job_id)
             self.released.discard(job_id)
             self.two_stage.discard(job_id)
+            self.hub.end_previews(job_id)
             self.hub.signal(job_id)
         job = await self.db.get_job(job_id)
         if is_terminal(job.status):
@@ -216,7 +217,8 @@ class Generations:
                                                request_id=job_id, key_frame=plan.key_frame,
                                                placements=assets.placements if assets else None,
                                                placed_loras=assets.loras if assets else None,
-                                               inputs=assets.inputs if assets else None)
+                                               inputs=assets.inputs if assets else None,
+                                               on_file=lambda f: self._keep_output(job_id, f))
                 break
             except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason
                 if req.lora_policy == "strict" or exc.lora.linked:  # a LoRA the graph names itself cannot be left out
@@ -242,20 +244,31 @@ class Generations:
             async with self.pool.client(pod, timeout=300) as client:
                 result = await client.run({}, lambda e: self.on_pod_event(job_id, e), prompt_id=job.prompt_id,
                                           client_id=job.result.get("client_id"), follow=True,
-                                          recorded=[(e.type, e.data) for e in await self.db.events(job_id)])
+                                          recorded=[(e.type, e.data) for e in await self.db.events(job_id)],
+                                          on_file=lambda f: self._keep_output(job_id, f))
         except PromptLost as exc:
             await self.hub.record(job_id, "warning", {"message": f"{exc}; running it again"})
             await self._replan_and_run(job_id, request)
             return
         await self._complete(job_id, result.files)
 
+    async def _keep_output(self, job_id: str, file: OutputFile) -> None:
+        """One output file as soon as the pod has it: saved (and uploaded), minted as an asset, an ``output_saved``
+        event. A file kept already (before a restart) is kept once."""
+        name = Path(file.filename).name
+        if any(a.node_id == file.node_id and a.file_path == name for a in await self.assets.of_job(job_id)):
+            return
+        location = await self.outputs.save(job_id, file)
+        asset = await self.assets.add(kind="output", blake3=blake3_of(file.data), size=len(file.data),
+                                      content_type=content_type_of(name), file_path=name, location=location,
+                                      job_id=job_id, node_id=file.node_id)
+        await self.hub.record(job_id, "output_saved", {"asset_id": asset.id, "node": file.node_id, "name": name})
+
     async def _complete(self, job_id: str, files: list[OutputFile]) -> None:
-        """Store the outputs (and upload them) and mint them as assets, then ``succeeded`` with timings and cost."""
-        saved = await self.outputs.save(job_id, files)
-        for f, name in zip(files, saved["outputs"]):
-            await self.assets.add(kind="output", blake3=blake3_of(f.data), size=len(f.data), content_type=content_type_of(name),
-                                  file_path=name, location=self.outputs.location(job_id, name), job_id=job_id,
-                                  node_id=f.node_id)
+        """Every output kept (most were as they came), then ``succeeded`` with the outputs, timings and cost."""
+        for file in files:
+            await self._keep_output(job_id, file)
+        saved = await self.outputs.account(job_id, [Path(f.filename).name for f in files])
         await self.hub.transition(job_id, JobState.SUCCEEDED, "succeeded", data={"outputs": saved["outputs"]},
                                   result={**saved, **await self.completion(job_id)})
 
@@ -278,7 +291,9 @@ class Generations:
 
     async def on_pod_event(self, job_id: str, event: PodEvent) -> None:
         """A pod event as state and record: prompt id stored before submission, then the transitions."""
-        if event.type == "preview":
+        if event.type == "preview":  # live only: kept in memory for the streams that relay previews
+            if isinstance(event.data.get("image"), bytes):
+                self.hub.preview(job_id, str(event.data.get("format", "jpeg")), event.data["image"])
             return
         data = event.data
         node = data.get("node")

@@ -68,6 +68,8 @@ class JobResult:
 
 
 EventCallback = Callable[[PodEvent], Awaitable[None] | None]
+FileCallback = Callable[[OutputFile], Awaitable[None]]  # an output file, fetched as soon as its node has run
+OUTPUT_KINDS = ("images", "gifs", "videos", "latents")
 
 
 def _error_text(text: str) -> str:
@@ -213,11 +215,12 @@ class PodClient:
 
     async def run(self, graph: dict[str, Any], on_event: EventCallback | None = None,
                   prompt_id: str | None = None, client_id: str | None = None, follow: bool = False,
-                  recorded: Iterable[tuple[str, dict[str, Any]]] = ()) -> JobResult:
+                  recorded: Iterable[tuple[str, dict[str, Any]]] = (), on_file: FileCallback | None = None) -> JobResult:
         """Submit ``graph`` and stream its events; with ``follow``, re-attach to ``prompt_id``
         instead (submitted earlier by ``client_id``: ComfyUI sends a job's events to that client),
         reporting none of the events in ``recorded`` (what the caller's log holds already, from
-        before a restart) again.
+        before a restart) again. Each output file is fetched as soon as its node has run (the rest at the
+        end) and handed to ``on_file``.
 
         A submission first emits ``submitting`` with the prompt id it is about to use (callers
         store it, so a crash right after the POST still finds the prompt), then ``submitted``
@@ -227,7 +230,7 @@ class PodClient:
         """
         client_id = client_id or uuid.uuid4().hex
         ws = await self._connect(client_id)
-        job = _Job(self, on_event)
+        job = _Job(self, on_event, on_file)
         for type, data in recorded:
             job.remember(type, data)
         try:
@@ -282,8 +285,9 @@ def _error_data(data: dict[str, Any]) -> dict[str, Any]:
 class _Job:
     """Event bookkeeping of one job: dedupe after reconnects, terminal state, results."""
 
-    def __init__(self, client: PodClient, on_event: EventCallback | None) -> None:
-        self.client, self.on_event = client, on_event
+    def __init__(self, client: PodClient, on_event: EventCallback | None, on_file: FileCallback | None = None) -> None:
+        self.client, self.on_event, self.on_file = client, on_event, on_file
+        self.fetched: set[tuple[str, str, str, str]] = set()
         self.result = JobResult("")
         self.terminal: PodEvent | None = None
         self.seen: set[str] = set()
@@ -342,6 +346,8 @@ class _Job:
                 await self.step(str(data.get("node")), data.get("value"), data.get("max"))
                 continue
             await self.emit(kind, _error_data(data) if kind == "error" else data)
+            if kind == "output" and isinstance(data.get("output"), dict):
+                await self.fetch(str(data.get("node")), data["output"])
             if self.terminal is not None:
                 return
         raise ConnectionError("WebSocket closed")
@@ -387,7 +393,20 @@ class _Job:
             raise PodError(f"job {self.result.prompt_id} finished but never appeared in /history")
         self.result.outputs = entry.get("outputs", {})
         for node_id, output in self.result.outputs.items():
-            for item in [*output.get("images", []), *output.get("gifs", []), *output.get("videos", []), *output.get("latents", [])]:
-                data = await self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
-                self.result.files.append(OutputFile(node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"), data))
+            await self.fetch(node_id, output)
         return self.result
+
+    async def fetch(self, node_id: str, output: dict[str, Any]) -> None:
+        """Fetch a node's output files not fetched yet (``/view``), and hand each to ``on_file``."""
+        for kind in OUTPUT_KINDS:
+            for item in output.get(kind) or []:
+                if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+                    continue
+                key = (node_id, item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+                if key in self.fetched:
+                    continue
+                self.fetched.add(key)
+                file = OutputFile(*key, await self.client.view(*key[1:]))
+                self.result.files.append(file)
+                if self.on_file is not None:
+                    await self.on_file(file)

@@ -14,7 +14,7 @@ from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import Template
 from ..lorafiles.inspect import inspect_source
 from ..lorafiles.sources import FetchPolicy
-from .client import EventCallback, OutputFile
+from .client import EventCallback, FileCallback, OutputFile
 from .pool import PodPool, PodStatus
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
@@ -59,7 +59,7 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                          on_built: Callable[[InsertionReport], Awaitable[None] | None] | None = None,
                          request_id: str | None = None, key_frame: KeyFrame | None = None,
                          placements: list[Placement] | None = None, placed_loras: list[LoraRequest] | None = None,
-                         inputs: dict[str, str] | None = None) -> JobOutcome:
+                         inputs: dict[str, str] | None = None, on_file: FileCallback | None = None) -> JobOutcome:
     """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
 
     ``on_built`` sees what will be applied as soon as a pod's graph is built; ``request_id``
@@ -67,6 +67,7 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
     and prefetched with the job's own. A workflow's ``core/ASSET`` references (``placements``) are
     replaced by the pod's file names: ``placed_loras`` are fetched and linked there under their names
     (routed like the job's own), ``inputs`` (pod file name -> local file) uploaded to its input folder.
+    ``on_file`` gets each output file as soon as the pod has it.
     """
     reports: dict[str, InsertionReport] = {}
     frame_loras = key_frame.loras if key_frame is not None else []
@@ -94,7 +95,7 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                 await client.upload_image(Path(location), name)
 
     result, pod = await pool.run(build, [*loras, *frame_loras, *placed], on_event, request_id=request_id,
-                                 pack_only=bool(placed), stage=upload_inputs if inputs else None)
+                                 pack_only=bool(placed), stage=upload_inputs if inputs else None, on_file=on_file)
     outcome = JobOutcome(result.prompt_id, pod.config.name, result.files, reports[pod.config.url])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from ..pack_protocol import (
     PrefetchRequest,
     store_reference,
 )
-from .client import EventCallback, JobResult, PodClient, PodEvent
+from .client import EventCallback, FileCallback, JobResult, PodClient, PodEvent
 
 
 class PrefetchFailed(PodError):
@@ -264,12 +264,14 @@ class PodPool:
     async def run(self, build: GraphBuilder, loras: list[LoraRequest], on_event: EventCallback | None = None,
                   labels: frozenset[str] = frozenset(), request_id: str | None = None, pack_only: bool = False,
                   stage: Callable[[PodStatus], Awaitable[None]] | None = None,
-                  retry_delays: tuple[float, ...] | None = None) -> tuple[JobResult, PodStatus]:
+                  retry_delays: tuple[float, ...] | None = None,
+                  on_file: FileCallback | None = None) -> tuple[JobResult, PodStatus]:
         """Run a job: choose a pod, prefetch, ``stage`` (put the job's inputs on it), build its graph,
         submit, stream. A pod that is down or dies is retried after each of ``retry_delays`` (the
         pool's unless given; ``retry`` events; ``failover`` when a pod was lost), preferring pods that
         have not failed this job. ``request_id`` names the prefetches; ``pack_only`` keeps the job to pods with
-        the node pack (a graph that names LoRA assets: the pack fetches them)."""
+        the node pack (a graph that names LoRA assets: the pack fetches them); ``on_file`` gets each output
+        file as soon as it is fetched."""
         delays = self.retry_delays if retry_delays is None else retry_delays
         failed: set[str] = set()
         files: dict[str, set[str]] = {}  # a LoRA's files by its name: a Wan 2.2 pair routes as one unit
@@ -308,7 +310,7 @@ class PodPool:
                 graph = await self.build(pod, lambda p: build(p, named))  # noqa: B023 (used within this attempt)
                 pod.queue = (pod.queue or 0) + 1
                 async with self.client(pod, timeout=300) as client:
-                    result = await client.run(graph, on_event)
+                    result = await client.run(graph, on_event, on_file=on_file)
                 return result, pod
             except PodUnavailable as exc:
                 pod.healthy, pod.error = False, str(exc)

@@ -5,6 +5,7 @@ metadata and content (Range; signed short-lived URLs; S3 outputs by redirect).""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +23,7 @@ from .jobs import LINKS, base_url
 from .views import asset_view
 
 TEXT_FIELDS = ("content_type", "file_path", "expected_hash")
+MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")  # RFC 6838
 LORA_SUFFIX = ".safetensors"
 
 
@@ -59,6 +61,8 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str], list[str], S
         missing = [k for k in ("content_type", "file_path") if not fields.get(k)] + (["file"] if staged is None else [])
         if missing:
             raise RequestInvalid(f"missing form part(s): {', '.join(missing)}")
+        if not MEDIA_TYPE.match(fields["content_type"]):  # it is sent back as a header: a media type, nothing else
+            raise RequestInvalid(f"content_type {fields['content_type'][:100]!r} is not a media type (type/subtype)")
     except BaseException as exc:
         if staged is not None:
             request.app[GENERATIONS].assets.discard(staged)
@@ -165,4 +169,5 @@ async def content(request: web.Request, inputs: Inputs) -> web.StreamResponse:
     path = Path(asset.location)
     if not path.is_file():
         raise BlobNotFound(f"the bytes of asset {asset.id} are not on this replica")
-    return web.FileResponse(path, headers={"Content-Type": asset.content_type})
+    media = asset.content_type if MEDIA_TYPE.match(asset.content_type) else "application/octet-stream"
+    return web.FileResponse(path, headers={"Content-Type": media})

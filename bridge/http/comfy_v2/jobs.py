@@ -1,8 +1,9 @@
 """``/api/v2/jobs``: submit an API-format workflow as a job of the job core, poll it, list, cancel, and follow
-its live events (SSE: ``status``, ``progress``, ``output``, ``log``)."""
+its live events (SSE: ``status``, ``progress``, ``preview``, ``output``, ``log``)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from ...errors import NotFound
 from ...graphs.convert import is_ui_workflow
+from ...jobs.hub import Preview
 from ...jobs.idempotency import IdempotencyKeys
 from ...jobs.prechecks import validate_on_pod
 from ...jobs.records import GENERATION, JobRecord
@@ -112,8 +114,8 @@ async def cancel_job(request: web.Request, inputs: Inputs) -> web.Response:
 
 
 async def job_events(request: web.Request, inputs: Inputs) -> web.StreamResponse:
-    """Live push, not a replayable log: on connect the current ``status`` and latest ``progress``, then each
-    change; ``output`` for each output before the terminal ``status``, which ends the stream."""
+    """Live push, not a replayable log: on connect the current ``status``, latest ``progress`` and ``preview``,
+    then each change; ``output`` for each output before the terminal ``status``, which ends the stream."""
     job = await _job(request, inputs.path.id)
     gens = request.app[GENERATIONS]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -128,28 +130,37 @@ async def job_events(request: web.Request, inputs: Inputs) -> web.StreamResponse
     for old in past:
         tracker.feed(old)
     status = STATUS.get(job.status, job.status)
+
+    async def preview(frame: Preview) -> None:
+        await send("preview", {"node_id": tracker.current or "", "content_type": f"image/{frame.format}",
+                               "data_base64": base64.b64encode(frame.image).decode()})
+
     try:
         await send("status", {"status": status, "queue_position": None})
         if (snapshot := tracker.snapshot()) is not None:
             await send("progress", snapshot)
         if is_terminal(job.status):
             return resp
-        async for event in gens.hub.follow(job.id, past[-1].seq if past else 0, request.app[SETTINGS].stream_heartbeat_s):
+        async for event in gens.hub.follow(job.id, past[-1].seq if past else 0, request.app[SETTINGS].stream_heartbeat_s,
+                                           previews=True):
             if event is None:
                 await resp.write(b": keepalive\n\n")
+                continue
+            if isinstance(event, Preview):
+                await preview(event)
                 continue
             if tracker.feed(event) and event.type != "succeeded" and (snapshot := tracker.snapshot()) is not None:
                 await send("progress", snapshot)
             if event.type in ("warning", "error"):
                 await send("log", {"level": event.type, "message": str(event.data.get("message", ""))})
+            elif event.type == "output_saved":
+                asset = await gens.assets.get(str(event.data.get("asset_id")))
+                await send("output", output_view(asset, base_url(request), request.app[LINKS]))
             new = STATUS.get(event.type)
             if new is None or new == status:
                 continue
-            if new == "succeeded":
-                for asset in await gens.assets.of_job(job.id):
-                    await send("output", output_view(asset, base_url(request), request.app[LINKS]))
-                if (snapshot := tracker.snapshot()) is not None:
-                    await send("progress", snapshot)
+            if new == "succeeded" and (snapshot := tracker.snapshot()) is not None:
+                await send("progress", snapshot)
             status = new
             await send("status", {"status": status, "queue_position": None})
     except ConnectionResetError:

@@ -166,6 +166,7 @@ def test_outputs_are_committed_as_their_nodes_finish(sdk) -> None:
     assert {o.node_id for o in job.refresh().outputs} == {"9", "23"}
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_idempotent_submission_runs_once(sdk, bridge) -> None:
     key, graph = str(uuid.uuid4()), txt2img(seed=73)
     first = http(f"{bridge.url}/api/v2/jobs", "POST", {"workflow": graph}, {"Idempotency-Key": key})

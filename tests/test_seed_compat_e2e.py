@@ -161,6 +161,7 @@ def test_lora_configs_compose_brands_with_their_weights_and_types(service, s3, w
     assert unknown["warnings"] == ["LoRA brand no_such_brand not found for base model sd15; generating without it"]
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 @pytest.mark.parametrize("body, field", [
     ({"prompt": "x", "brand_id": "brand_abc123", "lora_weights": 1.5}, "lora_weights"),
     ({"prompt": "x", "lora_configs": [{"brand_id": "brand_abc123", "weight": -0.1}]}, "lora_configs[0].weight"),
@@ -263,6 +264,7 @@ def test_video_parameters_and_websocket_progress(service, s3, wan_lora, comfy) -
     assert image.endswith("-start.jpg") and (comfy.base_dir / "input" / image).read_bytes() == start.getvalue()
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 @pytest.mark.parametrize("body, status, text", [
     ({"prompt": "x", "model_type": "t2v-A14B", "lora_path": "anime_style.safetensors", "lora_strength": 2.5}, 400, "lora_strength"),
     ({"prompt": "x", "model_type": "t2v-A14B", "lora_strength": -0.1}, 400, "lora_strength"),

@@ -72,6 +72,7 @@ def test_health_and_metrics_say_what_the_database_and_pods_hold(service) -> None
     assert any(k.startswith("lora_bridge_fetch_failures_total") for k in samples)
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_fallback_and_strict(service) -> None:
     _, lora = service.call("POST", "/v1/loras", {"name": "character 43", "character_id": 43, "status": "training",
                                                  "family": "sd15", "source": "s3://loras/svc/char42.safetensors",
@@ -91,6 +92,7 @@ def test_fallback_and_strict(service) -> None:
     assert any("LoRA nope not found" in w for w in rec["warnings"]) and any("(sdxl brand) is SDXL; the model is SD1.x" in w for w in rec["warnings"])
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_lora_that_fails_to_fetch(service) -> None:
     service.call("POST", "/v1/loras", {"name": "broken", "character_id": 88, "status": "ready", "family": "sd15",
                                        "source": "s3://loras/svc/missing.safetensors", "trigger_word": "brk"})
@@ -118,6 +120,7 @@ def wait_for_progress(service, job_id: str) -> None:
     service.wait_for(job_id, "progress")
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_auth_and_hostile_input(service) -> None:
     assert service.call("GET", "/v1/loras", key=None)[0] == 401
     assert service.call("GET", "/v1/loras", key="wrong")[0] == 401
@@ -177,6 +180,7 @@ class Receiver:
         self.url = f"http://{host}:{self.server.server_address[1]}/hook"
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_signed_webhook_with_retries_and_ws_twin(service) -> None:
     from comfyui_lora_bridge.bridge.jobs.webhooks import (
         SIGNATURE_HEADER,
@@ -228,6 +232,7 @@ def test_upload_registers_and_generates(service, weights) -> None:
     assert service.call("POST", "/v1/pods/7/cache/clear", {})[0] == 404
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_cli_against_the_service(service) -> None:
     env = {"PATH": "/usr/bin:/bin", "LORA_BRIDGE_URL": service.url, "LORA_BRIDGE_API_KEY": KEY, "HOME": str(service.tmp)}
     exe = EXE
@@ -246,6 +251,7 @@ def test_cli_against_the_service(service) -> None:
     assert bad.returncode == 1 and "401" in bad.stderr
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 @pytest.mark.parametrize("status", [307, 302])
 def test_webhook_redirects_are_not_followed(service, status) -> None:
     elsewhere = Receiver(host="127.0.0.2")  # loopback, but not in the allowlist (127.0.0.1)
@@ -287,6 +293,7 @@ def test_presigned_credentials_stay_out_of_graphs_histories_pngs_listings_and_lo
             assert secret not in text and secret.replace("%2F", "/") not in text, f"credential in the {where}"
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_clients_that_hang_up_mid_stream_are_no_server_error(service) -> None:
     _, job = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 8, "seed": 52}})
     for _ in range(3):  # three clients leave while the job still sends events
@@ -319,6 +326,7 @@ def test_a_pod_download_retry_is_an_event_on_the_job(service, file_server, weigh
     assert retries and retries[0]["retries"] == 1 and "flaky.safetensors" in retries[0]["source"]
 
 
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_registry_refuses_sources_the_pods_would_refuse(service) -> None:
     for source in ("http://169.254.169.254/latest/x.safetensors", "/etc/passwd", "http://localhost:9/x.safetensors",
                    "file:///etc/shadow"):

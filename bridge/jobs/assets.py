@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import blake3
 
 from ..errors import NotFound
-from ..lorafiles.sources import FetchPolicy, SourceError, check_source, parse_source, transport_for
+from ..lorafiles.sources import FetchPolicy, copy_whole, parse_source
 from ..lorafiles.validate import SizeLimits
 from .database import AsyncDatabase
 from .records import AssetRecord
@@ -62,10 +62,12 @@ class StagedBlob:
 
 
 class AssetStore:
-    """Asset records (``db``) and the bytes of input assets (under ``root``)."""
+    """Asset records (``db``) and the bytes of input assets: under ``root``, and in ``bucket`` (on ``s3_endpoint``)
+    when one is set, so that every replica can read them."""
 
-    def __init__(self, db: AsyncDatabase, root: Path, limits: SizeLimits = SizeLimits()) -> None:  # noqa: B008 (frozen)
-        self.db, self.root, self.limits = db, root, limits
+    def __init__(self, db: AsyncDatabase, root: Path, limits: SizeLimits = SizeLimits(),  # noqa: B008 (frozen)
+                 bucket: str | None = None, s3_endpoint: str | None = None) -> None:
+        self.db, self.root, self.limits, self.bucket, self.s3_endpoint = db, root, limits, bucket, s3_endpoint
         root.mkdir(parents=True, exist_ok=True)
 
     # -- bytes -------------------------------------------------------------------------------------
@@ -96,25 +98,10 @@ class AssetStore:
         """Read ``source`` (s3://, https://, a path under the allowed roots) once, under ``policy``, into a staged,
         hashed file (blocking: run it in a thread)."""
         src = parse_source(source)
-        check_source(src, policy)
-        transport = transport_for(src, policy)
-        stat = transport.stat()
-        self.limits.check(stat.size, src.display)
-        b3, sha, size = blake3.blake3(), hashlib.sha256(), 0
+        b3, sha = blake3.blake3(), hashlib.sha256()
         with self._staging() as tmp:
             with open(tmp, "wb") as f:
-                if stat.size:
-                    body, _ = transport.open(0, stat.size, stat.validator)
-                    try:
-                        while size < stat.size and (chunk := body.read(min(1 << 20, stat.size - size))):
-                            size += len(chunk)
-                            b3.update(chunk)
-                            sha.update(chunk)
-                            f.write(chunk)
-                    finally:
-                        body.close()
-            if size != stat.size:
-                raise SourceError(f"{src.display}: the connection ended after {size} of {stat.size} bytes")
+                size = copy_whole(src, policy, f, [b3, sha], self.limits, src.display)
             return StagedBlob(tmp, size, HASH_PREFIX + b3.hexdigest(), sha.hexdigest())
 
     async def input_from_source(self, source: str, policy: FetchPolicy) -> AssetRecord:
@@ -125,16 +112,43 @@ class AssetStore:
             self.discard(staged)
             location = had[0].location
         else:
-            location = self.keep(staged)
+            location = await self.keep(staged)
         name = parse_source(source).filename or "input"
         return await self.add(kind="input", blake3=staged.blake3, sha256=staged.sha256, size=staged.size,
                               content_type=content_type_of(name), file_path=name, location=location)
 
-    def keep(self, staged: StagedBlob) -> str:
-        """Keep staged bytes under their content address; their location."""
+    async def keep(self, staged: StagedBlob) -> str:
+        """Keep staged bytes under their content address (and in the bucket); their location."""
         final = self.root / staged.blake3.removeprefix(HASH_PREFIX)
         os.replace(staged.path, final)
-        return str(final)
+        if not self.bucket:
+            return str(final)
+        key = f"assets/{final.name}"
+
+        def upload() -> None:
+            import boto3
+
+            boto3.client("s3", endpoint_url=self.s3_endpoint).upload_file(str(final), self.bucket, key)
+
+        await asyncio.get_running_loop().run_in_executor(None, upload)
+        return f"s3://{self.bucket}/{key}"
+
+    async def read(self, location: str) -> bytes:
+        """The bytes at an asset's location (a local path, or ``s3://bucket/key``)."""
+        if not location.startswith("s3://"):
+            path = Path(location)
+            if not path.is_file():
+                raise NotFound(f"the bytes at {location} are not on this replica (configure LORA_BRIDGE_UPLOAD_BUCKET "
+                               "so that every replica has them)")
+            return await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+
+        def get() -> bytes:
+            import boto3
+
+            return bytes(boto3.client("s3", endpoint_url=self.s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        return await asyncio.get_running_loop().run_in_executor(None, get)
 
     @staticmethod
     def discard(staged: StagedBlob) -> None:

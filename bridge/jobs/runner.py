@@ -58,7 +58,8 @@ class Generations:
         self.planner = Planner(db, policy, settings.webhook_secret)
         self.hub = EventHub(db, policy, settings.webhook_secret)
         self.outputs = OutputStore(outputs_dir, settings.output_bucket, policy.s3_endpoint)
-        self.assets = AssetStore(db, settings.local_store_dir / "assets", policy.limits)
+        self.assets = AssetStore(db, settings.local_store_dir / "assets", policy.limits, settings.upload_bucket,
+                                 policy.s3_endpoint)
         self.planner.assets = self.assets
         self.metrics = JobMetrics()
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -217,7 +218,7 @@ class Generations:
                                                request_id=job_id, key_frame=plan.key_frame,
                                                placements=assets.placements if assets else None,
                                                placed_loras=assets.loras if assets else None,
-                                               inputs=assets.inputs if assets else None,
+                                               inputs=assets.inputs if assets else None, read=self.assets.read,
                                                on_file=lambda f: self._keep_output(job_id, f))
                 break
             except PrefetchFailed as exc:  # fallback: go on without that LoRA; strict: fail with the reason

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..lorafiles.inspect import LoraInfo, inspect_file
-from ..lorafiles.sources import FetchPolicy, SourceError, parse_source, transport_for
+from ..lorafiles.sources import FetchPolicy, copy_whole, parse_source
 from ..lorafiles.validate import SizeLimits, check_extension, safe_name
 
 
@@ -81,23 +81,10 @@ class LoraUploads:
         src = parse_source(source)
         filename = safe_name(src.filename or "lora.safetensors")
         check_extension(filename)
-        transport = transport_for(src, policy)
-        stat = transport.stat()
-        self.limits.check(stat.size, f"LoRA {src.display}")
-        sha, size = hashlib.sha256(), 0
+        sha = hashlib.sha256()
         with self._staging() as tmp:
             with open(tmp, "wb") as f:
-                if stat.size:
-                    body, _ = transport.open(0, stat.size, stat.validator)
-                    try:
-                        while size < stat.size and (chunk := body.read(min(1 << 20, stat.size - size))):
-                            size += len(chunk)
-                            sha.update(chunk)
-                            f.write(chunk)
-                    finally:
-                        body.close()
-            if size != stat.size:
-                raise SourceError(f"{src.display}: the connection ended after {size} of {stat.size} bytes")
+                copy_whole(src, policy, f, [sha], self.limits, f"LoRA {src.display}")
             return self._staged(filename, tmp, sha.hexdigest())
 
     def discard(self, staged: StagedUpload) -> None:

@@ -15,7 +15,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Mapping, Protocol, Sequence
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 from ..errors import LoraBridgeError
@@ -417,6 +417,33 @@ def transport_for(source: Source, policy: FetchPolicy) -> Transport:
     if source.kind == "s3":
         return S3Transport(source, policy)
     return LocalTransport(source)
+
+
+class Digest(Protocol):
+    def update(self, data: bytes, /) -> object: ...
+
+
+def copy_whole(source: Source, policy: FetchPolicy, out: BinaryIO, digests: Sequence[Digest], limits: SizeLimits,
+               what: str) -> int:
+    """Read ``source`` whole, under ``policy`` (its size checked against ``limits`` first), into ``out``, updating
+    each digest with every byte; the size read. A read that ends early is a ``SourceError``."""
+    transport = transport_for(source, policy)
+    stat = transport.stat()
+    limits.check(stat.size, what)
+    size = 0
+    if stat.size:
+        body, _ = transport.open(0, stat.size, stat.validator)
+        try:
+            while size < stat.size and (chunk := body.read(min(1 << 20, stat.size - size))):
+                size += len(chunk)
+                for digest in digests:
+                    digest.update(chunk)
+                out.write(chunk)
+        finally:
+            body.close()
+    if size != stat.size:
+        raise SourceError(f"{source.display}: the connection ended after {size} of {stat.size} bytes")
+    return size
 
 
 def _read_exact(body: Body, length: int) -> bytes:

@@ -59,14 +59,16 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
                          on_built: Callable[[InsertionReport], Awaitable[None] | None] | None = None,
                          request_id: str | None = None, key_frame: KeyFrame | None = None,
                          placements: list[Placement] | None = None, placed_loras: list[LoraRequest] | None = None,
-                         inputs: dict[str, str] | None = None, on_file: FileCallback | None = None) -> JobOutcome:
+                         inputs: dict[str, str] | None = None, read: Callable[[str], Awaitable[bytes]] | None = None,
+                         on_file: FileCallback | None = None) -> JobOutcome:
     """Build the graph for whichever pod the pool picks (pack or stock mode), run it, save outputs.
 
     ``on_built`` sees what will be applied as soon as a pod's graph is built; ``request_id``
     names the pod-side prefetches (so they can be cancelled). A ``key_frame``'s LoRAs are routed
     and prefetched with the job's own. A workflow's ``core/ASSET`` references (``placements``) are
     replaced by the pod's file names: ``placed_loras`` are fetched and linked there under their names
-    (routed like the job's own), ``inputs`` (pod file name -> local file) uploaded to its input folder.
+    (routed like the job's own), ``inputs`` (pod file name -> where its bytes are, as ``read`` reads them;
+    by default a local file) uploaded to its input folder.
     ``on_file`` gets each output file as soon as the pod has it.
     """
     reports: dict[str, InsertionReport] = {}
@@ -92,7 +94,7 @@ async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str 
     async def upload_inputs(pod: PodStatus) -> None:
         async with pool.client(pod, timeout=300) as client:
             for name, location in (inputs or {}).items():
-                await client.upload_image(Path(location), name)
+                await client.upload_image(await read(location) if read else Path(location), name)
 
     result, pod = await pool.run(build, [*loras, *frame_loras, *placed], on_event, request_id=request_id,
                                  pack_only=bool(placed), stage=upload_inputs if inputs else None, on_file=on_file)

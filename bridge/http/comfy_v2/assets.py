@@ -104,7 +104,7 @@ async def upload(request: web.Request, inputs: Inputs) -> web.Response:
             assets.discard(staged)
             location = had[0].location
         else:
-            location = assets.keep(staged)
+            location = await assets.keep(staged)
     except BaseException:
         assets.discard(staged)
         raise

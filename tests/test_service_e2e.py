@@ -70,6 +70,19 @@ def test_health_and_metrics_say_what_the_database_and_pods_hold(service) -> None
     assert samples[replica] >= 1 and samples[replica.replace("duration", "queue_wait")] >= 1
     assert any(k.startswith("lora_bridge_pod_cache_hit_rate") and 'cache="memory"' in k for k in samples)
     assert any(k.startswith("lora_bridge_fetch_failures_total") for k in samples)
+    # what an autoscaler reads: the work running and waiting by template and family, the oldest wait, busy pods
+    _, running = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "steps": 150}})
+    service.wait_for(running["id"], "progress")
+    _, waiting = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {**PARAMS, "seed": 61}})
+    time.sleep(0.5)
+    page = service.call("GET", "/metrics", key=None)[1].decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if not line.startswith("#")}
+    for job in (running, waiting):
+        service.call("DELETE", f"/v1/generations/{job['id']}")
+    assert samples['lora_bridge_jobs_running{template="sd15_txt2img",family="sd15"}'] >= 1
+    assert samples['lora_bridge_jobs_waiting{template="sd15_txt2img",family="sd15"}'] >= 1
+    assert samples["lora_bridge_oldest_waiting_job_seconds"] >= 0.5
+    assert sum(v for k, v in samples.items() if k.startswith("lora_bridge_pods{") and 'state="busy"' in k) == 1
 
 
 @pytest.mark.bridge_logic  # the bridge's own logic: first leg only

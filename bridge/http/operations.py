@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
@@ -31,7 +32,8 @@ async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
         pods.append({"pod": pod.config.name, "healthy": pod.healthy, "queue": pod.queue,
                      "fetch_failures": pod.fetch_failures, "cache": pod.cache_stats if pod.healthy and pod.pack else None})
     db = request.app[DB]
-    page = render_metrics(db.replica, await db.job_counts(), request.app[GENERATIONS].metrics, pods)
+    page = render_metrics(db.replica, await db.job_counts(), request.app[GENERATIONS].metrics, pods,
+                          await db.unfinished_jobs(), time.time())
     return web.Response(text=page, content_type="text/plain")
 
 

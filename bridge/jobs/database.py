@@ -294,6 +294,7 @@ class AsyncDatabase:
     job_status = _threaded(Database.job_status)
     job_counts = _threaded(Database.job_counts)
     recent_jobs = _threaded(Database.recent_jobs)
+    unfinished_jobs = _threaded(Database.unfinished_jobs)
     claim = _threaded(Database.claim)
     renew = _threaded(Database.renew)
     release = _threaded(Database.release)

@@ -1,9 +1,11 @@
 """``/metrics`` in Prometheus' text format.
 
-Two kinds of figures: what the shared database says (jobs by status: the same on every
-replica) and what this replica observed (queue wait and duration of the jobs it ended, pod
-health and queues, LoRA fetches its pods gave up on, the pods' own cache hit rates). A scraper
-sums the per-replica counters across replicas; each sample names its ``replica``.
+Two kinds of figures: what the shared database says (jobs by status; the waiting and running
+work by template and family, and the oldest waiting job's age: what an autoscaler scales on; the
+same on every replica) and what this replica observed (pods ready, busy or lost, queue wait and
+duration of the jobs it ended, pod health and queues, LoRA fetches its pods gave up on, the pods'
+own cache hit rates). A scraper sums the per-replica counters across replicas; each sample names
+its ``replica``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import JobRecord
+from .records import GENERATION, JobRecord
+from .states import WAITING, JobState
 
 # seconds: from a sub-second wait in a warm queue to a long training
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
@@ -58,12 +61,47 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(replica: str, job_counts: dict[str, int], jobs: JobMetrics, pods: list[dict[str, Any]]) -> str:
+def _work(unfinished: list[JobRecord], now: float) -> list[str]:
+    """What the unfinished work needs, for an autoscaler: jobs waiting for a pod and running, by what they run
+    (template, or ``workflow``; and the model family where it is known), and how long the oldest has waited."""
+    counts: dict[tuple[str, str, str], int] = {}
+    oldest = 0.0
+    waiting = {s.value for s in WAITING}
+    for job in unfinished:
+        phase = "waiting" if job.status in waiting else "running" if job.status == JobState.RUNNING.value else None
+        if phase is None:
+            continue
+        what = str(job.request.get("template") or ("workflow" if job.kind == GENERATION else job.kind))
+        family = str(job.result.get("family") or job.request.get("family") or "unknown")
+        counts[(phase, what, family)] = counts.get((phase, what, family), 0) + 1
+        if phase == "waiting":
+            oldest = max(oldest, now - job.created)
+    lines = []
+    for phase, help in (("waiting", "Jobs waiting for a pod (queued, preparing, in a pod's queue)"),
+                        ("running", "Jobs running on a pod")):
+        lines += [f"# HELP lora_bridge_jobs_{phase} {help}, by template and family", f"# TYPE lora_bridge_jobs_{phase} gauge"]
+        lines += [f'lora_bridge_jobs_{phase}{{template="{escape(w)}",family="{escape(f)}"}} {n}'
+                  for (p, w, f), n in sorted(counts.items()) if p == phase]
+    lines += ["# HELP lora_bridge_oldest_waiting_job_seconds How long the oldest job waiting for a pod has waited",
+              "# TYPE lora_bridge_oldest_waiting_job_seconds gauge", f"lora_bridge_oldest_waiting_job_seconds {round(oldest, 3)}"]
+    return lines
+
+
+def render(replica: str, job_counts: dict[str, int], jobs: JobMetrics, pods: list[dict[str, Any]],
+           unfinished: list[JobRecord], now: float) -> str:
     """The page: ``pods`` are dicts with ``pod``, ``healthy``, ``queue``, ``fetch_failures`` and, for pack
-    pods that answered, ``cache`` (``{"disk"|"memory": {"hits", "misses", ...}}``)."""
+    pods that answered, ``cache`` (``{"disk"|"memory": {"hits", "misses", ...}}``); ``unfinished`` the jobs
+    that have not ended (the shared database)."""
     r = f'replica="{escape(replica)}"'
     lines = ["# HELP lora_bridge_jobs Jobs in each state (the shared database)", "# TYPE lora_bridge_jobs gauge"]
     lines += [f'lora_bridge_jobs{{status="{escape(status)}"}} {count}' for status, count in sorted(job_counts.items())]
+    lines += _work(unfinished, now)
+    states = {"ready": sum(bool(p["healthy"]) and not p["queue"] for p in pods),
+              "busy": sum(bool(p["healthy"]) and bool(p["queue"]) for p in pods),
+              "lost": sum(not p["healthy"] for p in pods)}
+    lines += ["# HELP lora_bridge_pods Pods as this replica sees them: ready (idle), busy (prompts queued or running), "
+              "lost (not answering)", "# TYPE lora_bridge_pods gauge"]
+    lines += [f'lora_bridge_pods{{{r},state="{state}"}} {n}' for state, n in states.items()]
     lines += jobs.queue_wait.lines(r) + jobs.duration.lines(r)
     gauges = (("pod_healthy", "gauge", "1 if the pod answers", lambda p: int(p["healthy"])),
               ("pod_queue", "gauge", "Prompts running or pending on the pod", lambda p: p["queue"]),

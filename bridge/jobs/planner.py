@@ -110,7 +110,7 @@ class Plan:
     def record(self) -> dict[str, Any]:
         """What the job record keeps of the plan from the start."""
         path = {"path": self.path, "path_reason": self.path_reason} if self.path else {}
-        return {"warnings": self.warnings, "resolved": self.resolved, **path}
+        return {"warnings": self.warnings, "resolved": self.resolved, **path, **({"family": self.family} if self.family else {})}
 
     def first_events(self) -> list[tuple[str, dict[str, Any]]]:
         """The events a job planned so starts with: queued, its character path, its warnings."""

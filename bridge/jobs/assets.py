@@ -28,6 +28,7 @@ from ..lorafiles.sources import FetchPolicy, copy_whole, parse_source
 from ..lorafiles.validate import SizeLimits
 from .database import AsyncDatabase
 from .records import AssetRecord
+from .uploads import copy_part
 
 _COLUMNS = ("id", "kind", "blake3", "sha256", "size", "content_type", "file_path", "tags", "location", "lora_id",
             "job_id", "node_id", "created")
@@ -83,15 +84,10 @@ class AssetStore:
 
     async def stage(self, part: Any, what: str) -> StagedBlob:
         """Receive a multipart file part, hashed (blake3 and SHA-256) and size-limited as it arrives."""
-        b3, sha, size = blake3.blake3(), hashlib.sha256(), 0
+        b3, sha = blake3.blake3(), hashlib.sha256()
         with self._staging() as tmp:
             with open(tmp, "wb") as f:
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    self.limits.check(size, what)
-                    b3.update(chunk)
-                    sha.update(chunk)
-                    f.write(chunk)
+                size = await copy_part(part, f, [b3, sha], self.limits, what)
             return StagedBlob(tmp, size, HASH_PREFIX + b3.hexdigest(), sha.hexdigest())
 
     def stage_source(self, source: str, policy: FetchPolicy) -> StagedBlob:
@@ -107,15 +103,19 @@ class AssetStore:
     async def input_from_source(self, source: str, policy: FetchPolicy) -> AssetRecord:
         """An input asset over the bytes of ``source`` (read once; bytes the store has already are not kept twice)."""
         staged = await asyncio.get_running_loop().run_in_executor(None, self.stage_source, source, policy)
-        had = [a for a in await self.with_hash(staged.blake3) if a.kind == "input"]
-        if had:
-            self.discard(staged)
-            location = had[0].location
-        else:
-            location = await self.keep(staged)
+        location = await self.keep_input(staged)
         name = parse_source(source).filename or "input"
         return await self.add(kind="input", blake3=staged.blake3, sha256=staged.sha256, size=staged.size,
                               content_type=content_type_of(name), file_path=name, location=location)
+
+    async def keep_input(self, staged: StagedBlob) -> str:
+        """Keep the bytes of a new input asset: where an input asset over the same bytes has them already (the
+        staged copy discarded), else under their content address (``keep``)."""
+        had = next((a for a in await self.with_hash(staged.blake3) if a.kind == "input"), None)
+        if had is None:
+            return await self.keep(staged)
+        self.discard(staged)
+        return had.location
 
     async def keep(self, staged: StagedBlob) -> str:
         """Keep staged bytes under their content address (and in the bucket); their location."""

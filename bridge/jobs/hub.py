@@ -31,6 +31,7 @@ class Preview(NamedTuple):
     number: int
     format: str
     image: bytes
+    at: float  # when it was kept (monotonic): the throttle
 
 
 class EventHub:
@@ -41,7 +42,6 @@ class EventHub:
         # job -> the event its readers wait on (held by them alone: gone with the last reader)
         self._changed: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
         self.previews: dict[str, Preview] = {}  # job -> its latest preview (this replica's running jobs)
-        self._preview_at: dict[str, float] = {}
         self.closed = False  # the replica is stopping: readers end
         self.notified = True  # other replicas' writes wake readers here (PostgreSQL's listener is up; set by ``Replica``)
 
@@ -67,15 +67,13 @@ class EventHub:
         """Keep a running job's latest preview (throttled) and wake its readers; ``end_previews`` drops it."""
         last = self.previews.get(job_id)
         now = time.monotonic()
-        if last is not None and now - self._preview_at.get(job_id, 0.0) < PREVIEW_EVERY_S:
+        if last is not None and now - last.at < PREVIEW_EVERY_S:
             return
-        self._preview_at[job_id] = now
-        self.previews[job_id] = Preview((last.number + 1) if last else 1, format, image)
+        self.previews[job_id] = Preview((last.number + 1) if last else 1, format, image, now)
         self.signal(job_id)
 
     def end_previews(self, job_id: str) -> None:
         self.previews.pop(job_id, None)
-        self._preview_at.pop(job_id, None)
 
     # -- waking readers -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from ..lorafiles.families import variant_name
 from ..lorafiles.inspect import LoraInfo, inspect_source
 from ..lorafiles.sources import FetchPolicy, carries_credentials, check_source, parse_source, redact_url
 from ..lorafiles.validate import PICKLE_EXTENSIONS, check_extension
+from .assets import blake3_file
 from .database import AsyncDatabase
 from .records import LoraRecord
 from .requests import LoraCreate, LoraPatch
@@ -53,8 +54,6 @@ class Registry:
         task.add_done_callback(self.hashing.discard)
 
     async def _fill_hashes(self, rec: LoraRecord) -> None:
-        from .assets import blake3_file
-
         assert rec.source is not None
         loop = asyncio.get_running_loop()
         try:

@@ -55,12 +55,11 @@ class Generations:
 
     def __init__(self, db: AsyncDatabase, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy) -> None:
         self.db, self.pool, self.settings, self.policy = db, pool, settings, policy
-        self.planner = Planner(db, policy, settings.webhook_secret)
-        self.hub = EventHub(db, policy, settings.webhook_secret)
-        self.outputs = OutputStore(outputs_dir, settings.output_bucket, policy.s3_endpoint)
         self.assets = AssetStore(db, settings.local_store_dir / "assets", policy.limits, settings.upload_bucket,
                                  policy.s3_endpoint)
-        self.planner.assets = self.assets
+        self.planner = Planner(db, policy, settings.webhook_secret, assets=self.assets)
+        self.hub = EventHub(db, policy, settings.webhook_secret)
+        self.outputs = OutputStore(outputs_dir, settings.output_bucket, policy.s3_endpoint)
         self.metrics = JobMetrics()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()

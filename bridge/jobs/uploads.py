@@ -14,11 +14,23 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from ..lorafiles.inspect import LoraInfo, inspect_file
-from ..lorafiles.sources import FetchPolicy, copy_whole, parse_source
+from ..lorafiles.sources import Digest, FetchPolicy, copy_whole, parse_source
 from ..lorafiles.validate import SizeLimits, check_extension, safe_name
+
+
+async def copy_part(part: Any, out: BinaryIO, digests: Sequence[Digest], limits: SizeLimits, what: str) -> int:
+    """Receive a multipart file part into ``out``, size-limited and hashed (each digest) as it arrives; its size."""
+    size = 0
+    while chunk := await part.read_chunk(1 << 20):
+        size += len(chunk)
+        limits.check(size, what)
+        for digest in digests:
+            digest.update(chunk)
+        out.write(chunk)
+    return size
 
 
 @dataclass
@@ -57,14 +69,10 @@ class LoraUploads:
         """Receive a multipart file part under a temporary name; raises (and keeps nothing) if it is not a LoRA."""
         filename = safe_name(part.filename or "upload.safetensors")
         check_extension(filename)  # safetensors only: uploads never take pickle files
-        sha, size = hashlib.sha256(), 0
+        sha = hashlib.sha256()
         with self._staging() as tmp:
             with open(tmp, "wb") as f:
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    self.limits.check(size, f"upload {filename}")
-                    sha.update(chunk)
-                    f.write(chunk)
+                await copy_part(part, f, [sha], self.limits, f"upload {filename}")
             return self._staged(filename, tmp, sha.hexdigest())
 
     def stage_bytes(self, data: bytes, filename: str) -> StagedUpload:

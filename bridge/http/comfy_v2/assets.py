@@ -100,11 +100,8 @@ async def upload(request: web.Request, inputs: Inputs) -> web.Response:
         lora_id, reused = None, False
         if _is_lora_path(fields["file_path"]):
             lora_id, location, reused = await _register_lora(request, staged, fields["file_path"])
-        elif had and had[0].kind == "input":
-            assets.discard(staged)
-            location = had[0].location
         else:
-            location = await assets.keep(staged)
+            location = await assets.keep_input(staged)
     except BaseException:
         assets.discard(staged)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -185,14 +186,22 @@ def _serve(args: argparse.Namespace) -> int:
             logging.info("embedded pod (CPU ComfyUI) at %s", pod.url)
             # it inherits LORA_BRIDGE_TOKEN, so that is what it requires from us
             pods.append(PodConfig(pod.url, configured.pod_route_token or configured.pod_token))
-        if not pods:
-            raise SystemExit("lora-bridge serve: give --pod URL (repeatable) or --embedded-pod")
+        if args.pods_dns:
+            from .pods.discovery import parse_target
+
+            for target in args.pods_dns:
+                parse_target(target)  # a typo stops the start, not the first resolution
+            configured = dataclasses.replace(configured, pods_dns=(*configured.pods_dns, *args.pods_dns))
+        if not pods and not configured.pods_dns:
+            logging.info("no pods yet: jobs wait (LORA_BRIDGE_QUEUE_TIMEOUT_S) until one joins (POST /v1/pods, "
+                         "a pack with LORA_BRIDGE_REGISTER_URL, or --pods-dns)")
         db_url = args.db or f"sqlite:///{cache_root() / 'bridge.sqlite3'}"
         policy = FetchPolicy.from_settings(configured)
         uploads = LoraUploads(configured.local_store_dir, configured.upload_bucket, limits=policy.limits,
                               s3_endpoint=policy.s3_endpoint)
         replica = args.replica_id or f"{socket.gethostname()}:{args.port}"
-        app = create_app(Database(db_url, replica, configured.lease_s), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s, retry_delays=configured.retry_delays), Path(args.outputs),
+        app = create_app(Database(db_url, replica, configured.lease_s), PodPool(pods, facts_ttl=configured.pod_facts_ttl_s, retry_delays=configured.retry_delays,
+                                 wait_s=configured.queue_timeout_s), Path(args.outputs),
                          configured, policy, uploads)
         web.run_app(app, host=host, port=args.port, print=lambda *a: logging.info(*a), shutdown_timeout=10,
                     access_log_class=AccessLog)
@@ -317,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the bridge HTTP service")
     serve.add_argument("--pod", action="append", default=[], help="ComfyUI pod URL (repeatable)")
     serve.add_argument("--embedded-pod", action="store_true", help="also start a local CPU ComfyUI as a pod")
+    serve.add_argument("--pods-dns", action="append", default=[], metavar="NAME:PORT",
+                       help="every address of NAME is a pod on PORT, resolved again every LORA_BRIDGE_DNS_INTERVAL_S "
+                       "(a Kubernetes headless Service; repeatable)")
     serve.add_argument("--db", help="database URL: sqlite:///path (default <cache>/bridge.sqlite3, one bridge) or "
                        "postgresql://user@host:port/db (any number of replicas)")
     serve.add_argument("--replica-id", help="this replica's name, unique among replicas and kept across its restarts "

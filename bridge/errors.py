@@ -35,6 +35,10 @@ class NoPodAvailable(PodUnavailable):
     """No healthy pod (with the requested labels) is left to run the job."""
 
 
+class PodDraining(PodError):
+    """The pod is draining and the job had not started there: it was taken out of the pod's queue, to run elsewhere."""
+
+
 class PodStartError(PodError):
     """A local ComfyUI process failed to start; ``log_tail`` holds the end of its log."""
 

@@ -31,6 +31,7 @@ class RouteSpec:
     headers: type[BaseModel] | None = None
     responses: dict[int, str] = field(default_factory=lambda: {200: "OK"})
     auth: bool = True
+    fleet: bool = False  # pods may call it too: LORA_BRIDGE_REGISTRATION_TOKEN is accepted beside the API keys
     content_type: str = "application/json"
 
 

@@ -201,6 +201,7 @@ ROUTE_LORA_INFO = f"{ROUTE_PREFIX}/loras/info"
 ROUTE_MODEL_INFO = f"{ROUTE_PREFIX}/models/info"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
 ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
+ROUTE_DRAIN = f"{ROUTE_PREFIX}/drain"  # POST: take no more jobs, wait until idle (Kubernetes preStop); GET: the state
 PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}
 
 
@@ -278,3 +279,33 @@ def parse_payload(model: type[_Closed], raw: bytes) -> Any:
         return validate_json(model, data)
     except ValidationError as exc:
         raise ProtocolError(describe_validation_error(exc)) from None
+
+
+class DrainQuery(_Closed):
+    """``POST /lora_bridge/drain?wait_s=N``: stop taking jobs (the bridge is told), then wait up to ``wait_s``
+    for the pod's queue to empty (a ``preStop`` hook blocks on it; 0 answers at once)."""
+
+    wait_s: float = Field(0.0, ge=0.0, le=3600.0, allow_inf_nan=False)
+
+
+# -- fleet membership (the pack announcing its pod to the bridge) --------------------------------
+
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=/-]+$")]
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Z_][A-Z0-9_]*$")]
+PodUrl = Annotated[str, Field(min_length=8, max_length=512, pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$")]
+POD_ANNOUNCE = "/v1/pods/announce"  # on the bridge: a pod's pack announces itself (registration token)
+POD_HEARTBEAT = "/v1/pods/{id}/heartbeat"  # on the bridge: the pack renews its membership
+POD_PATH = "/v1/pods/{id}"  # on the bridge: DELETE drains the pod, then removes it once idle
+
+
+class PodAnnouncement(_Closed):
+    """What a pod's pack (or an operator through ``POST /v1/pods``) tells the bridge: where the pod answers,
+    which credential the bridge sends it (the *name* of one of the bridge's environment variables, never the
+    secret itself), its labels (GPU kind, families it serves), how often it renews (0: it does not)."""
+
+    url: PodUrl
+    token_ref: EnvName | None = Field(None, description="environment variable on the bridge holding the pod's token; "
+                                                        "default LORA_BRIDGE_POD_TOKEN")
+    labels: list[Label] = Field(default_factory=list, max_length=32)
+    heartbeat_s: float = Field(0.0, ge=0.0, le=3600.0, allow_inf_nan=False,
+                               description="seconds between heartbeats; a pod that misses three is lost")

@@ -160,6 +160,15 @@ class Settings:
     compat_defaults: dict[str, dict[str, object]] = field(default_factory=dict)  # LORA_BRIDGE_COMPAT_DEFAULTS
     max_queued: int = 1000  # LORA_BRIDGE_MAX_QUEUED: jobs waiting for a pod before new ones are refused (429 queue_full)
     job_retention_s: float = 7 * 86400  # LORA_BRIDGE_JOB_RETENTION_S: a job's expires_at (Comfy API v2), from its creation
+    queue_timeout_s: float = 900.0  # LORA_BRIDGE_QUEUE_TIMEOUT_S: how long a job waits for a usable pod before it fails
+    registration_token: str | None = None  # LORA_BRIDGE_REGISTRATION_TOKEN: pods announce themselves with it (both sides)
+    register_url: str | None = None  # LORA_BRIDGE_REGISTER_URL (pack): the bridge this pod announces itself to
+    pod_url: str | None = None  # LORA_BRIDGE_POD_URL (pack): how the bridge reaches this pod (default: its address)
+    pod_labels: tuple[str, ...] = ()  # LORA_BRIDGE_POD_LABELS (pack): the labels this pod announces
+    heartbeat_s: float = 10.0  # LORA_BRIDGE_HEARTBEAT_S (pack): seconds between heartbeats; three missed: lost
+    pods_dns: tuple[str, ...] = ()  # LORA_BRIDGE_PODS_DNS: name:port, every address of the name is a pod
+    dns_interval_s: float = 10.0  # LORA_BRIDGE_DNS_INTERVAL_S: how often those names are resolved again
+    pod_forget_s: float = 600.0  # LORA_BRIDGE_POD_FORGET_S: a lost announced or discovered pod is removed after this
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -209,6 +218,15 @@ class Settings:
             compat_defaults=_compat_defaults(env),
             max_queued=int(_number(env, "LORA_BRIDGE_MAX_QUEUED", 1000, minimum=1)),
             job_retention_s=_number(env, "LORA_BRIDGE_JOB_RETENTION_S", 7 * 86400, minimum=60),
+            queue_timeout_s=_number(env, "LORA_BRIDGE_QUEUE_TIMEOUT_S", 900.0),
+            registration_token=_secret(env, "LORA_BRIDGE_REGISTRATION_TOKEN"),
+            register_url=(_text(env, "LORA_BRIDGE_REGISTER_URL") or "").rstrip("/") or None,
+            pod_url=(_text(env, "LORA_BRIDGE_POD_URL") or "").rstrip("/") or None,
+            pod_labels=_list(env, "LORA_BRIDGE_POD_LABELS"),
+            heartbeat_s=_number(env, "LORA_BRIDGE_HEARTBEAT_S", 10.0, minimum=0.2),
+            pods_dns=_list(env, "LORA_BRIDGE_PODS_DNS"),
+            dns_interval_s=_number(env, "LORA_BRIDGE_DNS_INTERVAL_S", 10.0, minimum=0.2),
+            pod_forget_s=_number(env, "LORA_BRIDGE_POD_FORGET_S", 600.0),
             templates_dir=Path(templates).expanduser() if (templates := _text(env, "LORA_BRIDGE_TEMPLATES_DIR")) else None,
         )
 
@@ -228,6 +246,12 @@ class Settings:
         """The cache folder, created on first use."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         return self.cache_dir
+
+
+def secret_named(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The secret in the environment variable ``name`` (or the file ``name_FILE`` names): a pod's token given by
+    reference (``token_ref``), so that only the variable's name is ever stored."""
+    return _secret(os.environ if env is None else env, name)
 
 
 @functools.lru_cache(maxsize=1)

@@ -43,8 +43,10 @@ def start_in_comfyui() -> None:
     if server is None or getattr(getattr(server, "PromptServer", None), "instance", None) is None:
         return
     from .lora_loading import preload_configured
+    from .pod_membership import start_membership
     from .routes import register_routes
 
     register_routes()
+    start_membership()
     threading.Thread(target=preload_configured, name="lora-bridge-preload", daemon=True).start()
     logging.getLogger("lora_bridge").info("lora_bridge: routes under /lora_bridge/ ready")

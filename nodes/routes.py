@@ -29,6 +29,7 @@ from ..bridge.openapi import RouteSpec, openapi_document
 from ..bridge.settings import settings
 from .lora_loading import load_into_memory
 from .model_files import ModelFileNotFound, describe_model_file
+from .pod_membership import membership, tasks_remaining
 from .pod_state import disk_store, fetch_handle, memory_cache, per_file_version
 
 log = logging.getLogger("lora_bridge")
@@ -313,6 +314,22 @@ async def delete_dataset(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed})
 
 
+async def drain(request: web.Request) -> web.Response:
+    """Take no more jobs (the bridge is told), then wait up to ``wait_s`` until the queue is empty."""
+    query = protocol.parse_path(protocol.DrainQuery, request.query, "query")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, membership.drain)
+    deadline = loop.time() + query.wait_s
+    while (remaining := tasks_remaining()) and loop.time() < deadline:
+        await asyncio.sleep(0.25)
+    return web.json_response({"draining": True, "remaining": remaining, "idle": remaining == 0})
+
+
+async def drain_state(request: web.Request) -> web.Response:
+    remaining = tasks_remaining()
+    return web.json_response({"draining": membership.draining.is_set(), "remaining": remaining, "idle": remaining == 0})
+
+
 ROUTES: list[tuple[RouteSpec, Handler]] = [
     (RouteSpec("GET", protocol.ROUTE_CACHE, "Disk and memory caches: stats and items"), get_cache),
     (RouteSpec("POST", protocol.ROUTE_CACHE_CLEAR, "Clear the memory and/or unpinned, unused disk files",
@@ -339,6 +356,10 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
                "checked and extracted into input/lora_bridge_datasets/<job>", path_params=protocol.DatasetPath,
                responses={200: "extracted", 400: "invalid job name", 413: "too large", 422: "not a usable dataset"}),
      put_dataset),
+    (RouteSpec("POST", protocol.ROUTE_DRAIN, "Take no more jobs (the bridge moves those waiting here), then wait up to "
+               "wait_s for the queue to empty: a preStop hook", query=protocol.DrainQuery,
+               responses={200: "draining; idle says whether the queue emptied in time", 400: "invalid query"}), drain),
+    (RouteSpec("GET", protocol.ROUTE_DRAIN, "Whether the pod drains, and the prompts it still has"), drain_state),
     (RouteSpec("DELETE", f"{protocol.ROUTE_DATASETS}/{{job}}", "Remove a training job's dataset and outputs",
                path_params=protocol.DatasetPath, responses={200: "removed", 400: "invalid job name"}), delete_dataset),
 ]

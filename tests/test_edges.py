@@ -176,7 +176,9 @@ def test_a_pod_that_does_not_answer_has_no_queue_figure() -> None:
     pool = PodPool([PodConfig("http://127.0.0.1:9")])
     (pod,) = asyncio.run(pool.refresh(force=True))
     assert not pod.healthy and pod.summary()["queue"] is None
-    page = render("r1", {}, asyncio.run(_metrics()), [{"pod": "p", "healthy": False, "queue": None, "fetch_failures": 0}])
+    page = render("r1", {}, asyncio.run(_metrics()), [{"pod": "p", "state": "lost", "healthy": False, "queue": None,
+                                                                "fetch_failures": 0}],
+                  [], 0.0)
     assert 'lora_bridge_pod_healthy{replica="r1",pod="p"} 0' in page and "lora_bridge_pod_queue{" not in page
 
 

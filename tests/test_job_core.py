@@ -46,8 +46,8 @@ def test_transitions_are_checked_and_stored_with_their_event(db: Database) -> No
     job = db.add_job({"template": "x"}, {"warnings": []}, [("queued", {})])
     db.transition(job, JobState.PREPARING, "preparing", pod="p1")
     db.transition(job, JobState.SUBMITTED, "submitted", {"position": 0}, {"client_id": "c"}, prompt_id="abc")
-    with pytest.raises(IllegalTransition, match="a submitted job cannot become queued"):
-        db.transition(job, JobState.QUEUED, "queued")
+    with pytest.raises(IllegalTransition, match="a submitted job cannot become preparing"):
+        db.transition(job, JobState.PREPARING, "preparing")  # a job leaves its pod only back to the queue
     db.transition(job, JobState.SUCCEEDED, "succeeded", result={"outputs": ["a.png"]})
     for state in JobState:  # an ended job stays ended, and nothing is written by the refusal
         with pytest.raises(IllegalTransition):
@@ -61,8 +61,8 @@ def test_transitions_are_checked_and_stored_with_their_event(db: Database) -> No
 
 def test_failover_and_interruption_paths(db: Database) -> None:
     job = db.add_job({}, {}, [("queued", {})])
-    for state in (JobState.PREPARING, JobState.SUBMITTED, JobState.RUNNING, JobState.PREPARING, JobState.SUBMITTED,
-                  JobState.INTERRUPTED):
+    for state in (JobState.PREPARING, JobState.SUBMITTED, JobState.RUNNING, JobState.QUEUED, JobState.PREPARING,
+                  JobState.SUBMITTED, JobState.QUEUED, JobState.PREPARING, JobState.SUBMITTED, JobState.INTERRUPTED):
         db.transition(job, state, state.value)
     assert db.get_job(job).status == "interrupted"
     with pytest.raises(IllegalTransition):  # interrupted is terminal, apart from cancelled

@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -222,32 +223,45 @@ def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, 
                                                                         pool.status[comfy.url].config.name]
 
 
-def test_a_pod_that_fails_once_is_retried_and_one_that_keeps_failing_ends_the_job(comfy) -> None:
-    """Retries after 2, 4 and 8 s (± jitter; scaled down here), each one an event, then the reason."""
+def test_a_job_waits_for_a_pod_that_is_down_and_one_that_keeps_failing_ends_the_job(comfy) -> None:
+    """No usable pod: the job waits (one ``waiting`` event, no retry spent) and runs once the pod is back; still
+    none after ``wait_s``: it fails with the reason. A pod that fails the job once it has it is retried after 2,
+    4 and 8 s (± jitter; scaled down here), each one an event, then the job fails with the reason."""
     proxy = CuttingProxy(comfy.port)
     proxy.down = True  # the pod is restarting when the job comes
     delays = (0.4, 0.8, 1.6)
-    pool = PodPool([PodConfig(proxy.url, POD_TOKEN)], retry_delays=delays, reconnects=1, backoff=0.1)
+    pool = PodPool([PodConfig(proxy.url, POD_TOKEN)], retry_delays=delays, reconnects=1, backoff=0.1, wait_s=60,
+                   health_ttl=0.2)
     events = []
 
     def on_event(event):
         events.append(event)
-        if event.type == "retry":
-            proxy.down = False  # ... and back before the first retry
+        if event.type == "waiting":
+            threading.Timer(1.0, setattr, (proxy, "down", False)).start()  # ... and back a second later
 
     params = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2, "seed": 46}
     try:
         outcome = asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params, on_event=on_event))
         types = [e.type for e in events]
-        assert types.count("retry") == 1 and types[-1] == "success" and outcome.files
-        assert "unreachable" in events[types.index("retry")].data["reason"]
-        proxy.down, events[:] = True, []
-        with pytest.raises(NoPodAvailable, match="failed after 3 retries; last: no healthy pod"):
-            asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params, on_event=events.append))
+        assert types.count("waiting") == 1 and "retry" not in types and types[-1] == "success" and outcome.files
+        assert "unreachable" in events[types.index("waiting")].data["reason"]
+
+        def fail_when_assigned(event):  # the pod answers its health check, then drops the job it was given
+            events.append(event)
+            proxy.down = event.type != "retry"
+
+        events[:] = []
+        with pytest.raises(NoPodAvailable, match="failed after 3 retries; last: .*(unreachable|WebSocket)"):
+            asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params, on_event=fail_when_assigned))
         retries = [e.data for e in events if e.type == "retry"]
         assert [r["retry"] for r in retries] == [1, 2, 3] and all(r["of"] == 3 for r in retries)
+        assert [e.type for e in events].count("failover") == 4
         # ± 25 % jitter; the event rounds the delay to 10 ms (0.75 * 0.4 is 0.30000000000000004 in floats)
         assert all(0.75 * d - 0.01 <= r["delay_s"] <= 1.25 * d + 0.01 for r, d in zip(retries, delays))
+
+        proxy.down, pool.wait_s = True, 1.0
+        with pytest.raises(NoPodAvailable, match=r"no pod could take the job within 1 s .*unreachable"):
+            asyncio.run(run_generation(pool, [], template="sd15_txt2img", params=params))
     finally:
         proxy.close()
 

@@ -23,6 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from ..jobs.brand_store import BrandStore
 from ..jobs.database import AsyncDatabase, Database
+from ..jobs.fleet import Fleet
 from ..jobs.records import JobRecord
 from ..jobs.registry import Registry
 from ..jobs.replicas import Replica
@@ -38,6 +39,7 @@ from .errors import answer, error_response
 from .routing import (
     BRAND_STORE,
     DB,
+    FLEET,
     GENERATIONS,
     OPENAPI,
     POLICY,
@@ -56,13 +58,23 @@ VERSION = "0.2.0"
 ROUTES: list[tuple[RouteSpec, Handler]] = [*loras.ROUTES, *generations.ROUTES, *trainings.ROUTES, *pods.ROUTES,
                                            *operations.ROUTES, *compat.ROUTES, *comfy_v2.ROUTES]
 OPEN_PATHS = frozenset(spec.path for spec, _ in ROUTES if not spec.auth)  # authenticated otherwise (a signed webhook)
+FLEET_ROUTES = frozenset((spec.method, spec.path) for spec, _ in ROUTES if spec.fleet)  # pods call them too
+
+
+def _credentials(request: web.Request) -> tuple[str, ...]:
+    """The bearer tokens a route accepts: the API keys, and the registration token on the routes pods call."""
+    settings: Settings = request.app[SETTINGS]
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else request.path
+    fleet = (request.method, template) in FLEET_ROUTES and settings.registration_token
+    return (*settings.api_keys, *((settings.registration_token,) if fleet else ()))
 
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     if request.path.startswith(comfy_v2.PREFIX + "/"):
         return await comfy_v2.guard(request, handler)  # the Comfy API v2 door: its own envelope
-    keys: tuple[str, ...] = request.app[SETTINGS].api_keys
+    keys = _credentials(request)
     if keys and request.path.startswith(("/v1", compat.PREFIX)) and request.path not in OPEN_PATHS:
         given = request.headers.get("Authorization", "").encode()
         if not any(hmac.compare_digest(given, f"Bearer {k}".encode()) for k in keys):
@@ -94,11 +106,14 @@ def _bind(spec: RouteSpec, handler: Handler) -> Callable[[web.Request], Awaitabl
 
 def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Settings, policy: FetchPolicy,
                uploads: LoraUploads) -> web.Application:
-    """The service; ``on_startup`` claims and resumes unfinished jobs, ``on_shutdown`` detaches from running
-    ones and lets go of their leases (``replicas.py``)."""
+    """The service; ``on_startup`` joins the pods ``pool`` was made with to the shared fleet (``fleet.py``), then
+    claims and resumes unfinished jobs; ``on_shutdown`` detaches from running ones and lets go of their leases
+    (``replicas.py``)."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[DB] = adb = AsyncDatabase(db)
     app[POOL], app[SETTINGS], app[POLICY], app[UPLOADS] = pool, settings, policy, uploads
+    configured = [p.config for p in pool.status.values()]  # the pods given at start join the shared fleet
+    app[FLEET] = fleet = Fleet(adb, pool, settings)
     # registered sources obey the pods' policy; the service's own folders (uploads, a local brand store) are allowed roots
     own = (uploads.local_dir, *(() if settings.brand_store is None or "://" in settings.brand_store
                                 else (Path(settings.brand_store),)))
@@ -120,6 +135,7 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     replica = Replica(adb, gens.hub, resume, gens.let_go, lambda: set(gens.tasks))
 
     async def on_startup(app: web.Application) -> None:
+        await fleet.start(configured)
         await replica.start()
         await compat.start_preload(app)
 
@@ -127,6 +143,7 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
         await compat.stop_preload(app)
         await gens.detach_all()
         await replica.stop()
+        await fleet.stop()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

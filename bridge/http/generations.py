@@ -20,15 +20,28 @@ async def create_generation(request: web.Request, inputs: Inputs) -> web.Respons
 
 
 async def get_generation(request: web.Request, inputs: Inputs) -> web.Response:
-    return web.json_response((await request.app[DB].get_job(inputs.path.id)).view())
+    db = request.app[DB]
+    job = await db.get_job(inputs.path.id)
+    ahead = await db.jobs_ahead(job.id) if job.status == "queued" else None
+    return web.json_response({**job.view(), **({"queue_position": ahead} if ahead is not None else {})})
 
 
 async def generation_output(request: web.Request, inputs: Inputs) -> web.StreamResponse:
+    """Output n from wherever its bytes are: this replica's folder (a folder all replicas share works from any
+    of them), else the output's location (S3), so any replica answers."""
+    gens = request.app[GENERATIONS]
     job = await request.app[DB].get_job(inputs.path.id)
     outputs = job.result.get("outputs") or []
     if not inputs.path.n < len(outputs):
         raise NotFound(f"generation {job.id} has {len(outputs)} output(s)")
-    return web.FileResponse(request.app[GENERATIONS].outputs.path(job.id, outputs[inputs.path.n]))
+    name = outputs[inputs.path.n]
+    path = gens.outputs.path(job.id, name)
+    if path.is_file():
+        return web.FileResponse(path)
+    kept = next((a for a in await gens.assets.of_job(job.id) if a.file_path == name), None)
+    if kept is None:
+        raise NotFound(f"output {name} of generation {job.id} is not kept anywhere this replica can read")
+    return web.Response(body=await gens.assets.read(kept.location), content_type=kept.content_type)
 
 
 async def cancel_generation(request: web.Request, inputs: Inputs) -> web.Response:

@@ -29,7 +29,7 @@ async def healthz(request: web.Request, inputs: Inputs) -> web.Response:
 async def metrics(request: web.Request, inputs: Inputs) -> web.Response:
     pods = []
     for pod in await request.app[POOL].refresh():  # cache counters as the health check last read them (at most health_ttl old)
-        pods.append({"pod": pod.config.name, "healthy": pod.healthy, "queue": pod.queue,
+        pods.append({"pod": pod.config.name, "state": pod.state, "healthy": pod.healthy, "queue": pod.queue,
                      "fetch_failures": pod.fetch_failures, "cache": pod.cache_stats if pod.healthy and pod.pack else None})
     db = request.app[DB]
     page = render_metrics(db.replica, await db.job_counts(), request.app[GENERATIONS].metrics, pods,

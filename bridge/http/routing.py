@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import RequestInvalid
 from ..jobs.brand_store import BrandStore
 from ..jobs.database import AsyncDatabase
+from ..jobs.fleet import Fleet
 from ..jobs.registry import Registry
 from ..jobs.runner import Generations
 from ..jobs.trainings import Trainings
@@ -24,6 +25,7 @@ from ..settings import Settings
 
 DB = web.AppKey("db", AsyncDatabase)
 POOL = web.AppKey("pool", PodPool)
+FLEET = web.AppKey("fleet", Fleet)
 SETTINGS = web.AppKey("settings", Settings)
 POLICY = web.AppKey("policy", FetchPolicy)
 REGISTRY = web.AppKey("registry", Registry)

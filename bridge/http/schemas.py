@@ -73,7 +73,8 @@ class OutputPath(Closed):
 
 
 class PodPath(Closed):
-    id: Annotated[int, Field(ge=0, le=10_000, description="the pod's index in GET /v1/pods")]
+    id: Annotated[str, Field(pattern=r"^(pod-[0-9a-f]{12}|[0-9]{1,5})$",
+                             description="the pod's id (GET /v1/pods), or its index in that list")]
 
 
 class UploadFields(Closed):

@@ -195,6 +195,12 @@ class Database:
                               _TERMINAL).fetchall()
         return [self._job(row) for row in rows]
 
+    def jobs_ahead(self, job_id: str) -> int:
+        """How many jobs waiting for a pod (``queued``) were submitted before this one."""
+        with self.backend.read() as db:
+            return int(db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND created < "
+                                  "(SELECT created FROM jobs WHERE id = ?)", (job_id,)).fetchone()[0])
+
     def job_counts(self) -> dict[str, int]:
         """How many jobs are in each state (all replicas' jobs)."""
         with self.backend.read() as db:
@@ -293,6 +299,7 @@ class AsyncDatabase:
     get_job = _threaded(Database.get_job)
     job_status = _threaded(Database.job_status)
     job_counts = _threaded(Database.job_counts)
+    jobs_ahead = _threaded(Database.jobs_ahead)
     recent_jobs = _threaded(Database.recent_jobs)
     unfinished_jobs = _threaded(Database.unfinished_jobs)
     claim = _threaded(Database.claim)

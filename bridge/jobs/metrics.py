@@ -89,18 +89,16 @@ def _work(unfinished: list[JobRecord], now: float) -> list[str]:
 
 def render(replica: str, job_counts: dict[str, int], jobs: JobMetrics, pods: list[dict[str, Any]],
            unfinished: list[JobRecord], now: float) -> str:
-    """The page: ``pods`` are dicts with ``pod``, ``healthy``, ``queue``, ``fetch_failures`` and, for pack
+    """The page: ``pods`` are dicts with ``pod``, ``state``, ``healthy``, ``queue``, ``fetch_failures`` and, for pack
     pods that answered, ``cache`` (``{"disk"|"memory": {"hits", "misses", ...}}``); ``unfinished`` the jobs
     that have not ended (the shared database)."""
     r = f'replica="{escape(replica)}"'
     lines = ["# HELP lora_bridge_jobs Jobs in each state (the shared database)", "# TYPE lora_bridge_jobs gauge"]
     lines += [f'lora_bridge_jobs{{status="{escape(status)}"}} {count}' for status, count in sorted(job_counts.items())]
     lines += _work(unfinished, now)
-    states = {"ready": sum(bool(p["healthy"]) and not p["queue"] for p in pods),
-              "busy": sum(bool(p["healthy"]) and bool(p["queue"]) for p in pods),
-              "lost": sum(not p["healthy"] for p in pods)}
+    states = {state: sum(p["state"] == state for p in pods) for state in ("ready", "busy", "draining", "lost")}
     lines += ["# HELP lora_bridge_pods Pods as this replica sees them: ready (idle), busy (prompts queued or running), "
-              "lost (not answering)", "# TYPE lora_bridge_pods gauge"]
+              "draining (taking no new jobs), lost (not answering, or missed heartbeats)", "# TYPE lora_bridge_pods gauge"]
     lines += [f'lora_bridge_pods{{{r},state="{state}"}} {n}' for state, n in states.items()]
     lines += jobs.queue_wait.lines(r) + jobs.duration.lines(r)
     gauges = (("pod_healthy", "gauge", "1 if the pod answers", lambda p: int(p["healthy"])),

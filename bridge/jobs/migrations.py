@@ -60,7 +60,14 @@ def _assets(db: Tx, backend: Backend) -> None:
         created DOUBLE PRECISION)""")
 
 
-MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets)
+def _pods(db: Tx, backend: Backend) -> None:
+    """Version 5: the fleet, shared by every replica: each pod, how it joined, whether it drains, its heartbeat."""
+    db.execute("""CREATE TABLE IF NOT EXISTS pods (id TEXT PRIMARY KEY, url TEXT, token_ref TEXT, labels TEXT,
+        origin TEXT, discovered_by TEXT, draining INTEGER, heartbeat_s DOUBLE PRECISION, heartbeat_at DOUBLE PRECISION,
+        created DOUBLE PRECISION)""")
+
+
+MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets, _pods)
 LATEST = len(MIGRATIONS)
 
 

@@ -99,6 +99,31 @@ class AssetRecord:
     created: float
 
 
+@dataclass(frozen=True)
+class PodRecord:
+    """A pod of the fleet (the ``pods`` table): how it joined (``origin``: ``config``, ``api``, ``announced``,
+    ``dns`` — ``discovered_by`` the name:port), whether it drains, its heartbeat period (0: none) and last
+    beat. ``token_ref`` names the bridge's environment variable with the pod's token (never the token)."""
+
+    id: str
+    url: str
+    token_ref: str | None
+    labels: list[str]
+    origin: str
+    discovered_by: str | None
+    draining: bool
+    heartbeat_s: float
+    heartbeat_at: float | None
+    created: float
+
+    def lost_for(self, now: float) -> float | None:
+        """Seconds since the pod missed its third heartbeat; None while it beats (or need not)."""
+        if not self.heartbeat_s or self.heartbeat_at is None:
+            return None
+        late = now - self.heartbeat_at - 3 * self.heartbeat_s
+        return late if late > 0 else None
+
+
 class JobEvent(NamedTuple):
     """One event of a job's log; ``seq`` counts from 1 per job (the SSE ``id``)."""
 

@@ -199,7 +199,6 @@ class Generations:
         await self._run(job_id, await self.planner.plan(request))
 
     async def _run(self, job_id: str, plan: Plan) -> None:
-        await self.hub.transition(job_id, JobState.PREPARING, "preparing")
         loras = list(plan.loras)
 
         async def built(report: InsertionReport) -> None:
@@ -305,9 +304,11 @@ class Generations:
         if event.type == "submitting":
             await self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
             return
-        if event.type == "failover" and status != JobState.PREPARING:
-            await self.hub.transition(job_id, JobState.PREPARING, "failover", data, prompt_id=None)
+        if event.type in ("failover", "moved", "waiting") and status != JobState.QUEUED:  # waiting for a pod (again)
+            await self.hub.transition(job_id, JobState.QUEUED, event.type, data, prompt_id=None)
         elif event.type == "assigned":
+            if status == JobState.QUEUED:
+                await self.hub.transition(job_id, JobState.PREPARING, "preparing", {}, pod=data["pod"])
             await self.hub.patch(job_id, None, "assigned", data, pod=data["pod"])
         elif event.type == "reattached" and status == JobState.PREPARING:  # stored as submitting, then the stop came
             await self.hub.transition(job_id, JobState.SUBMITTED, "submitted", data)

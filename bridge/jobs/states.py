@@ -1,18 +1,19 @@
 """The job state machine: states, the transitions allowed between them, and what each means.
 
     queued ─▶ preparing ─▶ submitted ─▶ running ─▶ succeeded
-                 ▲  │           │          │
-                 └──┴─(failover)┴──────────┘      any non-terminal ─▶ failed | cancelled
+      ▲           │             │          │
+      └───────────┴(failover, moved)───────┘      any non-terminal ─▶ failed | cancelled
                                                   submitted, running ─▶ interrupted
 
-- ``queued``: accepted and stored; nothing has happened on a pod yet.
-- ``preparing``: a pod is being chosen, the graph built, the LoRAs prefetched on the pod.
+- ``queued``: accepted and stored, waiting for a usable pod (``waiting`` says why, when none is).
+- ``preparing``: a pod was chosen; the graph is built, the LoRAs prefetched and inputs uploaded there.
 - ``submitted``: the prompt is in the pod's queue (prompt id known).
 - ``running``: the pod executes it.
 - ``succeeded``: outputs saved. ``failed``: with the reason. ``cancelled``: the caller asked.
 - ``interrupted``: the pod stopped it without our asking (someone pressed Cancel in ComfyUI).
 
-A pod that dies sends the job back to ``preparing`` on another pod. Every transition is stored
+A pod that dies (``failover``), or drains before the job started there (``moved``), sends the job
+back to ``queued``, for another pod. Every transition is stored
 together with its event (``Database.transition``), so the event log and the state never disagree.
 """
 
@@ -42,9 +43,9 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, J
 _ENDS = {JobState.FAILED, JobState.CANCELLED}
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.PREPARING, *_ENDS}),
-    JobState.PREPARING: frozenset({JobState.SUBMITTED, JobState.PREPARING, *_ENDS}),
-    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.PREPARING, *_ENDS}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.PREPARING, *_ENDS}),
+    JobState.PREPARING: frozenset({JobState.SUBMITTED, JobState.QUEUED, *_ENDS}),
+    JobState.SUBMITTED: frozenset({JobState.RUNNING, JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.QUEUED, *_ENDS}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.INTERRUPTED, JobState.QUEUED, *_ENDS}),
     **{state: frozenset() for state in TERMINAL},
 }
 

@@ -197,7 +197,6 @@ class Trainings:
             await self.db.update_lora(lora_id, {"status": "failed", "metadata": {**entry.metadata, "failure": reason}})
 
     async def _run(self, job_id: str, lora_id: str, plan: TrainingPlan) -> None:
-        await self.jobs.hub.transition(job_id, JobState.PREPARING, "preparing")
         dataset = (self.jobs.outputs.folder(job_id) / DATASET_FILE).read_bytes()
         req, settings = plan.request, plan.settings
         params = {"checkpoint": req.checkpoint, "dataset": f"{TRAINING_DATASETS}/{job_id}", "output": job_id,
@@ -231,7 +230,7 @@ class Trainings:
                                           recorded=[(e.type, e.data) for e in await self.db.events(job_id)])
         except PromptLost as exc:
             await self.jobs.hub.record(job_id, "warning", {"message": f"{exc}; training again"})
-            await self.jobs.hub.transition(job_id, JobState.PREPARING, "failover", {"reason": str(exc)}, prompt_id=None)
+            await self.jobs.hub.transition(job_id, JobState.QUEUED, "failover", {"reason": str(exc)}, prompt_id=None)
             await self._run(job_id, lora_id, plan)
             return
         await self._finish(job_id, lora_id, plan, result, pod)

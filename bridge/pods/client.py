@@ -127,7 +127,7 @@ class PodClient:
                 if resp.status != 200:
                     raise PodError(f"{method} {path} on {self.url} answered {resp.status}: {_error_text(text)}")
                 return json.loads(text) if text else {}
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, asyncio.TimeoutError) as exc:
             raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
 
     async def get_json(self, path: str) -> Any:
@@ -147,7 +147,7 @@ class PodClient:
             async with self.session.post(self.url + "/prompt", json=request) as resp:
                 body: Any = await resp.json(content_type=None)
                 status = resp.status
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, asyncio.TimeoutError) as exc:
             raise PodUnavailable(f"{self.url} is unreachable: {type(exc).__name__}") from None
         if status != 200:
             error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -172,6 +172,15 @@ class PodClient:
                 return i + len(queue.get("queue_running", []))
         return None
 
+    async def withdraw(self, prompt_id: str) -> bool:
+        """Take a prompt out of the pod's queue if it has not started; True when it is gone without having run.
+        ComfyUI deletes pending prompts only and moves one from pending to running under its queue's lock, so a
+        prompt is either withdrawn or runs here, never both."""
+        await self.post_json("/queue", {"delete": [prompt_id]})
+        if await self.queue_position(prompt_id) is not None:
+            return False
+        return await self.history(prompt_id) is None
+
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": type}
         try:
@@ -179,7 +188,7 @@ class PodClient:
                 if resp.status != 200:
                     raise PodError(f"GET /view {filename} answered {resp.status}")
                 return await resp.read()
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:  # (``type`` is the parameter here)
+        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, asyncio.TimeoutError) as exc:  # (``type`` is the parameter here)
             raise PodUnavailable(f"{self.url} is unreachable: {exc.__class__.__name__}") from None
 
     async def upload_image(self, data: bytes | Path, name: str | None = None, overwrite: bool = True) -> str:

@@ -1,18 +1,24 @@
-"""Several pods: health, routing by queue length and cached LoRAs, prefetch, failover.
+"""Several pods: health, routing by queue length and cached LoRAs, prefetch, failover, drain.
 
 A pod is healthy while ``/system_stats`` and ``/queue`` answer; an unhealthy pod gets no new
-jobs until it answers again. A job goes to the healthy pod (matching its labels) that already
+jobs until it answers again, nor does a draining one (the bridge or the pod's pack said so) or one
+that missed its heartbeats (``silent``). A job goes to the usable pod (matching its labels) that already
 holds most of the job's LoRAs, then with the fewest queued jobs; its LoRAs are prefetched there
-(``/lora_bridge/prefetch``) before the graph is submitted. A pod that is down, or dies before or
-during the job, is retried after 2, 4 and 8 s (± jitter; each retry an event), on another pod
-where one is healthy, on the same one when it is back; after the last retry the job fails with
-the reason. A job is never silently dropped. Pods without the node pack run in stock mode (LoraLoader, files
-already on the pod); which mode a pod supports comes from its ``/object_info``.
+(``/lora_bridge/prefetch``) before the graph is submitted. When no pod is usable the job waits for one
+(``waiting``; a pod that joins or comes back takes it) up to ``wait_s``, then fails with the reason.
+A pod that dies before or during the job is retried after 2, 4 and 8 s (± jitter; ``failover`` and
+``retry`` events), on another pod where one is usable; after the last retry the job fails with the
+reason. A job waiting in the queue of a pod that starts draining is taken back out of it (``moved``)
+and runs elsewhere; one already running there finishes there. A job is never silently dropped nor
+run twice. Pods without the node pack run in stock mode (LoraLoader, files already on the pod);
+which mode a pod supports comes from its ``/object_info``. The pods themselves may change at any
+time (``sync``: the fleet's table, ``jobs/fleet.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import random
 import time
@@ -20,7 +26,7 @@ from collections.abc import Collection, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
-from ..errors import NoPodAvailable, PodError, PodUnavailable
+from ..errors import NoPodAvailable, PodDraining, PodError, PodUnavailable
 from ..graphs.lora_insertion import LoraRequest
 from ..graphs.validate import GraphInvalid
 from ..lorafiles.sources import carries_credentials, redact_url
@@ -28,6 +34,7 @@ from ..pack_protocol import (
     NODE_APPLY_STACK,
     ROUTE_CACHE,
     ROUTE_CACHE_CLEAR,
+    ROUTE_DRAIN,
     ROUTE_PREFETCH,
     ROUTE_PREFETCH_CANCEL,
     CacheClear,
@@ -55,6 +62,11 @@ def _summed(counters: list[dict[str, Any]]) -> dict[str, Any]:
     return {**totals, "hit_rate": round(totals["hits"] / lookups, 4) if lookups else 0.0}
 
 
+def pod_id(url: str) -> str:
+    """A pod's id, the same on every replica: from its URL."""
+    return "pod-" + hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class PodConfig:
     url: str
@@ -64,6 +76,20 @@ class PodConfig:
     @property
     def name(self) -> str:
         return redact_url(self.url)
+
+    @property
+    def id(self) -> str:
+        return pod_id(self.url)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A pod as the fleet's table has it: ``draining`` when it takes no new jobs, ``silent`` (why) when it
+    missed its heartbeats."""
+
+    config: PodConfig
+    draining: bool = False
+    silent: str | None = None
 
 
 @dataclass
@@ -79,11 +105,28 @@ class PodStatus:
     object_info: dict[str, Any] = field(default_factory=dict)
     checked: float = 0.0
     facts_checked: float = 0.0  # when object_info was last read
+    draining: bool = False  # the fleet drains it (DELETE /v1/pods/{id}, its pack's drain route, gone from DNS)
+    pack_draining: bool = False  # its pack says it drains (read with its health)
+    silent: str | None = None  # it missed its heartbeats: treated as lost
+
+    @property
+    def usable(self) -> bool:
+        """Whether it may take a new job."""
+        return self.healthy and not self.draining and not self.pack_draining and self.silent is None
+
+    @property
+    def state(self) -> str:
+        """``draining``, ``lost`` (not answering, or silent), ``busy`` (prompts queued or running) or ``ready``."""
+        if self.draining or self.pack_draining:
+            return "draining"
+        if not self.healthy or self.silent is not None:
+            return "lost"
+        return "busy" if self.queue else "ready"
 
     def summary(self) -> dict[str, Any]:
-        return {"pod": self.config.name, "healthy": self.healthy, "error": self.error, "queue": self.queue,
-                "mode": "pack" if self.pack else "stock", "cached_loras": len(self.cached),
-                "labels": sorted(self.config.labels)}
+        return {"id": self.config.id, "pod": self.config.name, "state": self.state, "healthy": self.healthy,
+                "error": self.silent or self.error, "queue": self.queue, "mode": "pack" if self.pack else "stock",
+                "cached_loras": len(self.cached), "labels": sorted(self.config.labels)}
 
 
 Graph = dict[str, Any]
@@ -92,12 +135,24 @@ GraphBuilder = Callable[[PodStatus, list[LoraRequest]], Graph | Awaitable[Graph]
 
 class PodPool:
     def __init__(self, pods: list[PodConfig], health_ttl: float = 3.0, facts_ttl: float = 60.0, reconnects: int = 3,
-                 backoff: float = 0.3, retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0), jitter: float = 0.25) -> None:
-        if not pods:
-            raise PodError("configure at least one pod")
+                 backoff: float = 0.3, retry_delays: tuple[float, ...] = (2.0, 4.0, 8.0), jitter: float = 0.25,
+                 wait_s: float = 900.0, watch_s: float = 0.5) -> None:
         self.status = {p.url: PodStatus(p) for p in pods}
         self.health_ttl, self.facts_ttl, self.reconnects, self.backoff = health_ttl, facts_ttl, reconnects, backoff
-        self.retry_delays, self.jitter = retry_delays, jitter
+        self.retry_delays, self.jitter, self.wait_s, self.watch_s = retry_delays, jitter, wait_s, watch_s
+
+    def sync(self, members: list[Member]) -> None:
+        """Make the pool the fleet's pods: new ones join (checked at the next refresh), gone ones leave (a job
+        running there keeps its own reference), the others take their labels, token and draining state."""
+        wanted = {m.config.url: m for m in members}
+        for url in [u for u in self.status if u not in wanted]:
+            del self.status[url]
+        for url, member in wanted.items():
+            pod = self.status.setdefault(url, PodStatus(member.config))
+            pod.config, pod.draining, pod.silent = member.config, member.draining, member.silent
+
+    def by_id(self, pod_id: str) -> PodStatus | None:
+        return next((s for s in self.status.values() if s.config.id == pod_id), None)
 
     def by_name(self, name: str | None) -> PodStatus | None:
         """The configured pod shown as ``name`` (job records name their pod), if any."""
@@ -116,6 +171,7 @@ class PodPool:
                     pod.object_info, pod.facts_checked = await client.object_info(), time.monotonic()
                 pod.pack = NODE_APPLY_STACK in pod.object_info
                 if pod.pack:
+                    pod.pack_draining = await self._draining(client)
                     cache = await client.get_json(ROUTE_CACHE)
                     pod.cached = {item["sha256"] for item in cache.get("disk", {}).get("items", [])}
                     pod.cache_stats = {part: {k: v for k, v in cache.get(part, {}).items() if k != "items"}
@@ -124,6 +180,16 @@ class PodPool:
         except PodError as exc:  # what the pod holds or runs is unknown until it answers again
             pod.healthy, pod.error, pod.queue = False, str(exc), None
         pod.checked = time.monotonic()
+
+    @staticmethod
+    async def _draining(client: PodClient) -> bool:
+        """Whether the pod's pack says it drains (a pack without the drain route never does)."""
+        try:
+            return bool((await client.get_json(ROUTE_DRAIN)).get("draining"))
+        except PodUnavailable:
+            raise
+        except PodError:
+            return False
 
     async def refresh_facts(self, pod: PodStatus) -> None:
         """Re-read the pod's ``/object_info`` now (a file or node may have been added since)."""
@@ -179,14 +245,20 @@ class PodPool:
 
     def choose(self, units: Collection[Set[str]], labels: Set[str] = frozenset(), exclude: Set[str] = frozenset(),
                pack_only: bool = False) -> PodStatus:
-        """The healthy pod with the requested labels (and the node pack, with ``pack_only``) that holds most
-        of the job's LoRAs, then the shortest queue, then the first configured. A LoRA is a unit of files
+        """The usable pod with the requested labels (and the node pack, with ``pack_only``) that holds most
+        of the job's LoRAs, then the shortest queue, then the first to join. A LoRA is a unit of files
         (its SHA-256s; a Wan 2.2 pair has two) and counts only where all of them are cached."""
-        candidates = [p for p in self.status.values() if p.healthy and p.config.url not in exclude
+        candidates = [p for p in self.status.values() if p.usable and p.config.url not in exclude
                       and labels <= p.config.labels and (p.pack or not pack_only)]
         if not candidates:
             lacks = "excluded, lacks labels" + (" or the node pack" if pack_only else "")
-            reasons = "; ".join(f"{p.config.name}: {p.error or lacks}" for p in self.status.values())
+
+            def why(p: PodStatus) -> str:
+                if p.silent is not None or not p.healthy:
+                    return p.silent or p.error or "not answering"
+                return "draining" if p.draining or p.pack_draining else lacks
+
+            reasons = "; ".join(f"{p.config.name}: {why(p)}" for p in self.status.values()) or "the bridge has no pods"
             raise NoPodAvailable(f"no healthy pod can take the job ({reasons})")
         order = list(self.status)
         return min(candidates, key=lambda p: (-sum(unit <= p.cached for unit in units), p.queue or 0, order.index(p.config.url)))
@@ -266,12 +338,13 @@ class PodPool:
                   stage: Callable[[PodStatus], Awaitable[None]] | None = None,
                   retry_delays: tuple[float, ...] | None = None,
                   on_file: FileCallback | None = None) -> tuple[JobResult, PodStatus]:
-        """Run a job: choose a pod, prefetch, ``stage`` (put the job's inputs on it), build its graph,
-        submit, stream. A pod that is down or dies is retried after each of ``retry_delays`` (the
-        pool's unless given; ``retry`` events; ``failover`` when a pod was lost), preferring pods that
-        have not failed this job. ``request_id`` names the prefetches; ``pack_only`` keeps the job to pods with
-        the node pack (a graph that names LoRA assets: the pack fetches them); ``on_file`` gets each output
-        file as soon as it is fetched."""
+        """Run a job: choose a pod (waiting up to ``wait_s`` while none is usable: ``waiting``), prefetch,
+        ``stage`` (put the job's inputs on it), build its graph, submit, stream. A pod that is down or dies
+        is retried after each of ``retry_delays`` (the pool's unless given; ``failover`` then ``retry``
+        events), preferring pods that have not failed this job; a draining pod gives back a job that had
+        not started (``moved``: it runs elsewhere at once). ``request_id`` names the prefetches; ``pack_only``
+        keeps the job to pods with the node pack (a graph that names LoRA assets: the pack fetches them);
+        ``on_file`` gets each output file as soon as it is fetched."""
         delays = self.retry_delays if retry_delays is None else retry_delays
         failed: set[str] = set()
         files: dict[str, set[str]] = {}  # a LoRA's files by its name: a Wan 2.2 pair routes as one unit
@@ -279,7 +352,7 @@ class PodPool:
             if lora.sha256:
                 files.setdefault(lora.name, set()).add(lora.sha256)
         units = list(files.values())
-        reason = ""
+        reason, failures, attempt, since = "", 0, 0, None  # since: when the job began to wait for a usable pod
 
         async def emit(type: str, data: dict[str, Any]) -> None:
             if on_event is not None:
@@ -287,21 +360,24 @@ class PodPool:
                 if asyncio.iscoroutine(maybe):
                     await maybe
 
-        for attempt in range(1, len(delays) + 2):
-            if attempt > 1:
-                delay = delays[attempt - 2] * (1 + random.uniform(-self.jitter, self.jitter))
-                await emit("retry", {"retry": attempt - 1, "of": len(delays), "delay_s": round(delay, 2),
-                                     "reason": reason})
-                await asyncio.sleep(delay)
-            await self.refresh(force=attempt > 1)
+        while True:
+            await self.refresh(force=bool(reason) and since is None)  # after a failure, read every pod again
             try:
                 try:
                     pod = self.choose(units, labels, failed, pack_only)
                 except NoPodAvailable:
                     pod = self.choose(units, labels, pack_only=pack_only)  # only pods that failed this job: one that is back will do
             except NoPodAvailable as exc:
-                reason = str(exc)
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    await emit("waiting", {"reason": str(exc), "for_s": self.wait_s})
+                if now - since >= self.wait_s:
+                    raise NoPodAvailable(f"no pod could take the job within {self.wait_s:g} s "
+                                         f"(LORA_BRIDGE_QUEUE_TIMEOUT_S): {exc}") from None
+                await asyncio.sleep(min(self.watch_s * 2, self.wait_s - (now - since)))
                 continue
+            since, attempt = None, attempt + 1
             await emit("assigned", {"pod": pod.config.name, "attempt": attempt, "mode": "pack" if pod.pack else "stock"})
             try:
                 named = await self.prefetch(pod, loras, request_id, on_event)
@@ -309,12 +385,50 @@ class PodPool:
                     await stage(pod)
                 graph = await self.build(pod, lambda p: build(p, named))  # noqa: B023 (used within this attempt)
                 pod.queue = (pod.queue or 0) + 1
-                async with self.client(pod, timeout=300) as client:
-                    result = await client.run(graph, on_event, on_file=on_file)
-                return result, pod
+                return await self._submit(pod, graph, on_event, on_file), pod
+            except PodDraining as exc:
+                await emit("moved", {"pod": pod.config.name, "reason": str(exc)})
             except PodUnavailable as exc:
                 pod.healthy, pod.error = False, str(exc)
                 failed.add(pod.config.url)
                 reason = f"{pod.config.name}: {exc}"
                 await emit("failover", {"pod": pod.config.name, "reason": str(exc), "attempt": attempt})
-        raise NoPodAvailable(f"the job failed after {len(delays)} retries; last: {reason}")
+                failures += 1
+                if failures > len(delays):
+                    raise NoPodAvailable(f"the job failed after {len(delays)} retries; last: {reason}") from None
+                delay = delays[failures - 1] * (1 + random.uniform(-self.jitter, self.jitter))
+                await emit("retry", {"retry": failures, "of": len(delays), "delay_s": round(delay, 2), "reason": reason})
+                await asyncio.sleep(delay)
+
+    async def _submit(self, pod: PodStatus, graph: Graph, on_event: EventCallback | None,
+                      on_file: FileCallback | None) -> JobResult:
+        """Submit and stream, watching the pod: one that misses its heartbeats fails the attempt
+        (``PodUnavailable``); one that starts draining before the prompt runs gets it withdrawn (``PodDraining``)."""
+        submitted: list[str] = []
+
+        async def seen(event: PodEvent) -> None:
+            if event.type == "submitted":
+                submitted.append(event.data["prompt_id"])
+            if on_event is not None:
+                maybe = on_event(event)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+
+        async with self.client(pod, timeout=300) as client:
+            run = asyncio.ensure_future(client.run(graph, seen, on_file=on_file))
+            withdrawing = True
+            try:
+                while True:
+                    done, _ = await asyncio.wait({run}, timeout=self.watch_s)
+                    if done:
+                        return run.result()
+                    if pod.silent is not None:
+                        raise PodUnavailable(f"{pod.config.name} {pod.silent}")
+                    if withdrawing and submitted and (pod.draining or pod.pack_draining):
+                        withdrawing = False  # asked once: a prompt that runs already finishes here
+                        if await client.withdraw(submitted[0]):
+                            raise PodDraining(f"{pod.config.name} is draining; the job had not started there")
+            finally:
+                if not run.done():
+                    run.cancel()
+                    await asyncio.gather(run, return_exceptions=True)

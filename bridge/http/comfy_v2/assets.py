@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ...errors import BlobNotFound, HashMismatch, RequestInvalid
 from ...jobs.assets import StagedBlob
@@ -66,7 +67,7 @@ async def _read_form(request: web.Request) -> tuple[dict[str, str], list[str], S
     except BaseException as exc:
         if staged is not None:
             request.app[GENERATIONS].assets.discard(staged)
-        if isinstance(exc, (ValueError, AssertionError)):  # aiohttp on a broken form; text that is not UTF-8
+        if isinstance(exc, (ValueError, AssertionError, HttpProcessingError)):  # aiohttp on a broken form; not UTF-8
             raise RequestInvalid(f"malformed multipart body ({type(exc).__name__})") from None
         raise
     assert staged is not None

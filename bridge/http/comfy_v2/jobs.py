@@ -42,8 +42,9 @@ async def _job(request: web.Request, job_id: str) -> JobRecord:
 
 async def _view(request: web.Request, job: JobRecord, canceling: bool = False) -> dict[str, Any]:
     gens = request.app[GENERATIONS]
+    ahead = await gens.db.jobs_ahead(job.id) if job.status == "queued" else 0
     return job_view(job, await gens.db.events(job.id), await gens.assets.of_job(job.id), base_url(request),
-                    request.app[LINKS], request.app[SETTINGS].job_retention_s, canceling)
+                    request.app[LINKS], request.app[SETTINGS].job_retention_s, canceling, ahead)
 
 
 async def submit(request: web.Request, inputs: Inputs) -> web.Response:

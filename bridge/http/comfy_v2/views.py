@@ -39,7 +39,7 @@ class ContentLinks:
         return url, str(iso(expires))
 
     def valid(self, asset_id: str, expires: int, signature: str) -> bool:
-        return expires >= time.time() and hmac.compare_digest(signature, self.signature(asset_id, expires))
+        return expires >= time.time() and hmac.compare_digest(signature.encode(), self.signature(asset_id, expires).encode())
 
 
 def asset_view(asset: AssetRecord, base: str, links: ContentLinks, created_new: bool | None = None) -> dict[str, Any]:
@@ -120,15 +120,18 @@ def job_error(job: JobRecord, events: list[JobEvent]) -> dict[str, Any] | None:
     return {"code": code, "message": reason, "node_id": None, "class_type": None, "traceback": None}
 
 
-def queue_position(job: JobRecord, events: list[JobEvent]) -> int | None:
-    if job.status not in ("queued", "preparing", "submitted"):
+def queue_position(job: JobRecord, events: list[JobEvent], ahead: int) -> int | None:
+    """Jobs before this one: at the bridge (``ahead``) while it waits for a pod, then in its pod's queue."""
+    if job.status == "queued":
+        return ahead
+    if job.status not in ("preparing", "submitted"):
         return None
     position = next((e.data.get("position") for e in reversed(events) if e.type == "submitted"), None)
     return position if isinstance(position, int) and not isinstance(position, bool) else 0
 
 
 def job_view(job: JobRecord, events: list[JobEvent], outputs: list[AssetRecord], base: str, links: ContentLinks,
-             retention_s: float, canceling: bool = False) -> dict[str, Any]:
+             retention_s: float, canceling: bool = False, ahead: int = 0) -> dict[str, Any]:
     tracker = ProgressTracker(job.request.get("workflow"))
     for event in events:
         tracker.feed(event)
@@ -142,7 +145,7 @@ def job_view(job: JobRecord, events: list[JobEvent], outputs: list[AssetRecord],
     url = f"{base}{PREFIX}/jobs/{job.id}"
     return {"id": job.id, "status": status, "created_at": iso(job.created), "started_at": iso(started),
             "completed_at": iso(finished) if status in ("succeeded", "failed", "canceled") else None,
-            "expires_at": iso(job.created + retention_s), "queue_position": queue_position(job, events),
+            "expires_at": iso(job.created + retention_s), "queue_position": queue_position(job, events, ahead),
             "progress": tracker.snapshot(), "outputs": [output_view(a, base, links) for a in outputs],
             "error": job_error(job, events), "metrics": metrics, "metadata": job.request.get("labels") or {},
             "urls": {"self": url, "events": f"{url}/events", "cancel": f"{url}/cancel"}}

@@ -38,7 +38,8 @@ for _name, _class in NODE_CLASS_MAPPINGS.items():
 
 
 def start_in_comfyui() -> None:
-    """Inside a running ComfyUI: add the pod routes and start preloading ``LORA_BRIDGE_PRELOAD``."""
+    """Inside a running ComfyUI: add the pod routes, start preloading ``LORA_BRIDGE_PRELOAD`` and, with
+    ``LORA_BRIDGE_REGISTER_URL``, join that bridge's fleet."""
     server = sys.modules.get("server")
     if server is None or getattr(getattr(server, "PromptServer", None), "instance", None) is None:
         return

@@ -167,6 +167,7 @@ def test_a_pod_scaled_down_mid_queue_loses_no_job_and_runs_none_twice(bridge, co
         pod.cleanup()
 
 
+@pytest.mark.bridge_logic  # name resolution is the bridge's own: first leg only
 def test_pods_found_by_dns(comfy, tmp_path) -> None:
     """``--pods-dns localhost:PORT``: every address of the name is a pod; the one that answers runs the job."""
     svc = Service([], tmp_path, env={"LORA_BRIDGE_QUEUE_TIMEOUT_S": "60"})

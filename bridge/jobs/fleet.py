@@ -173,7 +173,7 @@ class Fleet:
                 log.warning("fleet: %s does not resolve (%s); keeping its pods", target, exc)
                 continue
             known = {r.url: r for r in records if r.discovered_by == target}
-            for url in sorted(urls - set(known)):
+            for url in sorted(urls - {r.url for r in records}):  # a pod that joined another way stays as it joined
                 await self.add(PodAnnouncement(url=url), "dns", target)
             for url, record in known.items():
                 if url not in urls and not record.draining:

@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--workflow", help="a workflow JSON file (API format or saved from the graph editor)")
     run.add_argument("--param", action="append", type=_param, default=[], help="template parameter key=value")
     run.add_argument("--lora", action="append", default=[], help="SOURCE[:model[:clip]]: s3://…, https://… or a file on the pod")
-    run.add_argument("--mode", choices=["hotswap", "merge"], default="hotswap", help="how pack pods apply LoRAs")
+    run.add_argument("--mode", choices=["auto", "hotswap", "merge"], default="auto",
+                     help="how pack pods apply LoRAs (auto: hot-swap a stack the first time, merge it on repeats)")
     run.add_argument("--out", default="out", help="folder for the outputs (default: out)")
     run.set_defaults(func=_run)
 

@@ -40,9 +40,10 @@ JOB_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STRENGTH_MIN, STRENGTH_MAX, STRENGTH_STEP = -100.0, 100.0, 0.01
 STORE_SCHEME = "sha256:"  # a source naming a file already in the pod's store by content: no URL, no credentials
 ON_MISMATCH = ("error", "skip", "apply anyway")
-APPLY_MODES = ("merge", "hotswap")
+APPLY_MODES = ("merge", "hotswap")  # how one LoRA is applied
+STACK_APPLY_MODES = (*APPLY_MODES, "auto")  # a stack may also let the pod choose (merge on repeats, hot-swap on switches)
 OnMismatch = Literal["error", "skip", "apply anyway"]
-ApplyMode = Literal["merge", "hotswap"]
+ApplyMode = Literal["merge", "hotswap", "auto"]
 
 Strength = Annotated[float, Field(ge=STRENGTH_MIN, le=STRENGTH_MAX, allow_inf_nan=False)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]

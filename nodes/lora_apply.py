@@ -10,12 +10,14 @@ from ..bridge.pack_protocol import (
     NODE_APPLY,
     NODE_APPLY_STACK,
     ON_MISMATCH,
+    STACK_APPLY_MODES,
     STRENGTH_MAX,
     STRENGTH_MIN,
     STRENGTH_STEP,
     ProtocolError,
     parse_stack,
 )
+from . import apply_mode
 from .lora_handle import LORA_TYPE, LoraHandle
 from .lora_loading import apply_lora
 from .pod_state import fetch_handle
@@ -26,6 +28,8 @@ MISMATCH_TIP = ("What to do when the LoRA was made for another base model or non
                 "error (stop with the reason), skip (go on without it), apply anyway.")
 MODE_TIP = ("merge: patch the weights like ComfyUI's loader (bit-identical). hotswap: add the LoRA at run time "
             "without touching the weights, so switching LoRAs or strengths between jobs costs no re-patching.")
+STACK_MODE_TIP = MODE_TIP + (" auto: hot-swap a stack the first time, merge it when it comes again (no per-step "
+                             "cost while a pod repeats the same LoRAs).")
 STACK_EXAMPLE = ('[{"source": "s3://bucket/character-42.safetensors", "sha256": "", "strength_model": 1.0, '
                  '"strength_clip": 1.0, "enabled": true}]')
 
@@ -78,8 +82,9 @@ class ApplyLoraStack:
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "The text encoder the LoRAs are applied to (optional)."}),
-                "mode": (list(APPLY_MODES), {"default": "merge", "tooltip": MODE_TIP}),
+                "mode": (list(STACK_APPLY_MODES), {"default": "merge", "tooltip": STACK_MODE_TIP}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = ("MODEL", "CLIP")
@@ -96,8 +101,18 @@ class ApplyLoraStack:
             return str(exc)
         return True
 
-    def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None, mode: str = "merge") -> dict[str, Any]:
+    @classmethod
+    def IS_CHANGED(cls, loras: str = "[]", mode: str = "merge", unique_id: str = "", **_: Any) -> str:
+        """With ``auto``, the mode it would pick now: ComfyUI runs the node again when that changes."""
+        return apply_mode.fingerprint(str(unique_id), loras) if mode == "auto" else mode
+
+    def apply(self, model: Any, loras: str, on_mismatch: str = "error", clip: Any = None, mode: str = "merge",
+              unique_id: str = "") -> dict[str, Any]:
         lines = []
+        if mode == "auto":
+            mode = apply_mode.choose(str(unique_id), loras)
+            lines.append("auto: " + ("merged: the same LoRAs as last time" if mode == "merge" else
+                                     "hot-swapped: the LoRAs changed since the last run"))
         for entry in parse_stack(loras):
             if not entry.enabled:
                 lines.append(f"off {entry.name or redact_url(entry.fetch_source)}")

@@ -98,3 +98,31 @@ def test_another_nodes_model_wrapper_and_hotswap_both_act(comfy, foreign_first) 
     no_lora = image_of(run_graph(comfy, with_foreign(stacked(35, [], "hotswap"), 0.8)))
     assert close(hot, merged)  # ours acted as a merge would, with the other wrapper in place
     assert np.abs(hot - unwrapped).mean() > 3 and np.abs(hot - no_lora).mean() > 3  # and both really act
+
+
+def test_auto_hot_swaps_a_new_stack_and_merges_it_while_it_repeats(comfy) -> None:
+    """``auto``: the first run of a stack is hot-swapped, the next merged (ComfyUI's own patching, the image
+    exactly the merge mode's), later repeats reuse that merged model without running the node; a switch
+    hot-swaps again. Every image is the LoRAs' (merge's within fp rounding)."""
+    a, b = [(LORA_FILES["kohya"], 0.9, 0.9)], [(LORA_FILES["kohya_b"], 0.6, 0.6)]
+
+    def auto(loras: list[tuple[str, float, float]]):
+        graph = stacked(35, loras, "auto")
+        graph["45"] = graph.pop("40")  # a node id of its own: auto remembers what each stack node applied
+        graph["3"]["inputs"]["model"] = ["45", 0]
+        graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["45", 1]
+        return run_graph(comfy, graph)
+
+    merged = {label: image_of(run_graph(comfy, stacked(35, loras, "merge"))) for label, loras in (("A", a), ("B", b))}
+    for label, expect in (("A", "hot-swapped"), ("A", "merged"), ("A", "cached"), ("B", "hot-swapped"),
+                          ("A", "hot-swapped"), ("A", "merged")):
+        result = auto(a if label == "A" else b)
+        cached = [n for e in result.events if e.type == "cached" for n in e.data.get("nodes", [])]
+        image = image_of(result)
+        if expect == "cached":
+            assert "45" in cached and (image == merged[label]).all()
+        else:
+            lines = node_text(result, "45")
+            assert "45" not in cached and lines[0].startswith(f"auto: {expect}"), lines
+            assert lines[1].startswith("applied" if expect == "merged" else "hot-swapped"), lines
+            assert (image == merged[label]).all() if expect == "merged" else close(image, merged[label])

@@ -99,3 +99,31 @@ def _submit_follow_and_kill(replicas: list[Service], pods: list[str]) -> None:
     assert taken and {d["replica"] for d in taken} <= {"r1", "r2"}  # the victim's jobs, taken over by the others
     ran = _seeds_run(pods)
     assert sorted(s for s in ran if s in seeds) == seeds  # every job ran once: none lost, none run twice
+
+
+@pytest.mark.bridge_logic  # which replica answers is the bridge's own logic: first leg only
+def test_any_replica_serves_a_job_outputs_and_sees_the_same_pods(comfy, postgres, s3, tmp_path) -> None:
+    """Two replicas with outputs folders of their own and an output bucket: the job's file is read from the
+    replica that did not run it, byte for byte; a pod added through one is listed, ready, by the other."""
+    url = postgres.new_database()
+    a, b = (Service([], tmp_path / name, s3.endpoint, db_url=url, replica=name) for name in ("a", "b"))
+    try:
+        for replica in (a, b):
+            replica.tmp.mkdir()
+            replica.start()
+        status, pod = a.call("POST", "/v1/pods", {"url": comfy.url})
+        assert status == 201
+        status, listing = b.call("GET", "/v1/pods")
+        assert [(p["id"], p["state"]) for p in listing["pods"]] == [(pod["id"], "ready")]
+        status, job = a.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": {
+            "checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 2, "seed": 71}})
+        assert status == 202 and a.wait_end(job["id"])["status"] == "succeeded"
+        ran_on = a if any(True for _ in (a.tmp / "out").rglob("*.png")) else b
+        other = b if ran_on is a else a
+        assert not list((other.tmp / "out").rglob("*.png"))  # not in the other replica's folder ...
+        status, there = ran_on.call("GET", f"/v1/generations/{job['id']}/outputs/0")
+        status_other, here = other.call("GET", f"/v1/generations/{job['id']}/outputs/0")
+        assert status == status_other == 200 and here == there and here[:4] == b"\x89PNG"  # ... yet it serves it
+    finally:
+        for replica in (a, b):
+            replica.kill()

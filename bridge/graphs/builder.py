@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..pack_protocol import ApplyMode
 from .convert import WorkflowError, is_ui_workflow, ui_to_api
 from .key_frame import KEY_FRAME_PREFIX, attach_key_frame
 from .lora_insertion import InsertionReport, LoraRequest, insert_loras
@@ -47,7 +48,7 @@ def build_graph(
     mode: Literal["stock", "pack"] = "stock",
     family: str | None = None,
     on_mismatch: Literal["refuse", "skip"] = "refuse",
-    apply_mode: Literal["merge", "hotswap"] = "hotswap",
+    apply_mode: ApplyMode = "auto",
     key_frame: KeyFrame | None = None,
 ) -> BuiltGraph:
     """One of ``template`` (+ ``params``) or ``workflow``; returns the validated graph and what was

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..errors import LoraBridgeError
 from ..lorafiles.families import FAMILY_NAMES
-from ..pack_protocol import NODE_APPLY, NODE_APPLY_STACK, StackEntry, encode_stack
+from ..pack_protocol import NODE_APPLY, NODE_APPLY_STACK, ApplyMode, StackEntry, encode_stack
 from .prompts import with_trigger_words
 
 Graph = dict[str, dict[str, Any]]
@@ -190,7 +190,7 @@ def insert_loras(
     mode: Literal["stock", "pack"] = "stock",
     graph_family: str | None = None,
     on_mismatch: Literal["refuse", "skip"] = "refuse",
-    apply_mode: Literal["merge", "hotswap"] = "merge",
+    apply_mode: ApplyMode = "merge",
 ) -> tuple[Graph, InsertionReport]:
     """Return a new graph with ``loras`` applied in order to every targeted model, and a report.
 

@@ -174,7 +174,8 @@ class GenerationCreate(Closed):
         None, description="two-expert templates: model strength of the character's or brand's LoRA per expert "
                           "(default lora_strength)")
     lora_policy: Literal["fallback", "strict"] = "fallback"
-    apply_mode: ApplyMode = "hotswap"
+    apply_mode: ApplyMode = Field("auto", description="how pack pods apply the LoRAs: merge, hotswap, or auto "
+                                  "(hot-swap a stack the first time, merge it while the pod repeats it)")
     webhook_url: Annotated[StrictStr, Field(max_length=2048, pattern=r"^https?://")] | None = None
     labels: Annotated[dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
                            Annotated[StrictStr, Field(max_length=256)]], Field(max_length=16)] | None = Field(

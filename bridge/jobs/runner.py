@@ -238,7 +238,7 @@ class Generations:
         job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job.pod)
         if pod is None:
-            raise GenerationRefused(f"cannot resume: pod {job.pod} is no longer configured")
+            raise GenerationRefused(f"cannot resume: pod {job.pod} is no longer in the fleet")
         try:
             async with self.pool.client(pod, timeout=300) as client:
                 result = await client.run({}, lambda e: self.on_pod_event(job_id, e), prompt_id=job.prompt_id,

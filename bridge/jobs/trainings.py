@@ -221,7 +221,7 @@ class Trainings:
         job = await self.db.get_job(job_id)
         pod = self.pool.by_name(job.pod)
         if pod is None:
-            raise PodError(f"cannot resume: pod {job.pod} is no longer configured")
+            raise PodError(f"cannot resume: pod {job.pod} is no longer in the fleet")
         self.staged.setdefault(job_id, set()).add(pod.config.url)
         try:
             async with self.pool.client(pod, timeout=300) as client:

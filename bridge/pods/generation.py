@@ -6,7 +6,7 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable
 
 from ..graphs.asset_refs import Placement, check_places, place
 from ..graphs.builder import KeyFrame, build_graph
@@ -14,6 +14,7 @@ from ..graphs.lora_insertion import InsertionReport, LoraRequest
 from ..graphs.templates import Template
 from ..lorafiles.inspect import inspect_source
 from ..lorafiles.sources import FetchPolicy
+from ..pack_protocol import ApplyMode
 from .client import EventCallback, FileCallback, OutputFile
 from .pool import PodPool, PodStatus
 
@@ -55,7 +56,7 @@ class JobOutcome:
 async def run_generation(pool: PodPool, loras: list[LoraRequest], template: str | Template | None = None,
                          params: dict[str, Any] | None = None, workflow: dict[str, Any] | None = None,
                          out_dir: Path | None = None, on_event: EventCallback | None = None,
-                         apply_mode: Literal["merge", "hotswap"] = "hotswap", family: str | None = None,
+                         apply_mode: ApplyMode = "auto", family: str | None = None,
                          on_built: Callable[[InsertionReport], Awaitable[None] | None] | None = None,
                          request_id: str | None = None, key_frame: KeyFrame | None = None,
                          placements: list[Placement] | None = None, placed_loras: list[LoraRequest] | None = None,

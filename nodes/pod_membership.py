@@ -6,7 +6,8 @@ bridge reaches it at (``LORA_BRIDGE_POD_URL``, else this host's address and Comf
 ``LORA_BRIDGE_POD_LABELS``. It renews every ``LORA_BRIDGE_HEARTBEAT_S`` and announces again when the
 bridge has forgotten it. ``POST /lora_bridge/drain`` (a Kubernetes ``preStop`` hook) makes the pod take
 no more jobs: the bridge is told (``DELETE /v1/pods/{id}``: it moves the jobs waiting in this ComfyUI's
-queue elsewhere and removes the pod once idle) and the route waits until the queue is empty. When the
+queue elsewhere and removes the pod once idle) and the route waits until the queue is empty;
+``DELETE /lora_bridge/drain`` calls the drain off (the pod announces itself again). When the
 process ends (SIGTERM, Ctrl-C) the pod leaves the fleet. Without a bridge URL only the drain state
 exists: the bridge's health checks read it.
 """
@@ -125,6 +126,16 @@ class Membership:
                 self._call("DELETE", protocol.POD_PATH.format(id=self.pod_id))
             except OSError as exc:
                 log.warning("lora_bridge: could not tell the bridge this pod drains: %s", exc)
+
+    def resume(self) -> None:
+        """Call a drain off: take jobs again, and announce the pod anew (the bridge may have removed it)."""
+        self.draining.clear()
+        if self.config.register_url and not self.stopped.is_set():
+            try:
+                self.announce()
+            except OSError as exc:  # the heartbeat thread announces at its next beat
+                self.pod_id = None
+                log.warning("lora_bridge: could not tell the bridge this pod takes jobs again: %s", exc)
 
     def leave(self) -> None:
         """Leave the fleet (the process ends)."""

@@ -325,6 +325,12 @@ async def drain(request: web.Request) -> web.Response:
     return web.json_response({"draining": True, "remaining": remaining, "idle": remaining == 0})
 
 
+async def resume(request: web.Request) -> web.Response:
+    """Call a drain off: the pod takes jobs again."""
+    await asyncio.get_running_loop().run_in_executor(None, membership.resume)
+    return await drain_state(request)
+
+
 async def drain_state(request: web.Request) -> web.Response:
     remaining = tasks_remaining()
     return web.json_response({"draining": membership.draining.is_set(), "remaining": remaining, "idle": remaining == 0})
@@ -360,6 +366,8 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
                "wait_s for the queue to empty: a preStop hook", query=protocol.DrainQuery,
                responses={200: "draining; idle says whether the queue emptied in time", 400: "invalid query"}), drain),
     (RouteSpec("GET", protocol.ROUTE_DRAIN, "Whether the pod drains, and the prompts it still has"), drain_state),
+    (RouteSpec("DELETE", protocol.ROUTE_DRAIN, "Call a drain off: the pod takes jobs again (and announces itself "
+               "to its bridge anew)"), resume),
     (RouteSpec("DELETE", f"{protocol.ROUTE_DATASETS}/{{job}}", "Remove a training job's dataset and outputs",
                path_params=protocol.DatasetPath, responses={200: "removed", 400: "invalid job name"}), delete_dataset),
 ]

@@ -163,6 +163,9 @@ def test_a_pod_scaled_down_mid_queue_loses_no_job_and_runs_none_twice(bridge, co
         ran = [seed for seed in _seeds_run(pod.url) + _seeds_run(comfy.url) if seed in seeds]
         assert sorted(ran) == sorted(seeds)  # each job ran exactly once, on one pod or the other
         _until(lambda: pod.url not in _pods(bridge), what="the drained pod to leave the fleet")
+        req = urllib.request.Request(f"{pod.url}/lora_bridge/drain", method="DELETE", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+        assert json.load(urllib.request.urlopen(req, timeout=30))["draining"] is False  # the scale-down called off
+        assert _until(lambda: _pods(bridge).get(pod.url), what="the pod to join again")["state"] in ("ready", "busy")
     finally:
         pod.cleanup()
 

@@ -276,3 +276,6 @@ def test_pod_routes_refuse_bad_input_and_the_pod_survives(comfy) -> None:
                         "--exclude-path", "/lora_bridge/cache/clear")  # clearing would empty the shared pod's cache
     assert run.returncode == 0, run.stdout[-12000:]
     assert "/lora_bridge/prefetch" in spec["paths"] and urllib.request.urlopen(comfy.url + "/system_stats").status == 200
+    # the fuzzer may have drained the shared pod: calling the drain off makes it take jobs again
+    req = urllib.request.Request(comfy.url + "/lora_bridge/drain", method="DELETE", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+    assert json.load(urllib.request.urlopen(req, timeout=10))["draining"] is False

@@ -57,9 +57,9 @@ def main() -> None:
             handles.append(LoraHandle(path, name, info.sha256, {**info.to_dict(), "metadata": {}}))
         print(f"LoRA size: {loras[0].stat().st_size / 2**20:.0f} MiB each, {len(handles)} alternating", flush=True)
 
-        stock_node, ours_node = nodes.LoraLoader(), ApplyLora()
+        stock_node, ours_node = nodes.LoraLoader(), ApplyLora
         for h in handles:  # warm our memory cache (one read + conversion per LoRA)
-            ours_node.apply(model, h, 1.0, 1.0, "error", clip)
+            ours_node.run(model, h, 1.0, 1.0, "error", clip)
 
         def patch(m: object) -> None:
             comfy.model_management.load_models_gpu([m])
@@ -72,7 +72,7 @@ def main() -> None:
                 if label == "stock":
                     m, _ = stock_node.load_lora(model, clip, names[k], 1.0, 1.0)
                 else:
-                    m, _ = ours_node.apply(model, handles[k], 1.0, 1.0, "error", clip)["result"]
+                    m, _ = ours_node.run(model, handles[k], 1.0, 1.0, "error", clip).result
                 node = time.perf_counter() - start
                 patch(m)
                 results[label]["node"].append(node)

@@ -67,7 +67,7 @@ def main() -> None:
         for name, path in zip(names, loras):
             info = inspect_file(path)
             handles.append(LoraHandle(path, name, info.sha256, {**info.to_dict(), "metadata": {}}))
-        stock_node, ours = nodes.LoraLoader(), ApplyLora()
+        stock_node, ours = nodes.LoraLoader(), ApplyLora
         appliers: dict[str, Callable[[Any, Any, int, float, float], tuple[Any, Any]]] = {
             "stock": lambda m, c, k, sm, sc: stock_node.load_lora(m, c, names[k], sm, sc),
         }
@@ -76,9 +76,9 @@ def main() -> None:
 
             native_node = LoraLoaderBypass()
             appliers["native"] = lambda m, c, k, sm, sc: native_node.load_lora(m, c, names[k], sm, sc)
-        appliers["hotswap"] = lambda m, c, k, sm, sc: ours.apply(m, handles[k], sm, sc, "error", c, "hotswap")["result"]
+        appliers["hotswap"] = lambda m, c, k, sm, sc: ours.run(m, handles[k], sm, sc, "error", c, "hotswap").result
         for h in handles:  # warm the memory cache: hot-swap reads each file once
-            ours.apply(model, h, 1.0, 1.0, "error", clip, "hotswap")
+            ours.run(model, h, 1.0, 1.0, "error", clip, "hotswap")
 
         def sync() -> None:
             if args.device == "cuda":

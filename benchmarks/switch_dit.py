@@ -47,7 +47,7 @@ def main() -> None:
 
         import nodes
 
-        ours = ApplyLora()
+        ours = ApplyLora
 
         def sync() -> None:
             if args.device == "cuda":
@@ -63,7 +63,7 @@ def main() -> None:
                 info = inspect_file(path)
                 handles.append(LoraHandle(path, path.name, info.sha256, {**info.to_dict(), "metadata": {}}))
             for mode in ("merge", "hotswap"):  # warm the memory cache: one read + conversion per LoRA
-                ours.apply(model, handles[0], 1.0, 0.0, "error", None, mode)
+                ours.run(model, handles[0], 1.0, 0.0, "error", None, mode)
             cond = _conditioning(spec, torch)
             latent = _latent(spec, size, torch)
 
@@ -71,13 +71,13 @@ def main() -> None:
             for mode in switch_times:  # one run of switches per mode, as a pod serving that mode sees them
                 for i in range(args.switches + 1):
                     start = time.perf_counter()
-                    m = ours.apply(model, handles[i % 3], 1.0, 0.0, "error", None, mode)["result"][0]
+                    m = ours.run(model, handles[i % 3], 1.0, 0.0, "error", None, mode).result[0]
                     mm.load_models_gpu([m])
                     sync()
                     if i:  # the first switch warms up
                         switch_times[mode].append(time.perf_counter() - start)
             step_times: dict[str, list[float]] = {"merge": [], "hotswap": []}
-            applied = {mode: ours.apply(model, handles[0], 1.0, 0.0, "error", None, mode)["result"][0] for mode in step_times}
+            applied = {mode: ours.run(model, handles[0], 1.0, 0.0, "error", None, mode).result[0] for mode in step_times}
             for i in range(4):
                 for mode, m in applied.items():
                     mm.load_models_gpu([m])

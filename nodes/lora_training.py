@@ -13,41 +13,45 @@ import math
 import os
 from pathlib import Path
 
+from comfy_api.latest import io
+
 from ..bridge.pack_protocol import (
     JOB_FOLDER,
     NODE_SAVE_TRAINED,
     TRAINING_OUTPUTS,
     TRAINING_UI_KEY,
 )
+from .node_base import CATEGORY, BridgeNode
 
-CATEGORY = "LoRA Bridge"
 FILE_NAME = "lora.safetensors"
 
 
-class LoraBridgeSaveTrainedLora:
+class LoraBridgeSaveTrainedLora(BridgeNode):
+    """Write a trained LoRA where an API client finds it, and report it in the prompt's history."""
+
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "lora": ("LORA_MODEL", {"tooltip": "The trained LoRA weights (TrainLoraNode's 'lora' output)."}),
-                "loss_map": ("LOSS_MAP", {"tooltip": "TrainLoraNode's loss history; reported with the file."}),
-                "steps": ("INT", {"forceInput": True, "tooltip": "TrainLoraNode's total training steps."}),
-                "folder": ("STRING", {"default": "my-lora", "tooltip": "Folder under output/lora_bridge_trainings/ "
-                                                                       "(letters, digits, - and _)."}),
-                "trigger_word": ("STRING", {"default": "", "tooltip": "Written to the file's header "
-                                                                      "(modelspec.trigger_phrase)."}),
-                "base_model": ("STRING", {"default": "sd15", "tooltip": "The base model family, written to the header."}),
-            }
-        }
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_SAVE_TRAINED,
+            display_name="Save Trained LoRA (Bridge)",
+            category=CATEGORY,
+            description=("Saves a trained LoRA to output/lora_bridge_trainings/<folder>/lora.safetensors with its trigger "
+                         "word and reports the file, its SHA-256, the steps and the loss history in the prompt's history."),
+            inputs=[
+                io.LoraModel.Input("lora", tooltip="The trained LoRA weights (TrainLoraNode's 'lora' output)."),
+                io.LossMap.Input("loss_map", tooltip="TrainLoraNode's loss history; reported with the file."),
+                io.Int.Input("steps", force_input=True, tooltip="TrainLoraNode's total training steps."),
+                io.String.Input("folder", default="my-lora",
+                                tooltip="Folder under output/lora_bridge_trainings/ (letters, digits, - and _)."),
+                io.String.Input("trigger_word", default="", tooltip="Written to the file's header (modelspec.trigger_phrase)."),
+                io.String.Input("base_model", default="sd15", tooltip="The base model family, written to the header."),
+            ],
+            is_output_node=True,
+        )
 
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Saves a trained LoRA to output/lora_bridge_trainings/<folder>/lora.safetensors with its trigger word "
-                   "and reports the file, its SHA-256, the steps and the loss history in the prompt's history.")
-
-    def save(self, lora: dict, loss_map: dict, steps: int, folder: str, trigger_word: str, base_model: str) -> dict:
+    @classmethod
+    def run(cls, lora: dict, loss_map: dict, steps: int, folder: str, trigger_word: str,  # type: ignore[override]
+            base_model: str) -> io.NodeOutput:
         import folder_paths
         import safetensors.torch
 
@@ -70,8 +74,7 @@ class LoraBridgeSaveTrainedLora:
         os.replace(tmp, target_dir / FILE_NAME)
         report = {"filename": FILE_NAME, "subfolder": f"{TRAINING_OUTPUTS}/{folder}", "type": "output",
                   "sha256": digest.hexdigest(), "steps": int(steps), "loss": losses}
-        return {"ui": {TRAINING_UI_KEY: [report]}}
+        return io.NodeOutput(ui={TRAINING_UI_KEY: [report]})
 
 
-NODE_CLASS_MAPPINGS = {NODE_SAVE_TRAINED: LoraBridgeSaveTrainedLora}
-NODE_DISPLAY_NAME_MAPPINGS = {NODE_SAVE_TRAINED: "Save Trained LoRA (Bridge)"}
+NODES: list[type[BridgeNode]] = [LoraBridgeSaveTrainedLora]

@@ -253,7 +253,8 @@ def test_nodes_in_object_info_and_front_end(comfy) -> None:
         for section in ("required", "optional"):  # what the editor shows (hidden inputs have no widget)
             for spec in node["input"].get(section, {}).values():
                 assert spec[1].get("tooltip"), (name, spec)
-    assert info["LoraBridgeApply"]["input"]["required"]["on_mismatch"][0] == ["error", "skip", "apply anyway"]
+    kind, options = info["LoraBridgeApply"]["input"]["required"]["on_mismatch"]  # a V3 combo
+    assert (kind, options["options"], options["default"]) == ("COMBO", ["error", "skip", "apply anyway"], "error")
     assert info["LoraBridgeApply"]["input"]["required"]["strength_model"][1]["min"] == -100.0
     async def js() -> tuple[int, str]:
         async with aiohttp.ClientSession() as s, s.get(comfy.url + "/extensions/comfyui-lora-bridge/lora_bridge.js") as r:

@@ -140,7 +140,7 @@ class Measure:
         """Each path as ``(model, clip, lora index, strength_model, strength_clip) -> (model, clip)``."""
         from comfyui_lora_bridge.nodes.lora_apply import ApplyLora
 
-        names, handles, ours = self.names[rank], self.handles[rank], ApplyLora()
+        names, handles, ours = self.names[rank], self.handles[rank], ApplyLora
         stock = self.nodes.LoraLoader()
         out: dict[str, Apply] = {"stock": lambda m, c, k, sm, sc: tuple(stock.load_lora(m, c, names[k], sm, sc))}
         try:
@@ -151,7 +151,7 @@ class Measure:
             native = LoraLoaderBypass()
             out["native"] = lambda m, c, k, sm, sc: tuple(native.load_lora(m, c, names[k], sm, sc))
         def mode_of(mode: str) -> Apply:
-            return lambda m, c, k, sm, sc: ours.apply(m, handles[k], sm, sc, "error", c, mode)["result"]
+            return lambda m, c, k, sm, sc: ours.run(m, handles[k], sm, sc, "error", c, mode).result
 
         out["merge"], out["hotswap"] = mode_of("merge"), mode_of("hotswap")
         wanted = self.args.paths.split(",")

@@ -31,6 +31,9 @@ NODE_APPLY = "LoraBridgeApply"
 NODE_APPLY_STACK = "LoraBridgeApplyStack"
 NODE_TRIGGER_WORDS = "LoraBridgeTriggerWords"
 NODE_SAVE_TRAINED = "LoraBridgeSaveTrainedLora"
+# the ids by role, as the editor's views get them (``ROUTE_NODES``): the front end names no node itself
+NODE_ROLES = {"fetch": NODE_FETCH, "load_file": NODE_LOAD, "apply": NODE_APPLY, "apply_stack": NODE_APPLY_STACK,
+              "trigger_words": NODE_TRIGGER_WORDS, "save_trained": NODE_SAVE_TRAINED}
 # training on a pod: the dataset in ``input/<TRAINING_DATASETS>/<job>``, the LoRA in ``output/<TRAINING_OUTPUTS>/<job>``
 TRAINING_DATASETS = "lora_bridge_datasets"
 TRAINING_OUTPUTS = "lora_bridge_trainings"
@@ -201,6 +204,7 @@ ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
 ROUTE_LORA_INFO = f"{ROUTE_PREFIX}/loras/info"
 ROUTE_MODEL_INFO = f"{ROUTE_PREFIX}/models/info"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
+ROUTE_NODES = f"{ROUTE_PREFIX}/nodes"  # GET, like the OpenAPI document without a token: NODE_ROLES (what /object_info tells too)
 ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
 ROUTE_DRAIN = f"{ROUTE_PREFIX}/drain"  # POST: take no more jobs, wait until idle (Kubernetes preStop); GET: the state
 PREFETCH_EVENT = "lora_bridge.prefetch"  # WebSocket message with {request_id, sha256, done, total}

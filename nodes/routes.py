@@ -382,6 +382,11 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi())
 
 
+async def get_node_roles(request: web.Request) -> web.Response:
+    """The pack's node ids by role, for the editor's views (nothing that ``/object_info`` does not tell)."""
+    return web.json_response(protocol.NODE_ROLES)
+
+
 def _loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -409,4 +414,5 @@ def register_routes() -> None:
     for spec, handler in ROUTES:
         routes.route(spec.method, spec.path)(_guarded(handler))
     routes.get(protocol.ROUTE_OPENAPI)(get_openapi)
+    routes.get(protocol.ROUTE_NODES)(get_node_roles)
     _warn_if_exposed()

@@ -82,7 +82,8 @@ def test_node_pack_is_loaded(comfy) -> None:
     nodes = asyncio.run(info())
     assert nodes["LoraBridgeApply"]["category"] == "LoRA Bridge"
     assert set(nodes["LoraBridgeApply"]["input"]["required"]) == {"model", "lora", "strength_model", "strength_clip", "on_mismatch"}
-    assert LORA_FILES["kohya"] in nodes["LoraBridgeLoadFile"]["input"]["required"]["lora_name"][0]
+    kind, options = nodes["LoraBridgeLoadFile"]["input"]["required"]["lora_name"]  # a V3 combo: the loras folders' files
+    assert kind == "COMBO" and LORA_FILES["kohya"] in options["options"]
     log = comfy.log_tail(10**7)
     assert "comfyui-lora-bridge" in log and "IMPORT FAILED" not in log.split("comfyui-lora-bridge")[0][-200:]
 

@@ -253,6 +253,8 @@ def test_nodes_in_object_info_and_front_end(comfy) -> None:
         for section in ("required", "optional"):  # what the editor shows (hidden inputs have no widget)
             for spec in node["input"].get(section, {}).values():
                 assert spec[1].get("tooltip"), (name, spec)
+    status, roles = call(comfy, "GET", "/lora_bridge/nodes", token=None)  # what the editor's views go by, no token
+    assert status == 200 and set(roles.values()) == names | {"LoraBridgeSaveTrainedLora"} and roles["apply_stack"] in info
     kind, options = info["LoraBridgeApply"]["input"]["required"]["on_mismatch"]  # a V3 combo
     assert (kind, options["options"], options["default"]) == ("COMBO", ["error", "skip", "apply anyway"], "error")
     assert info["LoraBridgeApply"]["input"]["required"]["strength_model"][1]["min"] == -100.0

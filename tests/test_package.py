@@ -70,3 +70,12 @@ def test_product_code_never_imports_the_testing_toolkit() -> None:
                 offenders.append((str(path.relative_to(ROOT)), node.lineno, node.col_offset))
     # the CLI's two lazy imports, indented inside the commands that need them
     assert all(p == "bridge/cli.py" and col > 0 for p, _, col in offenders) and len(offenders) == 3, offenders
+
+
+def test_the_front_end_names_no_node() -> None:
+    """The editor's views get the node ids from the pack (``GET /lora_bridge/nodes``), never from their own text."""
+    from comfyui_lora_bridge.bridge.pack_protocol import NODE_ROLES
+
+    for script in (ROOT / "web").glob("*.js"):
+        text = script.read_text()
+        assert not [node for node in NODE_ROLES.values() if node in text], script.name

@@ -8,6 +8,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { describe, infoLines, loraFiles, loraInfo, misfit, modelFeeding } from "./lora_bridge_files.js";
+import { isPackNode, nodeRoles } from "./lora_bridge_nodes.js";
 import { grow } from "./lora_bridge_widgets.js";
 
 const PANEL = "lora_bridge_result";
@@ -15,10 +16,10 @@ const KEY = "lora_bridge"; // the nodes' UI output
 const WARNING = /\bskipped\b|apply anyway|\bdropped\b|not found|mismatch|\berror\b|\b0\/\d+ keys/i;
 const HISTORY_ITEMS = 64;
 const HISTORY_WAITS = 20;
-const LOAD_FILE = "LoraBridgeLoadFile";
+let ids = {}; // the pack's node ids by role (lora_bridge_nodes.js)
 
 function isOurs(node) {
-  return typeof node?.type === "string" && node.type.startsWith("LoraBridge");
+  return isPackNode(ids, node?.type);
 }
 
 function contentHeight(element) {
@@ -167,6 +168,9 @@ async function restore(promptId) {
 
 app.registerExtension({
   name: "comfyui-lora-bridge.summary",
+  async init() {
+    ids = await nodeRoles();
+  },
   setup() {
     api.addEventListener("execution_error", ({ detail }) => {
       const why = `the last run failed${detail?.node_type ? ` at ${detail.node_type}` : ""}`;
@@ -176,12 +180,12 @@ app.registerExtension({
     console.info("[lora-bridge] front-end extension ready");
   },
   async afterConfigureGraph() {
-    (app.graph?._nodes ?? []).filter((node) => node.type === LOAD_FILE).forEach(describeFile);
+    (app.graph?._nodes ?? []).filter((node) => node.type === ids.load_file).forEach(describeFile);
     await restore(); // a tab switch, a reopened workflow, a reload
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!nodeData?.name?.startsWith("LoraBridge")) return;
-    if (nodeData.name === LOAD_FILE) {
+    if (!isPackNode(ids, nodeData?.name)) return;
+    if (nodeData.name === ids.load_file) {
       const onNodeCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         onNodeCreated?.apply(this, arguments);
@@ -209,7 +213,7 @@ app.registerExtension({
     nodeType.prototype.onConnectionsChange = function () {
       onConnectionsChange?.apply(this, arguments);
       markStale(this, "the inputs changed since this run");
-      if (this.type === LOAD_FILE) describeFile(this); // the model its LoRA goes into may be another one
+      if (this.type === ids.load_file) describeFile(this); // the model its LoRA goes into may be another one
     };
   },
 });

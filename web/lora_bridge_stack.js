@@ -6,9 +6,10 @@
 // connected one are marked.
 import { app } from "../../scripts/app.js";
 import { describe, infoLines, loraFiles, loraInfo, misfit, modelFileOf } from "./lora_bridge_files.js";
+import { nodeRoles } from "./lora_bridge_nodes.js";
 import { grow, setWidgetValue } from "./lora_bridge_widgets.js";
 
-const STACK = "LoraBridgeApplyStack";
+let ids = {}; // the pack's node ids by role (lora_bridge_nodes.js)
 const EDITOR = "lora_bridge_stack";
 const STRENGTH = { min: -100, max: 100, step: 0.05 }; // the protocol's range (bridge/pack_protocol.py)
 const WIDTH = 480; // a row's picker shows a file name whole
@@ -177,8 +178,11 @@ function addEditor(node) {
 
 app.registerExtension({
   name: "comfyui-lora-bridge.stack-editor",
+  async init() {
+    ids = await nodeRoles();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== STACK) return;
+    if (nodeData?.name !== ids.apply_stack) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       onNodeCreated?.apply(this, arguments);
@@ -196,6 +200,6 @@ app.registerExtension({
     };
   },
   afterConfigureGraph() {
-    (app.graph?._nodes ?? []).filter((node) => node.type === STACK).forEach(render); // links are in place now
+    (app.graph?._nodes ?? []).filter((node) => node.type === ids.apply_stack).forEach(render); // links are in place now
   },
 });

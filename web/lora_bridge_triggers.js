@@ -3,10 +3,10 @@
 // leaves the word out of the prompt, or takes it back, through the node's `leave_out` input.
 import { app } from "../../scripts/app.js";
 import { loraFiles } from "./lora_bridge_files.js";
+import { nodeRoles } from "./lora_bridge_nodes.js";
 import { setWidgetValue } from "./lora_bridge_widgets.js";
 
-const TRIGGERS = "LoraBridgeTriggerWords";
-const LOAD_FILE = "LoraBridgeLoadFile";
+let ids = {}; // the pack's node ids by role (lora_bridge_nodes.js)
 const TAGS = "lora_bridge_tags";
 
 function leaveOut(node) {
@@ -30,7 +30,7 @@ function toggle(node, word) {
 async function wordsOf(node) {
   const slot = node.findInputSlot?.("lora") ?? -1;
   const origin = slot >= 0 ? node.getInputNode?.(slot) : null;
-  if (origin?.type === LOAD_FILE) {
+  if (origin?.type === ids.load_file) {
     const name = origin.widgets?.find((w) => w.name === "lora_name")?.value;
     const { byName } = await loraFiles(null);
     return { words: byName.get(name)?.trigger_words ?? [], from: name };
@@ -103,12 +103,15 @@ function wrap(nodeType, method, after) {
 
 app.registerExtension({
   name: "comfyui-lora-bridge.trigger-tags",
+  async init() {
+    ids = await nodeRoles();
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name === LOAD_FILE) { // another pick: other words on the tag nodes it feeds
+    if (nodeData?.name === ids.load_file) { // another pick: other words on the tag nodes it feeds
       wrap(nodeType, "onWidgetChanged", (node, name) => name === "lora_name"
-        && (node.getOutputNodes?.(0) ?? []).filter((n) => n.type === TRIGGERS).forEach(refresh));
+        && (node.getOutputNodes?.(0) ?? []).filter((n) => n.type === ids.trigger_words).forEach(refresh));
     }
-    if (nodeData?.name !== TRIGGERS) return;
+    if (nodeData?.name !== ids.trigger_words) return;
     wrap(nodeType, "onNodeCreated", addTags);
     wrap(nodeType, "onConfigure", refresh);
     wrap(nodeType, "onConnectionsChange", refresh);
@@ -118,6 +121,6 @@ app.registerExtension({
     });
   },
   afterConfigureGraph() {
-    (app.graph?._nodes ?? []).filter((node) => node.type === TRIGGERS).forEach(refresh);
+    (app.graph?._nodes ?? []).filter((node) => node.type === ids.trigger_words).forEach(refresh);
   },
 });

@@ -15,9 +15,8 @@ from comfyui_lora_bridge.testing.weights import (
     cached_checkpoint,
     cached_lora,
 )
-from foreign_loras import write_foreign_lora
 from moto.server import ThreadedMotoServer
-from support import LORA_FILES, S3_ENV, configured_pod
+from support import S3_ENV, pack_pod
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,8 @@ def file_server():
 
 @pytest.fixture(scope="session")
 def comfy(weights: Weights, s3: S3, tmp_path_factory):
-    """One ComfyUI (CPU, loopback) with the node pack, configured as a pod (see ``configured_pod``)."""
-    pod = configured_pod(weights, s3.endpoint)
-    pod.env["LORA_BRIDGE_FETCH_RETRY_DELAYS"] = "1.5,1.5,1.5"  # three retries as by default, without 14 s of waiting
-    write_foreign_lora(pod.models_dir("loras") / LORA_FILES["sdxl"], "sdxl")
+    """One ComfyUI with the node pack for the whole run (``pack_pod``)."""
+    pod = pack_pod(weights, s3)
     try:
         pod.start()
         yield pod

@@ -12,6 +12,7 @@ from comfyui_lora_bridge.bridge.graphs.lora_insertion import LoraRequest, insert
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
 from comfyui_lora_bridge.bridge.pods.client import JobResult, PodClient
 from comfyui_lora_bridge.testing.server import LocalComfy
+from foreign_loras import write_foreign_lora
 from PIL import Image
 
 CHECKPOINT = "sd15-tiny.safetensors"
@@ -33,6 +34,16 @@ def configured_pod(weights: Any, s3_endpoint: str) -> LocalComfy:
     (pod.models_dir("checkpoints") / CHECKPOINT).symlink_to(weights.checkpoint)
     for key, path in weights.loras.items():
         (pod.models_dir("loras") / LORA_FILES[key]).symlink_to(path)
+    return pod
+
+
+def pack_pod(weights: Any, s3: Any, *extra_args: str) -> LocalComfy:
+    """A ComfyUI (CPU, loopback) with the node pack, configured as a pod (see ``configured_pod``), with an SDXL
+    LoRA among the SD1.5 ones and quick fetch retries; not started."""
+    pod = configured_pod(weights, s3.endpoint)
+    pod.extra_args += extra_args
+    pod.env["LORA_BRIDGE_FETCH_RETRY_DELAYS"] = "1.5,1.5,1.5"  # three retries as by default, without 14 s of waiting
+    write_foreign_lora(pod.models_dir("loras") / LORA_FILES["sdxl"], "sdxl")
     return pod
 
 

@@ -8,7 +8,9 @@ runs (rows on/off, strengths, picking, adding, removing, reordering); LoRAs made
 model than the connected one are marked; files are inspected on demand; trigger-word tags leave
 words out of the prompt. The "LoRA Bridge" sidebar tab shows the pod's caches,
 prefetches and clears, with the pod token from the settings. Screenshots are kept beside the
-test's files."""
+test's files. Each test runs on the front end the ComfyUI under test pins and on the newest the registry
+had when .ci/setup was written (``.frontend-newest``; in the 0.33 leg), there with the classic canvas and with
+Nodes 2.0."""
 
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ import json
 import re
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import pytest
 from browser import Browser
-from comfyui_lora_bridge.testing.server import free_port
+from comfyui_lora_bridge.testing.server import LocalComfy, free_port
 from comfyui_lora_bridge.testing.weights import LoraSpec, cached_lora
-from support import LORA_FILES, POD_TOKEN, txt2img
+from support import LORA_FILES, POD_TOKEN, pack_pod, txt2img
 
 pytestmark = pytest.mark.comfy
+NEWEST_FRONT_END = Path(__file__).resolve().parents[1] / ".frontend-newest" / "comfyui_frontend_package" / "static"
 LOAD, APPLY, LOAD_B, STACK, TRIGGERS = 9001, 9002, 9003, 9004, 9005
 READY = ("window.app?.graph && window.app.extensionManager?.command && document.querySelector('[data-testid=\"queue-button\"]')"
          " && window.app.extensions?.some((e) => e.name === 'comfyui-lora-bridge.summary')")
@@ -69,13 +73,50 @@ def rows(node: int) -> str:
 STARTED = "app.graph?._nodes?.length > 0"
 
 
-async def open_editor(page: Browser, url: str) -> None:
-    """ComfyUI's front end with the pack's extensions, started on its default graph (the first-run
-    templates dialog is marked as seen, so every start takes that one path)."""
-    request = urllib.request.Request(f"{url}/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+@dataclass(frozen=True)
+class Editor:
+    """A pod and how its graph editor is shown: Nodes 2.0 (``Comfy.VueNodes.Enabled``) or the classic canvas."""
+
+    pod: LocalComfy
+    nodes_2: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.pod.url
+
+
+@pytest.fixture(scope="module")
+def newest_front_end_pod(weights, s3):
+    """A second pod like the session's, serving the newest front end (``--front-end-root``)."""
+    assert NEWEST_FRONT_END.is_dir(), f"{NEWEST_FRONT_END} is missing: .ci/setup installs it"
+    pod = pack_pod(weights, s3, "--front-end-root", str(NEWEST_FRONT_END))
+    try:
+        pod.start()
+        yield pod
+    finally:
+        pod.cleanup()
+
+
+@pytest.fixture(params=["pinned", pytest.param("newest", marks=pytest.mark.newest_front_end),
+                        pytest.param("newest-nodes-2", marks=pytest.mark.newest_front_end)])
+def editor(request, comfy) -> Editor:
+    if request.param == "pinned":
+        return Editor(comfy)
+    return Editor(request.getfixturevalue("newest_front_end_pod"), nodes_2=request.param == "newest-nodes-2")
+
+
+def _set(url: str, setting: str, value: object) -> None:
+    request = urllib.request.Request(f"{url}/settings/{setting}", data=json.dumps(value).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request).close()
-    await page.open(url)
+
+
+async def open_editor(page: Browser, editor: Editor) -> None:
+    """ComfyUI's front end with the pack's extensions, started on its default graph (the first-run
+    templates dialog is marked as seen, so every start takes that one path), in the editor's mode."""
+    _set(editor.url, "Comfy.TutorialCompleted", True)
+    _set(editor.url, "Comfy.VueNodes.Enabled", editor.nodes_2)
+    await page.open(editor.url)
     await page.wait_for(READY)
     await page.wait_for(STARTED, timeout=60)
 
@@ -94,9 +135,9 @@ async def run_from_button(page: Browser) -> None:
                         " (run.tagName === 'BUTTON' ? run : run.querySelector('button')).click(); })()")  # by front-end version
 
 
-async def scenario(page: Browser, url: str, shots: Path) -> dict:
+async def scenario(page: Browser, editor: Editor, shots: Path) -> dict:
     seen: dict = {}
-    await open_editor(page, url)
+    await open_editor(page, editor)
     await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
     await page.evaluate(f"app.loadApiJson({json.dumps(workflow(STACK_LORAS))}, 'lora-bridge-e2e.json')")
     seen["info"] = await page.wait_for(f"{rows(LOAD)}?.[0]?.[0] === 'lora-bridge-info' && {rows(LOAD)}[0][1]", timeout=30)
@@ -132,8 +173,8 @@ async def scenario(page: Browser, url: str, shots: Path) -> dict:
     return seen
 
 
-def test_results_are_readable_persist_and_go_stale(comfy, tmp_path: Path) -> None:
-    seen = in_browser(tmp_path, scenario, comfy.url, tmp_path)
+def test_results_are_readable_persist_and_go_stale(editor: Editor, tmp_path: Path) -> None:
+    seen = in_browser(tmp_path, scenario, editor, tmp_path)
     (apply_row,) = seen["run"][APPLY]
     assert apply_row[0] == "" and apply_row[1].startswith(f"applied {LORA_FILES['kohya']} (SD1.x, rank 8): ")
     assert "model 0.8, clip 0.8" in apply_row[1] and apply_row[1].endswith("trigger: ohwx")
@@ -190,9 +231,9 @@ def queued_loras(url: str, prompt_id: str) -> list[dict]:
     raise AssertionError(f"prompt {prompt_id} never reached the pod's history")
 
 
-async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
+async def edit_stack(page: Browser, editor: Editor, shots: Path) -> dict:
     seen: dict = {}
-    await open_editor(page, url)
+    await open_editor(page, editor)
     await page.evaluate(f"app.extensionManager.setting.set('LoraBridge.PodToken', {json.dumps(POD_TOKEN)})")
     graph = workflow(STACK_LORAS)
     graph[str(TRIGGERS)] = {"class_type": "LoraBridgeTriggerWords", "inputs": {"lora": [str(LOAD), 0], "text": "a portrait",
@@ -246,7 +287,7 @@ async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
     await run_from_button(page)
     prompt_id = await page.wait_for("window.succeeded", timeout=180)
     seen["run"] = await page.wait_for(f"{rows(STACK)}?.length === 3 && {rows(STACK)}", timeout=30)  # this run's, not stale
-    seen["queued"] = queued_loras(url, prompt_id)
+    seen["queued"] = queued_loras(editor.url, prompt_id)
     seen["prompt"] = await page.evaluate(rows(TRIGGERS))
     await page.reload()  # the rows come back from the saved workflow's loras
     await page.wait_for(READY)
@@ -255,8 +296,9 @@ async def edit_stack(page: Browser, url: str, shots: Path) -> dict:
     return seen
 
 
-def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigger_words(comfy, tmp_path: Path) -> None:
-    seen = in_browser(tmp_path, edit_stack, comfy.url, tmp_path)
+def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigger_words(editor: Editor,
+                                                                                        tmp_path: Path) -> None:
+    seen = in_browser(tmp_path, edit_stack, editor, tmp_path)
     kohya_b, peft, sdxl, kohya = (LORA_FILES[k] for k in ("kohya_b", "peft", "sdxl", "kohya"))
     assert [(r["pick"], r["on"], r["misfit"], r["model"]) for r in seen["loaded"]] == [
         (kohya_b, True, "false", "0.5"), (peft, True, "false", "1"), (sdxl, True, "true", "1")]
@@ -274,7 +316,7 @@ def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigg
     assert applied[1].startswith(f"applied {kohya}") and "model 1, clip 0.3" in applied[1]
     assert off[1] == f"off {peft}"
     assert seen["reloaded"] == seen["edited"]
-    sha = {name: hashlib.sha256((comfy.models_dir("loras") / name).read_bytes()).hexdigest() for name in (kohya_b, LORA_FILES["kohya"])}
+    sha = {name: hashlib.sha256((editor.pod.models_dir("loras") / name).read_bytes()).hexdigest() for name in (kohya_b, LORA_FILES["kohya"])}
     assert seen["row details"][0].startswith(f"sha256 {sha[kohya_b]} (AutoV2 {sha[kohya_b][:10].upper()})")
     assert "trigger words: zwx" in seen["row details"] and any(line.startswith("ss_") for line in seen["row details"])
     details = [text for cls, text in seen["file details"] if cls == "lora-bridge-detail"]
@@ -295,9 +337,9 @@ async def click(page: Browser, selector: str) -> None:
     await page.evaluate(f"document.querySelector('{selector}').click()")
 
 
-async def sidebar(page: Browser, url: str, source: str) -> dict:
+async def sidebar(page: Browser, editor: Editor, source: str) -> dict:
     seen: dict = {}
-    await open_editor(page, url)
+    await open_editor(page, editor)
     await page.evaluate("app.extensionManager.setting.set('LoraBridge.PodToken', '')")
     await page.evaluate("app.extensionManager.command.execute('Workspace.ToggleSidebarTab.lora-bridge')")
     seen["no token"] = await page.wait_for(f"{STATUS}.includes('token') && {STATUS}", timeout=30)
@@ -315,22 +357,22 @@ async def sidebar(page: Browser, url: str, source: str) -> dict:
     return seen
 
 
-def test_the_sidebar_shows_the_pods_caches_prefetches_and_clears(comfy, file_server, tmp_path: Path) -> None:
+def test_the_sidebar_shows_the_pods_caches_prefetches_and_clears(editor: Editor, file_server, tmp_path: Path) -> None:
     data = cached_lora(LoraSpec(layout="kohya", seed=4242, output_name="sidebar")).read_bytes()
     file_server.add("/sidebar.safetensors", data)
 
-    seen = in_browser(tmp_path, sidebar, comfy.url, file_server.url("/sidebar.safetensors"))
+    seen = in_browser(tmp_path, sidebar, editor, file_server.url("/sidebar.safetensors"))
     assert seen["no token"] == "the pod needs its token: set it in Settings → LoRA Bridge"
     assert seen["disk"].startswith("Disk cache") and "hit rate" in seen["disk"]
     assert seen["prefetched"] == f"fetched sidebar.safetensors (sd15, {len(data) / 1048576:.1f} MB)"
     assert "sidebar" in seen["memory after prefetch"]
     assert re.fullmatch(r"cleared [1-9]\d* from memory", seen["cleared"]) and "sidebar" not in seen["memory after clear"]
-    request = urllib.request.Request(f"{comfy.url}/lora_bridge/cache", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+    request = urllib.request.Request(f"{editor.url}/lora_bridge/cache", headers={"Authorization": f"Bearer {POD_TOKEN}"})
     with urllib.request.urlopen(request) as resp:
         assert json.load(resp)["memory"]["entries"] == 0  # the pod's own view agrees
 
 
-def test_a_failing_fetch_says_it_retries_and_why_in_words(comfy, tmp_path: Path) -> None:
+def test_a_failing_fetch_says_it_retries_and_why_in_words(editor: Editor, tmp_path: Path) -> None:
     graph = txt2img(steps=2, seed=78)
     graph["9101"] = {"class_type": "LoraBridgeFetch", "inputs": {"source": f"http://127.0.0.1:{free_port()}/gone.safetensors"}}
     graph["9102"] = {"class_type": "LoraBridgeApply", "inputs": {
@@ -340,7 +382,7 @@ def test_a_failing_fetch_says_it_retries_and_why_in_words(comfy, tmp_path: Path)
 
     async def drive() -> dict:
         async with Browser(tmp_path / "profile") as page:
-            await open_editor(page, comfy.url)
+            await open_editor(page, editor)
             await page.evaluate("window.seen = {texts: [], errors: []};"
                                 "comfyAPI.api.api.addEventListener('progress_text', (e) => seen.texts.push(e.detail));"
                                 "comfyAPI.api.api.addEventListener('execution_error', (e) => seen.errors.push(e.detail))")

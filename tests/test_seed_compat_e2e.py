@@ -75,7 +75,9 @@ def same_job(service: Service, compat: dict, native_request: dict) -> dict:
     for key in ("applied", "trigger_words", "warnings"):
         assert compat[key] == native[key], key
     assert compat["resolved"] == native["resolved"]
-    assert np.array_equal(pixels(service, compat), pixels(service, native))
+    # the same image: up to a level or two where the default apply mode (auto) hot-swapped one run and merged the
+    # next (the same stack again), whose weights round apart on some ComfyUI versions
+    assert np.abs(pixels(service, compat) - pixels(service, native)).max() <= 2
     return native
 
 

@@ -204,6 +204,7 @@ ROUTE_LORAS = f"{ROUTE_PREFIX}/loras"
 ROUTE_LORA_INFO = f"{ROUTE_PREFIX}/loras/info"
 ROUTE_MODEL_INFO = f"{ROUTE_PREFIX}/models/info"
 ROUTE_OPENAPI = f"{ROUTE_PREFIX}/openapi.json"
+ROUTE_PRESETS = f"{ROUTE_PREFIX}/presets"  # GET: the pod's saved LoRA stacks; /{name}: PUT saves one, DELETE removes it
 ROUTE_NODES = f"{ROUTE_PREFIX}/nodes"  # GET, like the OpenAPI document without a token: NODE_ROLES (what /object_info tells too)
 ROUTE_DATASETS = f"{ROUTE_PREFIX}/datasets"  # /{job}: PUT a dataset zip, DELETE the job's dataset and outputs
 ROUTE_DRAIN = f"{ROUTE_PREFIX}/drain"  # POST: take no more jobs, wait until idle (Kubernetes preStop); GET: the state
@@ -265,6 +266,23 @@ class DatasetPath(_Closed):
     """``/lora_bridge/datasets/{job}``: a training job's folder name."""
 
     job: Annotated[str, Field(pattern=JOB_FOLDER.pattern, description="letters, digits, '-' and '_' (1-64)")]
+
+
+PresetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$",
+                                  description="letters, digits, space, '_', '.' and '-' (1-64), first a letter or digit")]
+MAX_STACK = 64  # LoRAs in one saved stack
+
+
+class PresetPath(_Closed):
+    """``/lora_bridge/presets/{name}``: a saved stack's name."""
+
+    name: PresetName
+
+
+class PresetBody(_Closed):
+    """``PUT /lora_bridge/presets/{name}``: the rows of an Apply LoRA Stack, as its ``loras`` input holds them."""
+
+    loras: list[StackEntry] = Field(max_length=MAX_STACK)
 
 
 def parse_path(model: type[_Closed], match_info: Any, where: str = "path") -> Any:

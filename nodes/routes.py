@@ -27,6 +27,7 @@ from ..bridge.lorafiles.sources import redact_url
 from ..bridge.lorafiles.validate import LoraNotFound, LoraValidationError, resolve_name
 from ..bridge.openapi import RouteSpec, openapi_document
 from ..bridge.settings import settings
+from . import stack_presets
 from .lora_loading import load_into_memory
 from .model_files import ModelFileNotFound, describe_model_file
 from .pod_membership import membership, tasks_remaining
@@ -314,6 +315,26 @@ async def delete_dataset(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed})
 
 
+async def get_presets(request: web.Request) -> web.Response:
+    presets = await asyncio.get_running_loop().run_in_executor(None, stack_presets.list_presets)
+    return web.json_response({"presets": presets})
+
+
+async def put_preset(request: web.Request) -> web.Response:
+    """Save an Apply LoRA Stack's rows under a name (replacing a preset of that name)."""
+    name = protocol.parse_path(protocol.PresetPath, request.match_info).name
+    body = await _body(request, protocol.PresetBody)
+    saved = await asyncio.get_running_loop().run_in_executor(None, stack_presets.save_preset, name, body.loras)
+    return web.json_response(saved)
+
+
+async def delete_preset(request: web.Request) -> web.Response:
+    name = protocol.parse_path(protocol.PresetPath, request.match_info).name
+    if not await asyncio.get_running_loop().run_in_executor(None, stack_presets.delete_preset, name):
+        return _error(404, "not_found", f"no preset named {name!r}")
+    return web.json_response({"removed": name})
+
+
 async def drain(request: web.Request) -> web.Response:
     """Take no more jobs (the bridge is told), then wait up to ``wait_s`` until the queue is empty."""
     query = protocol.parse_path(protocol.DrainQuery, request.query, "query")
@@ -368,6 +389,14 @@ ROUTES: list[tuple[RouteSpec, Handler]] = [
     (RouteSpec("GET", protocol.ROUTE_DRAIN, "Whether the pod drains, and the prompts it still has"), drain_state),
     (RouteSpec("DELETE", protocol.ROUTE_DRAIN, "Call a drain off: the pod takes jobs again (and announces itself "
                "to its bridge anew)"), resume),
+    (RouteSpec("GET", protocol.ROUTE_PRESETS, "LoRA stack presets saved on this pod (name, rows, when saved)"),
+     get_presets),
+    (RouteSpec("PUT", f"{protocol.ROUTE_PRESETS}/{{name}}", "Save an Apply LoRA Stack's rows under a name (replaces "
+               "a preset of that name)", path_params=protocol.PresetPath, body=protocol.PresetBody,
+               responses={200: "saved", 400: "invalid name or rows", 413: "too large"}), put_preset),
+    (RouteSpec("DELETE", f"{protocol.ROUTE_PRESETS}/{{name}}", "Remove a LoRA stack preset",
+               path_params=protocol.PresetPath, responses={200: "removed", 400: "invalid name", 404: "no such preset"}),
+     delete_preset),
     (RouteSpec("DELETE", f"{protocol.ROUTE_DATASETS}/{{job}}", "Remove a training job's dataset and outputs",
                path_params=protocol.DatasetPath, responses={200: "removed", 400: "invalid job name"}), delete_dataset),
 ]

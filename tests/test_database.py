@@ -8,13 +8,16 @@ import time
 
 import pytest
 from comfyui_lora_bridge.bridge.errors import DatabaseUnavailable
-from comfyui_lora_bridge.bridge.jobs.database import Database
+from comfyui_lora_bridge.bridge.errors import NotFound
+from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.jobs.db_backends import PostgresBackend, open_backend
 from comfyui_lora_bridge.bridge.jobs.migrations import (
     LATEST,
     migrate,
     schema_version,
 )
+from comfyui_lora_bridge.bridge.jobs.presets import PresetStore
+from comfyui_lora_bridge.bridge.jobs.requests import LoraRef
 from comfyui_lora_bridge.bridge.jobs.states import JobState
 
 
@@ -37,6 +40,25 @@ def test_a_database_of_the_previous_schema_upgrades_in_place_with_its_data(db_ur
     claimed = new.claim()  # a job from before leases belongs to nobody: the first replica takes it on
     assert [(j.id, j.prompt_id, j.owner) for j in claimed] == [("j1", "p1", "r1")]
     assert Database(db_url, replica="r2").claim() == []  # migrating again changes nothing; the lease holds
+
+
+def test_presets_are_saved_replaced_listed_and_removed_by_any_replica(db_url: str) -> None:
+    async def scenario() -> None:
+        one, two = (PresetStore(AsyncDatabase(Database(db_url, replica=r))) for r in ("a", "b"))
+        first = await one.put("look", [LoraRef(name="x", strength_model=0.5), LoraRef(character_id=42)], "first")
+        again = await two.put("look", [LoraRef(lora_id="abc", strength_clip=0.25)])
+        assert (again.created, again.description, again.loras) == (first.created, None, [{"lora_id": "abc",
+                                                                                              "strength_model": 1.0,
+                                                                                              "strength_clip": 0.25}])
+        assert await one.refs("look") == [LoraRef(lora_id="abc", strength_clip=0.25)]
+        await two.put("another", [LoraRef(brand_id="b1")])
+        assert [p.name for p in await one.all()] == ["another", "look"]
+        await one.delete("look")
+        for missing in (two.get("look"), two.delete("look")):
+            with pytest.raises(NotFound):
+                await missing
+
+    asyncio.run(scenario())
 
 
 def test_an_unfinished_job_is_claimed_by_exactly_one_replica_once_its_lease_runs_out(db_url: str) -> None:

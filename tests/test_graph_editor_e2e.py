@@ -220,6 +220,18 @@ async def press_in_row(page: Browser, row: int, selector: str) -> None:
     await page.evaluate(f"{in_row(row, selector)}.click()")
 
 
+SAID = f"({EDITOR}.querySelector('.lora-bridge-stack-status')?.textContent ?? '')"
+# the stack's JSON as users see it: some text box holding it is on screen (the classic canvas and Nodes 2.0 draw their own)
+JSON_SHOWN = ("[...document.querySelectorAll('textarea')].some((t) => t.value.includes('test_kohya_b') && t.checkVisibility()"
+              " && t.offsetHeight > 0)")
+
+
+def pod_presets(url: str) -> dict[str, list[dict]]:
+    request = urllib.request.Request(f"{url}/lora_bridge/presets", headers={"Authorization": f"Bearer {POD_TOKEN}"})
+    with urllib.request.urlopen(request) as resp:
+        return {preset["name"]: preset["loras"] for preset in json.load(resp)["presets"]}
+
+
 def queued_loras(url: str, prompt_id: str) -> list[dict]:
     """The stack node's `loras` in the prompt the pod ran (its own history, filed just after success)."""
     for _ in range(100):
@@ -289,6 +301,25 @@ async def edit_stack(page: Browser, editor: Editor, shots: Path) -> dict:
     seen["run"] = await page.wait_for(f"{rows(STACK)}?.length === 3 && {rows(STACK)}", timeout=30)  # this run's, not stale
     seen["queued"] = queued_loras(editor.url, prompt_id)
     seen["prompt"] = await page.evaluate(rows(TRIGGERS))
+    seen["json before"] = await page.evaluate(JSON_SHOWN)  # the rows are the face; the JSON is behind its toggle
+    await page.evaluate(f"(() => {{ const name = {EDITOR}.querySelector('.lora-bridge-preset-name'); name.value = 'e2e rows';"
+                        " name.dispatchEvent(new Event('input', {bubbles: true})); })()")
+    await page.evaluate(f"{EDITOR}.querySelector('.lora-bridge-preset-save').click()")
+    seen["saved"] = await page.wait_for(f"{SAID}.startsWith('saved') && {SAID}", timeout=30)
+    seen["on the pod"] = pod_presets(editor.url).get("e2e rows")
+    await page.evaluate(f"{EDITOR}.querySelector('.lora-bridge-json-toggle').click()")
+    seen["json toggled"] = await page.wait_for(f"{JSON_SHOWN} && {JSON_SHOWN}", timeout=10)
+    for _ in range(3):
+        await press_in_row(page, 0, ".lora-bridge-remove")
+    await page.wait_for(f"{EDITOR_ROWS}.length === 0")
+    await page.evaluate(f"(() => {{ const pick = {EDITOR}.querySelector('.lora-bridge-preset'); pick.value = 'e2e rows';"
+                        " pick.dispatchEvent(new Event('change', {bubbles: true})); })()")
+    seen["from preset"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {ROW_STATE}.every((r) => r.note) && {ROW_STATE}",
+                                              timeout=30)
+    seen["text from preset"] = await page.evaluate(f"app.graph.getNodeById({STACK}).widgets.find((w) => w.name === 'loras').value")
+    await page.evaluate(f"{EDITOR}.querySelector('.lora-bridge-json-toggle').click()")
+    seen["json after"] = await page.wait_for(f"!{JSON_SHOWN} && 'hidden'", timeout=10)
+    await page.screenshot(shots / "stack-editor-preset.png")
     await page.reload()  # the rows come back from the saved workflow's loras
     await page.wait_for(READY)
     seen["reloaded"] = await page.wait_for(f"{EDITOR_ROWS}.length === 3 && {ROW_STATE}.every((r) => r.note) && {ROW_STATE}",
@@ -311,6 +342,9 @@ def test_the_stack_row_editor_writes_the_json_the_pod_runs_and_tags_toggle_trigg
     expected = [{"name": kohya_b, "strength_model": 0.7}, {"name": kohya, "strength_model": 1, "strength_clip": 0.3},
                 {"name": peft, "enabled": False}]
     assert json.loads(seen["text"]) == expected == seen["queued"]  # what the pod ran, field for field
+    assert seen["json before"] is False and seen["json toggled"] is True and seen["json after"] == "hidden"
+    assert seen["saved"] == "saved preset e2e rows (3 LoRAs)" and seen["on the pod"] == expected  # the preset round-trips
+    assert seen["from preset"] == seen["edited"] and json.loads(seen["text from preset"]) == expected
     applied_b, applied, off = seen["run"]
     assert applied_b[1].startswith(f"applied {kohya_b}") and "model 0.7, clip 1" in applied_b[1]
     assert applied[1].startswith(f"applied {kohya}") and "model 1, clip 0.3" in applied[1]

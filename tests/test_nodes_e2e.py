@@ -189,6 +189,29 @@ def test_routes_require_the_token(comfy) -> None:
     assert by_name[LORA_FILES["loha"]]["format"] == "lycoris_loha" and by_name[LORA_FILES["sdxl"]]["family"] == "sdxl"
 
 
+def test_stack_presets_are_saved_listed_replaced_and_removed_on_the_pod(comfy) -> None:
+    rows = [{"name": LORA_FILES["kohya_b"], "strength_model": 0.5}, {"source": "s3://loras/x.safetensors", "name": "x",
+                                                                  "sha256": "A" * 64, "enabled": False}]
+    status, saved = call(comfy, "PUT", "/lora_bridge/presets/my%20look", body={"loras": rows})
+    assert status == 200 and saved["name"] == "my look"
+    assert saved["loras"] == rows  # the rows as given (checked as a stack node checks them)
+    status, listed = call(comfy, "GET", "/lora_bridge/presets")
+    assert status == 200 and [p["loras"] for p in listed["presets"] if p["name"] == "my look"] == [saved["loras"]]
+    status, again = call(comfy, "PUT", "/lora_bridge/presets/my%20look", body={"loras": rows[:1]})
+    assert status == 200 and again["loras"] == rows[:1] and again["updated"] >= saved["updated"]
+    folder = Path(comfy.base_dir) / "user" / "lora_bridge_presets"
+    assert sorted(p.name for p in folder.iterdir() if "look" in p.name) == ["my look.json"]  # no partial file left
+    for path, body, why in (("my%20look", {"loras": [{"name": "a", "strength_model": 500}]}, "loras[0].strength_model"),
+                            ("my%20look", {"loras": "[]"}, "loras"), ("..escape", {"loras": []}, "name"),
+                            ("a*b", {"loras": []}, "name")):
+        status, err = call(comfy, "PUT", f"/lora_bridge/presets/{path}", body=body)
+        assert status == 400 and why in err["error"]["message"], (path, err)
+    assert call(comfy, "GET", "/lora_bridge/presets", token=None)[0] == 401
+    assert call(comfy, "DELETE", "/lora_bridge/presets/my%20look")[0] == 200
+    status, err = call(comfy, "DELETE", "/lora_bridge/presets/my%20look")
+    assert status == 404 and err["error"]["type"] == "not_found"
+
+
 def test_lora_info_and_which_loras_fit_a_model_file(comfy, weights) -> None:
     status, info = call(comfy, "GET", f"/lora_bridge/loras/info?name={LORA_FILES['kohya']}")
     assert status == 200 and info["sha256"] == hashlib.sha256(Path(weights.loras["kohya"]).read_bytes()).hexdigest()

@@ -86,6 +86,34 @@ def test_health_and_metrics_say_what_the_database_and_pods_hold(service) -> None
 
 
 @pytest.mark.bridge_logic  # the bridge's own logic: first leg only
+def test_a_registry_preset_applies_its_loras_first(service) -> None:
+    _, lora = service.call("POST", "/v1/loras", {"name": "preset-look", "status": "ready",
+                                                 "source": "s3://loras/svc/char42.safetensors"})
+    look = {"loras": [{"name": "preset-look", "strength_model": 0.6}], "description": "the studio look"}
+    status, saved = service.call("PUT", "/v1/presets/studio%20look", look)
+    assert status == 200 and saved["name"] == "studio look" and saved["loras"] == [{"name": "preset-look", "strength_model": 0.6}]
+    status, replaced = service.call("PUT", "/v1/presets/studio%20look", {"loras": [{"name": "preset-look", "strength_model": 0.7,
+                                                                                    "strength_clip": 0.2}]})
+    assert status == 200 and replaced["loras"][0]["strength_model"] == 0.7 and replaced["created"] == saved["created"]
+    assert replaced["description"] is None and replaced["updated"] >= saved["updated"]
+    _, listed = service.call("GET", "/v1/presets")
+    assert [p["name"] for p in listed["presets"]].count("studio look") == 1
+    status, rec = service.call("POST", "/v1/generations?wait=true", {"template": "sd15_txt2img", "params": PARAMS,
+                                                                     "preset": "studio look"})
+    assert status == 200 and rec["status"] == "succeeded", rec
+    assert [(a["name"], a["strength_model"], a["strength_clip"]) for a in rec["applied"]] == [(f"lora-{lora['id']}", 0.7, 0.2)]
+    status, err = service.call("POST", "/v1/generations", {"template": "sd15_txt2img", "params": PARAMS, "preset": "no such"})
+    assert status == 422 and err["error"]["message"].startswith("preset 'no such' not found")
+    for bad in ({"loras": []}, {"loras": [{"name": "x", "strength_model": 500}]}, {"loras": [{"name": "x"}], "extra": 1}):
+        status, err = service.call("PUT", "/v1/presets/other", bad)
+        assert status in (400, 422) and err["error"]["message"], bad
+    assert service.call("PUT", "/v1/presets/a*b", look)[0] in (400, 422)
+    assert service.call("DELETE", "/v1/presets/studio%20look")[0] == 204
+    assert service.call("GET", "/v1/presets/studio%20look")[0] == 404
+    assert service.call("DELETE", "/v1/presets/studio%20look")[0] == 404
+
+
+@pytest.mark.bridge_logic  # the bridge's own logic: first leg only
 def test_fallback_and_strict(service) -> None:
     _, lora = service.call("POST", "/v1/loras", {"name": "character 43", "character_id": 43, "status": "training",
                                                  "family": "sd15", "source": "s3://loras/svc/char42.safetensors",

@@ -34,7 +34,7 @@ from ..lorafiles.sources import FetchPolicy
 from ..openapi import RouteSpec, openapi_document
 from ..pods.pool import PodPool
 from ..settings import Settings
-from . import comfy_v2, compat, generations, loras, operations, pods, trainings
+from . import comfy_v2, compat, generations, loras, operations, pods, presets, trainings
 from .errors import answer, error_response
 from .routing import (
     BRAND_STORE,
@@ -55,7 +55,7 @@ from .routing import (
 log = logging.getLogger("lora_bridge.service")
 MAX_BODY = 1024 * 1024
 VERSION = "0.2.0"
-ROUTES: list[tuple[RouteSpec, Handler]] = [*loras.ROUTES, *generations.ROUTES, *trainings.ROUTES, *pods.ROUTES,
+ROUTES: list[tuple[RouteSpec, Handler]] = [*loras.ROUTES, *presets.ROUTES, *generations.ROUTES, *trainings.ROUTES, *pods.ROUTES,
                                            *operations.ROUTES, *compat.ROUTES, *comfy_v2.ROUTES]
 OPEN_PATHS = frozenset(spec.path for spec, _ in ROUTES if not spec.auth)  # authenticated otherwise (a signed webhook)
 FLEET_ROUTES = frozenset((spec.method, spec.path) for spec, _ in ROUTES if spec.fleet)  # pods call them too

@@ -24,6 +24,7 @@ from ..jobs.requests import (
     Text,
     TrainingCreate,
 )
+from ..pack_protocol import PresetName
 
 __all__ = ["GenerationCreate", "LoraCreate", "LoraPatch", "LoraRef", "TrainingCreate"]
 EVENT_ID_MAX = 2**63 - 1
@@ -65,6 +66,17 @@ class EventsHeaders(BaseModel):
 
 class JobPath(Closed):
     id: Id
+
+
+class PresetPath(Closed):
+    name: PresetName
+
+
+class PresetPut(Closed):
+    """``PUT /v1/presets/{name}``: the LoRAs of a generation request's ``loras``, saved under the name."""
+
+    loras: Annotated[list[LoraRef], Field(min_length=1, max_length=20)]
+    description: Annotated[StrictStr, Field(max_length=500)] | None = None
 
 
 class OutputPath(Closed):

@@ -67,7 +67,13 @@ def _pods(db: Tx, backend: Backend) -> None:
         created DOUBLE PRECISION)""")
 
 
-MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets, _pods)
+def _presets(db: Tx, backend: Backend) -> None:
+    """Version 6: LoRA stack presets (a request's ``loras`` saved under a name)."""
+    db.execute("""CREATE TABLE IF NOT EXISTS presets (name TEXT PRIMARY KEY, loras TEXT, description TEXT,
+        created DOUBLE PRECISION, updated DOUBLE PRECISION)""")
+
+
+MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets, _pods, _presets)
 LATEST = len(MIGRATIONS)
 
 

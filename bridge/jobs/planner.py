@@ -32,7 +32,7 @@ from ..lorafiles.sources import FetchPolicy
 from . import webhooks
 from .character_paths import KEY_FRAME_TEMPLATES, VIDEO_TEMPLATES, CharacterPath, verdict
 from .records import AssetRecord, LoraRecord
-from .requests import AssetReference, GenerationCreate
+from .requests import AssetReference, GenerationCreate, LoraRef
 
 
 class LoraLookup(Protocol):
@@ -42,6 +42,12 @@ class LoraLookup(Protocol):
                        variant: str | None = None) -> Awaitable[LoraRecord | None]: ...
     def list_loras(self, **filters: Any) -> Awaitable[list[LoraRecord]]: ...
     def get_lora(self, lora_id: str) -> Awaitable[LoraRecord]: ...
+
+
+class PresetLookup(Protocol):
+    """The preset reads planning needs (``PresetStore`` is one)."""
+
+    def refs(self, name: str) -> Awaitable[list[LoraRef]]: ...
 
 
 class AssetLookup(Protocol):
@@ -137,10 +143,10 @@ class Planner:
 
     def __init__(self, lookup: LoraLookup, policy: FetchPolicy, webhook_secret: str | None,
                  discover_brand: Callable[[str], Awaitable[LoraRecord | None]] | None = None,
-                 assets: AssetLookup | None = None) -> None:
+                 assets: AssetLookup | None = None, presets: PresetLookup | None = None) -> None:
         self.lookup, self.policy, self.webhook_secret = lookup, policy, webhook_secret
         self.discover_brand = discover_brand  # a brand without a registry LoRA yet: its file in the brand store
-        self.assets = assets
+        self.assets, self.presets = assets, presets
 
     async def place_assets(self, workflow: dict[str, Any] | None, params: dict[str, Any]) -> AssetPlan | None:
         """The request's asset references resolved (None without any): in its workflow, and in its template
@@ -189,6 +195,17 @@ class Planner:
             raise MissingAsset(f"unresolvable core/ASSET reference(s): {', '.join(missing)}", missing)
         return found
 
+    async def preset_refs(self, name: str | None) -> list[LoraRef]:
+        """The LoRAs of the registry preset a request names (none without one); a missing preset is refused."""
+        if name is None:
+            return []
+        try:
+            if self.presets is None:
+                raise NotFound(name)
+            return await self.presets.refs(name)
+        except NotFound:
+            raise GenerationRefused(f"preset {name!r} not found (PUT /v1/presets/{{name}} saves one)") from None
+
     async def owner_lora(self, kind: str, owner: str, family: str | None, variant: str | None) -> LoraRecord | None:
         """The owner's best registry LoRA; a brand with none yet is looked up in the brand store."""
         rec = await self.lookup.best_for_owner(kind, owner, family, variant)  # another family's is refused later, named
@@ -199,7 +216,7 @@ class Planner:
     async def _wanted(self, request: GenerationCreate, family: str | None, variant: str | None) -> list[_Wanted]:
         """Each LoRA the request names, looked up: (entry or None, label, strengths, per-expert strengths, type)."""
         wanted: list[_Wanted] = []
-        for ref in request.lora_refs:
+        for ref in [*await self.preset_refs(request.preset), *request.lora_refs]:
             owner, rec = ref.owner, None
             if owner is not None:
                 rec = await self.owner_lora(*owner, family, variant)

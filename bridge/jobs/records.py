@@ -100,6 +100,21 @@ class AssetRecord:
 
 
 @dataclass(frozen=True)
+class PresetRecord:
+    """A LoRA stack saved in the registry under a name: the ``loras`` of a generation request (each by
+    registry id, name, brand or character, with strengths), applied by naming the preset in a request."""
+
+    name: str
+    loras: list[dict[str, Any]]
+    description: str | None
+    created: float
+    updated: float
+
+    def view(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class PodRecord:
     """A pod of the fleet (the ``pods`` table): how it joined (``origin``: ``config``, ``api``, ``announced``,
     ``dns`` — ``discovered_by`` the name:port), whether it drains, its heartbeat period (0: none) and last

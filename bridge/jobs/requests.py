@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from ..lorafiles.families import FAMILY_NAMES, VARIANTS
-from ..pack_protocol import ApplyMode, Sha256, SourceText, Strength
+from ..pack_protocol import ApplyMode, PresetName, Sha256, SourceText, Strength
 from .records import LORA_STATUSES
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -166,6 +166,8 @@ class GenerationCreate(Closed):
     brand_id: OwnerId | None = None
     loras: Annotated[list[LoraRef], Field(max_length=20)] | None = None
     lora_configs: Annotated[list[LoraRef], Field(max_length=20)] | None = Field(None, description="alias of loras")
+    preset: PresetName | None = Field(None, description="a LoRA stack saved in the registry (PUT /v1/presets/{name}): "
+                                                         "its LoRAs are applied first, then those of 'loras'")
     lora_strength: Strength = Field(1.0, description="strength of the character's or brand's LoRA")
     experts: Annotated[list[Expert], Field(min_length=1, max_length=2)] | None = Field(
         None, description="two-expert templates (Wan 2.2 A14B): the experts a single-file LoRA goes on (default both; "

@@ -41,6 +41,7 @@ from .metrics import JobMetrics
 from .outputs import OutputStore
 from .planner import Plan, Planner
 from .prechecks import check_model_families
+from .presets import PresetStore
 from .records import GENERATION, JobRecord
 from .requests import GenerationCreate
 from .states import WAITING, JobState, is_terminal
@@ -57,7 +58,8 @@ class Generations:
         self.db, self.pool, self.settings, self.policy = db, pool, settings, policy
         self.assets = AssetStore(db, settings.local_store_dir / "assets", policy.limits, settings.upload_bucket,
                                  policy.s3_endpoint)
-        self.planner = Planner(db, policy, settings.webhook_secret, assets=self.assets)
+        self.presets = PresetStore(db)
+        self.planner = Planner(db, policy, settings.webhook_secret, assets=self.assets, presets=self.presets)
         self.hub = EventHub(db, policy, settings.webhook_secret)
         self.outputs = OutputStore(outputs_dir, settings.output_bucket, policy.s3_endpoint)
         self.metrics = JobMetrics()

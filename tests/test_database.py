@@ -7,8 +7,7 @@ import threading
 import time
 
 import pytest
-from comfyui_lora_bridge.bridge.errors import DatabaseUnavailable
-from comfyui_lora_bridge.bridge.errors import NotFound
+from comfyui_lora_bridge.bridge.errors import DatabaseUnavailable, NotFound
 from comfyui_lora_bridge.bridge.jobs.database import AsyncDatabase, Database
 from comfyui_lora_bridge.bridge.jobs.db_backends import PostgresBackend, open_backend
 from comfyui_lora_bridge.bridge.jobs.migrations import (

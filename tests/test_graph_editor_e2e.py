@@ -19,6 +19,8 @@ import hashlib
 import json
 import re
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +113,24 @@ def _set(url: str, setting: str, value: object) -> None:
     urllib.request.urlopen(request).close()
 
 
+def _forget_workflows(url: str) -> None:
+    """Remove the workflows the front end saved on the pod: a later start could reopen an earlier test's under
+    the name it loads (the newest front ends keep open workflows on the server)."""
+    try:
+        with urllib.request.urlopen(f"{url}/userdata?dir=workflows&recurse=true") as resp:
+            names = json.load(resp)
+    except urllib.error.HTTPError as exc:  # 404: no workflows folder yet
+        assert exc.code == 404, exc
+        return
+    for name in names:
+        quoted = urllib.parse.quote(f"workflows/{name}", safe="")
+        urllib.request.urlopen(urllib.request.Request(f"{url}/userdata/{quoted}", method="DELETE")).close()
+
+
 async def open_editor(page: Browser, editor: Editor) -> None:
     """ComfyUI's front end with the pack's extensions, started on its default graph (the first-run
     templates dialog is marked as seen, so every start takes that one path), in the editor's mode."""
+    _forget_workflows(editor.url)
     _set(editor.url, "Comfy.TutorialCompleted", True)
     _set(editor.url, "Comfy.VueNodes.Enabled", editor.nodes_2)
     await page.open(editor.url)

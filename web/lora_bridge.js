@@ -139,9 +139,11 @@ async function newestRuns(promptId) {
   }
 }
 
-// Each of our nodes shows its newest run in the pod's history (stale if that run failed or its inputs differ).
-async function restore(promptId) {
-  const nodes = (app.graph?._nodes ?? []).filter(isOurs);
+// Each of our nodes (those of `only`, if given) shows its newest run in the pod's history, stale if that run
+// failed or its inputs differ. A run that served the node from ComfyUI's cache reports nothing for it: its
+// result is that of the newest earlier successful run with the same inputs.
+async function restore(promptId, only) {
+  const nodes = (app.graph?._nodes ?? []).filter((node) => isOurs(node) && (!only || only.has(String(node.id))));
   if (!nodes.length) return;
   let runs;
   try {
@@ -152,12 +154,17 @@ async function restore(promptId) {
   }
   for (const node of nodes) {
     const id = String(node.id);
+    let cached = false;
     for (const run of runs) {
       const entry = run.prompt?.[2]?.[id];
       if (entry?.class_type !== node.type) continue;
       const lines = run.outputs?.[id]?.[KEY];
       const failed = run.status?.status_str === "error";
-      if (!lines && !failed) continue;
+      if (!lines && !failed) {
+        cached = true; // served from the cache: look further back
+        continue;
+      }
+      if (cached && (failed || !sameInputs(node, entry.inputs ?? {}))) continue;
       const stale = failed ? "the last run failed" : sameInputs(node, entry.inputs ?? {}) ? null
         : "the inputs changed since this run";
       show(node, { lines: lines ?? node.loraBridgeResult?.lines ?? [], stale });
@@ -165,6 +172,8 @@ async function restore(promptId) {
     }
   }
 }
+
+const cachedIn = new Map(); // prompt id -> the ids of the nodes ComfyUI served from its cache in it
 
 app.registerExtension({
   name: "comfyui-lora-bridge.summary",
@@ -176,7 +185,13 @@ app.registerExtension({
       const why = `the last run failed${detail?.node_type ? ` at ${detail.node_type}` : ""}`;
       for (const node of (app.graph?._nodes ?? []).filter(isOurs)) markStale(node, why);
     });
-    api.addEventListener("execution_success", ({ detail }) => restore(detail?.prompt_id)); // cached nodes: their result is in the history
+    api.addEventListener("execution_cached", ({ detail }) => cachedIn.set(detail?.prompt_id, new Set((detail?.nodes ?? []).map(String))));
+    api.addEventListener("execution_success", async ({ detail }) => {
+      const cached = cachedIn.get(detail?.prompt_id);
+      cachedIn.delete(detail?.prompt_id);
+      await restore(detail?.prompt_id); // what this run filed in the pod's history
+      if (cached?.size) await restore(undefined, cached);
+    });
     console.info("[lora-bridge] front-end extension ready");
   },
   async afterConfigureGraph() {

@@ -160,10 +160,9 @@ function rowOf(node, entries, index, files) {
 // The `loras` text box shown or hidden (the front ends read `hidden` on the widget or in its options).
 function showJson(node, shown) {
   const widget = jsonOf(node);
-  if (!widget) return;
+  if (!widget || widget.hidden === !shown) return; // unchanged: touching it would count as an edit on some front ends
   widget.hidden = !shown;
-  widget.options = widget.options ?? {};
-  widget.options.hidden = !shown;
+  if (widget.options) widget.options.hidden = !shown;
   const box = widget.element ?? widget.inputEl;
   if (box?.style) box.style.display = shown ? "" : "none";
   node.setDirtyCanvas?.(true, true);

@@ -131,7 +131,7 @@ def test_pack_mode_inserts_one_stack_node(object_info) -> None:
     validate_graph(graph, object_info)
     hot = build_graph(object_info, template="sd15_txt2img", params={"checkpoint": CHECKPOINT}, mode="pack",
                       loras=[LoraRequest("c", source="s3://loras/c.safetensors")])
-    assert hot.graph["lora:4:stack"]["inputs"]["mode"] == "hotswap"  # the bridge's default for pack mode
+    assert hot.graph["lora:4:stack"]["inputs"]["mode"] == "auto"  # the bridge's default for pack mode
 
 
 def test_family_mismatch_is_refused_or_skipped(object_info) -> None:

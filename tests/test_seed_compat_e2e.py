@@ -75,9 +75,10 @@ def same_job(service: Service, compat: dict, native_request: dict) -> dict:
     for key in ("applied", "trigger_words", "warnings"):
         assert compat[key] == native[key], key
     assert compat["resolved"] == native["resolved"]
-    # the same image: up to a level or two where the default apply mode (auto) hot-swapped one run and merged the
-    # next (the same stack again), whose weights round apart on some ComfyUI versions
-    assert np.abs(pixels(service, compat) - pixels(service, native)).max() <= 2
+    # the same picture: the default apply mode (auto) hot-swaps a stack the first time and merges it the next, and
+    # the two round apart (a level here and there; a lossy video codec can carry that further), while another LoRA
+    # or strength moves most pixels by several levels
+    assert np.abs(pixels(service, compat) - pixels(service, native)).mean() < 0.5
     return native
 
 

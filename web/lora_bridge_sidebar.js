@@ -28,7 +28,8 @@ function counters(title, stats, testid) {
 function render(container) {
   const status = el("div", { className: "lora-bridge-status", style: "min-height: 1.4em; margin: 4px 0" });
   const stats = el("div", { className: "lora-bridge-stats" });
-  const source = el("input", { type: "text", placeholder: "s3://bucket/key or https://…", className: "lora-bridge-source",
+  const source = el("input", { type: "text", placeholder: "s3://bucket/key or https://…",
+    className: "p-inputtext p-component lora-bridge-source", ariaLabel: "LoRA source to prefetch",
     style: "width: 100%; box-sizing: border-box" });
   const memory = el("input", { type: "checkbox", className: "lora-bridge-memory" });
   const say = (text, error = false) => { status.textContent = text; status.style.color = error ? "#ff7b72" : ""; };

@@ -199,12 +199,10 @@ class Planner:
         """The LoRAs of the registry preset a request names (none without one); a missing preset is refused."""
         if name is None:
             return []
-        try:
-            if self.presets is None:
-                raise NotFound(name)
-            return await self.presets.refs(name)
-        except NotFound:
-            raise GenerationRefused(f"preset {name!r} not found (PUT /v1/presets/{{name}} saves one)") from None
+        if self.presets is not None:
+            with contextlib.suppress(NotFound):
+                return await self.presets.refs(name)
+        raise GenerationRefused(f"preset {name!r} not found (PUT /v1/presets/{{name}} saves one)")
 
     async def owner_lora(self, kind: str, owner: str, family: str | None, variant: str | None) -> LoraRecord | None:
         """The owner's best registry LoRA; a brand with none yet is looked up in the brand store."""

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..bridge.pack_protocol import ProtocolError, StackEntry, parse_stack
+from ..bridge.pack_protocol import PresetBody, ProtocolError, StackEntry, parse_payload
 
 log = logging.getLogger("lora_bridge")
 FOLDER = "lora_bridge_presets"
@@ -42,8 +42,8 @@ def list_presets() -> list[dict[str, Any]]:
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            found.append(_report(path, parse_stack(json.dumps(json.loads(path.read_text())["loras"]))))
-        except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
+            found.append(_report(path, parse_payload(PresetBody, path.read_bytes()).loras))
+        except (OSError, ProtocolError) as exc:
             log.warning("lora_bridge: preset %s is unreadable, left out: %s", path.name, exc)
     return found
 

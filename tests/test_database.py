@@ -16,6 +16,7 @@ from comfyui_lora_bridge.bridge.jobs.migrations import (
     schema_version,
 )
 from comfyui_lora_bridge.bridge.jobs.presets import PresetStore
+from comfyui_lora_bridge.bridge.jobs.previews import PreviewStore, Sweep
 from comfyui_lora_bridge.bridge.jobs.requests import LoraRef
 from comfyui_lora_bridge.bridge.jobs.states import JobState
 
@@ -58,6 +59,33 @@ def test_presets_are_saved_replaced_listed_and_removed_by_any_replica(db_url: st
                 await missing
 
     asyncio.run(scenario())
+
+
+def test_tags_filter_last_use_follows_jobs_and_a_sweep_lasts_until_the_lora_changes(db_url: str) -> None:
+    db = Database(db_url)
+    styled = db.add_lora({"name": "style", "tags": ["studio", "winter look"], "sha256": "a" * 64, "family": "sd15"})
+    db.add_lora({"name": "plain"})
+    assert [r.name for r in db.list_loras(tag="winter look")] == ["style"] and db.list_loras(tag="winter") == []
+    assert db.get_lora(styled.id).last_used is None
+    before = time.time()
+    db.add_job({"template": "t"}, {}, [("queued", {})], uses=[styled.id, styled.id])
+    assert db.get_lora(styled.id).last_used >= before
+
+    async def sweeps() -> None:
+        store = PreviewStore(AsyncDatabase(db))
+        lora = db.get_lora(styled.id)
+        sweep = Sweep(lora.id, [(0.0, "j0"), (0.5, "j1"), (1.0, "j2")], "sd15_txt2img", "ohwx, a portrait", time.time())
+        await store.keep(lora, sweep)
+        assert await store.current(db.update_lora(lora.id, {"tags": ["renamed"]})) == sweep  # tags change no image
+        assert await store.current(db.update_lora(lora.id, {"trigger_word": "sks"})) is None  # the prompt changed
+        await store.keep(db.get_lora(lora.id), sweep)
+        assert await store.current(db.update_lora(lora.id, {"sha256": "b" * 64})) is None  # another file
+        await store.keep(db.get_lora(lora.id), sweep)
+        db.delete_lora(lora.id)
+        with db.backend.read() as tx:
+            assert tx.execute("SELECT COUNT(*) FROM lora_previews").fetchone()[0] == 0
+
+    asyncio.run(sweeps())
 
 
 def test_an_unfinished_job_is_claimed_by_exactly_one_replica_once_its_lease_runs_out(db_url: str) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
+from ..errors import RequestInvalid
 from ..jobs.requests import (
     Closed,
     Family,
@@ -24,7 +25,7 @@ from ..jobs.requests import (
     Text,
     TrainingCreate,
 )
-from ..pack_protocol import PresetName
+from ..pack_protocol import PresetName, describe_validation_error
 
 __all__ = ["GenerationCreate", "LoraCreate", "LoraPatch", "LoraRef", "TrainingCreate"]
 EVENT_ID_MAX = 2**63 - 1
@@ -39,11 +40,12 @@ class LoraQuery(Closed):
     owner_id: Annotated[str, Field(max_length=128)] | None = None
     status: LoraStatus | None = None
     family: Family | None = None
+    tag: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(None, description="LoRAs carrying this tag")
 
     def filters(self) -> dict[str, Any]:
         kind = "character" if self.character_id is not None else "brand" if self.brand_id is not None else self.owner_kind
         owner = self.character_id or self.brand_id or self.owner_id
-        return {"owner_kind": kind, "owner_id": owner, "status": self.status, "family": self.family}
+        return {"owner_kind": kind, "owner_id": owner, "status": self.status, "family": self.family, "tag": self.tag}
 
 
 class WaitQuery(Closed):
@@ -99,10 +101,17 @@ class UploadFields(Closed):
     family: Family | None = None
     trigger_word: Text | None = None
     fallback_style: Text | None = None
+    tags: Annotated[StrictStr, Field(max_length=2400)] | None = Field(None, description="separated by commas")
 
     def lora(self, filename: str) -> LoraCreate:
         """The registration these fields describe (named after the file when ``name`` is left out)."""
-        return LoraCreate(**{"name": filename, **self.model_dump(exclude_none=True)})
+        fields = {"name": filename, **self.model_dump(exclude_none=True)}
+        if self.tags is not None:
+            fields["tags"] = [tag.strip() for tag in self.tags.split(",") if tag.strip()]
+        try:
+            return LoraCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise RequestInvalid(describe_validation_error(exc, "form")) from None
 
 
 class UploadForm(UploadFields):

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from ..errors import NotFound
 from .db_backends import Backend, Tx, open_backend
@@ -22,7 +22,8 @@ from .migrations import migrate
 from .records import LORA_FIELDS, JobEvent, JobRecord, LoraRecord
 from .states import TERMINAL, JobState, check_transition
 
-_LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated")
+_LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated", "last_used")
+_JSON_LORA_FIELDS = {"metadata": dict, "tags": list}
 _SELECT_LORAS = f"SELECT {', '.join(_LORA_COLUMNS)} FROM loras"
 _JOB_COLUMNS = ("id", "status", "request", "pod", "prompt_id", "result", "created", "updated", "owner", "lease_until")
 _TERMINAL = tuple(s.value for s in TERMINAL)
@@ -55,19 +56,21 @@ class Database:
     @staticmethod
     def _lora(row: Any) -> LoraRecord:
         rec = dict(zip(_LORA_COLUMNS, row))
-        rec["metadata"] = json.loads(rec["metadata"] or "{}")
+        for name, empty in _JSON_LORA_FIELDS.items():
+            rec[name] = json.loads(rec[name]) if rec[name] else empty()
         return LoraRecord(**rec)
 
     def add_lora(self, fields: dict[str, Any]) -> LoraRecord:
         lora_id = uuid.uuid4().hex[:16]
         now = time.time()
         values = {k: fields.get(k) for k in LORA_FIELDS}
-        values["metadata"] = _dumps(values["metadata"] or {})
+        for name, empty in _JSON_LORA_FIELDS.items():
+            values[name] = _dumps(values[name] or empty())
         values["status"] = values["status"] or "pending"
         values["version"] = values["version"] or 1
         with self.tx() as db:
             db.execute(f"INSERT INTO loras ({', '.join(_LORA_COLUMNS)}) VALUES ({', '.join('?' * len(_LORA_COLUMNS))})",
-                       (lora_id, *values.values(), now, now))
+                       (lora_id, *values.values(), now, now, None))
         return self.get_lora(lora_id)
 
     def get_lora(self, lora_id: str) -> LoraRecord:
@@ -79,7 +82,7 @@ class Database:
 
     def update_lora(self, lora_id: str, fields: dict[str, Any]) -> LoraRecord:
         self.get_lora(lora_id)
-        changes = {k: (_dumps(v) if k == "metadata" else v) for k, v in fields.items() if k in LORA_FIELDS}
+        changes = {k: (_dumps(v) if k in _JSON_LORA_FIELDS else v) for k, v in fields.items() if k in LORA_FIELDS}
         if changes:
             with self.tx() as db:
                 db.execute(f"UPDATE loras SET {', '.join(f'{k} = ?' for k in changes)}, updated = ? WHERE id = ?",
@@ -87,16 +90,19 @@ class Database:
         return self.get_lora(lora_id)
 
     def delete_lora(self, lora_id: str) -> None:
+        """Remove the entry and what was made of it (its strength sweep)."""
         with self.tx() as db:
             if db.execute("DELETE FROM loras WHERE id = ?", (lora_id,)).rowcount == 0:
                 raise NotFound(f"no LoRA with id {lora_id!r}")
+            db.execute("DELETE FROM lora_previews WHERE lora_id = ?", (lora_id,))
 
-    def list_loras(self, **filters: Any) -> list[LoraRecord]:
-        where = [(k, v) for k, v in filters.items() if v is not None and k in LORA_FIELDS]
+    def list_loras(self, tag: str | None = None, **filters: Any) -> list[LoraRecord]:
+        """Newest first; ``filters`` are fields that must equal (None: any), ``tag`` one the entry carries."""
+        where = [(k, v) for k, v in filters.items() if v is not None and k in LORA_FIELDS and k not in _JSON_LORA_FIELDS]
         sql = _SELECT_LORAS + (" WHERE " + " AND ".join(f"{k} = ?" for k, _ in where) if where else "")
         with self.backend.read() as db:
             rows = db.execute(sql + " ORDER BY created DESC", [v for _, v in where]).fetchall()
-        return [self._lora(r) for r in rows]
+        return [rec for rec in map(self._lora, rows) if tag is None or tag in rec.tags]
 
     def best_for_owner(self, owner_kind: str, owner_id: str, family: str | None,
                        variant: str | None = None) -> LoraRecord | None:
@@ -113,8 +119,10 @@ class Database:
 
     # -- jobs and events --------------------------------------------------------------------
 
-    def add_job(self, request: dict[str, Any], result: dict[str, Any], events: list[tuple[str, dict[str, Any]]]) -> str:
-        """Store a new ``queued`` job with its first events, leased to this replica, in one transaction."""
+    def add_job(self, request: dict[str, Any], result: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
+                uses: Sequence[str] = ()) -> str:
+        """Store a new ``queued`` job with its first events, leased to this replica, and mark the registry LoRAs
+        it ``uses`` as used now, in one transaction."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self.tx() as db:
@@ -123,6 +131,8 @@ class Database:
                         now + self.lease_s))
             for type, data in events:
                 self._insert_event(db, job_id, type, data)
+            for lora_id in sorted(set(uses)):
+                db.execute("UPDATE loras SET last_used = ? WHERE id = ?", (now, lora_id))
         return job_id
 
     def _locked_job(self, db: Tx, job_id: str) -> tuple[str, str]:

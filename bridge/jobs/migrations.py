@@ -73,7 +73,15 @@ def _presets(db: Tx, backend: Backend) -> None:
         created DOUBLE PRECISION, updated DOUBLE PRECISION)""")
 
 
-MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets, _pods, _presets)
+def _console(db: Tx, backend: Backend) -> None:
+    """Version 7: a LoRA's tags and when a job last used it, and the strength sweeps the console shows."""
+    _add_missing(db, backend, "loras", (("tags", "TEXT"), ("last_used", "DOUBLE PRECISION")))
+    db.execute("""CREATE TABLE IF NOT EXISTS lora_previews (lora_id TEXT PRIMARY KEY, fingerprint TEXT, jobs TEXT,
+        created DOUBLE PRECISION)""")
+
+
+MIGRATIONS: tuple[Callable[[Tx, Backend], None], ...] = (_initial, _model_variants, _leases, _assets, _pods, _presets,
+                                                         _console)
 LATEST = len(MIGRATIONS)
 
 

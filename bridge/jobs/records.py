@@ -15,7 +15,7 @@ from ..lorafiles.sources import carries_credentials, redact_url
 
 LORA_STATUSES = ("pending", "training", "validating", "ready", "failed")
 LORA_FIELDS = ("owner_kind", "owner_id", "name", "version", "status", "family", "trigger_word", "fallback_style",
-               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256", "blake3")
+               "source", "sha256", "size", "rank", "metadata", "variant", "low_noise_source", "low_noise_sha256", "blake3", "tags")
 GENERATION = "generation"  # a job's kind when its request names none (trainings: "training")
 INTERNAL_RESULT_FIELDS = ("client_id",)  # kept on the record for re-attaching, never shown
 
@@ -42,8 +42,10 @@ class LoraRecord:
     low_noise_source: str | None
     low_noise_sha256: str | None
     blake3: str | None  # ``blake3:<hex>`` of the file's bytes, once read whole (Comfy API v2 assets name files by it)
+    tags: list[str]  # the owner's words to find it by (the console filters on them)
     created: float
     updated: float
+    last_used: float | None  # when a job last asked for it
 
     def view(self) -> dict[str, Any]:
         """Every field, as JSON; source URLs without their query string (credentials: entries stored

@@ -28,6 +28,8 @@ Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]
 OwnerId = Annotated[StrictStr, Field(min_length=1, max_length=128)] | Annotated[StrictInt, Field(ge=0, le=2**53)]
 Text = Annotated[StrictStr, Field(max_length=1000)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+Tag = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[^,\s](?:[^,]*[^,\s])?$",
+                                 description="a word or phrase, without commas or outer spaces")]
 if TYPE_CHECKING:  # the checker sees text; pydantic (and so the OpenAPI document) the closed list
     Family = str
 else:
@@ -82,6 +84,7 @@ class _LoraFields(Closed):
     size: Annotated[StrictInt, Field(ge=0, le=2**53)] | None = None
     rank: Annotated[StrictInt, Field(ge=1, le=65536)] | None = None
     metadata: Metadata | None = None
+    tags: Annotated[list[Tag], Field(max_length=32)] | None = Field(None, description="words to find the LoRA by")
 
     @model_validator(mode="after")
     def _one_owner(self) -> "_LoraFields":

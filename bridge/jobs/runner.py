@@ -80,7 +80,7 @@ class Generations:
         if plan.assets is not None:
             await check_model_families(self.pool, plan)
         job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(),
-                                       plan.first_events())
+                                       plan.first_events(), [r["lora_id"] for r in plan.resolved])
         if plan.key_frame is not None:
             self.two_stage.add(job_id)
         self.spawn(job_id, self._run(job_id, plan))

@@ -102,18 +102,17 @@ def _http_auth(env: Mapping[str, str]) -> dict[str, str]:
     return table
 
 
-def _compat_defaults(env: Mapping[str, str]) -> dict[str, dict[str, object]]:
-    """``LORA_BRIDGE_COMPAT_DEFAULTS``: ``{"template": {"param": value}}``, the parameters the
-    seed-compatible routes fix for each template they use (its checkpoint, model files…)."""
-    raw = env.get("LORA_BRIDGE_COMPAT_DEFAULTS", "").strip()
+def _json_object(env: Mapping[str, str], name: str, shape: str, nested: bool = False) -> dict[str, object]:
+    """A JSON object in ``name`` (``nested``: each value an object too); ``shape`` shows it in the error."""
+    raw = env.get(name, "").strip()
     if not raw:
         return {}
     try:
         parsed = json.loads(raw)
     except ValueError:
         parsed = None
-    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
-        raise ConfigError('LORA_BRIDGE_COMPAT_DEFAULTS must be a JSON object {"template": {"param": value}}')
+    if not isinstance(parsed, dict) or (nested and not all(isinstance(v, dict) for v in parsed.values())):
+        raise ConfigError(f"{name} must be a JSON object {shape}")
     return parsed
 
 
@@ -158,6 +157,7 @@ class Settings:
     trainer_bucket: str | None = None  # LORA_BRIDGE_TRAINER_BUCKET: where the trainer's s3Key points
     trainer_secret: str | None = None  # LORA_BRIDGE_TRAINER_SECRET: signs the trainer's webhook
     compat_defaults: dict[str, dict[str, object]] = field(default_factory=dict)  # LORA_BRIDGE_COMPAT_DEFAULTS
+    preview_params: dict[str, object] = field(default_factory=dict)  # LORA_BRIDGE_PREVIEW_PARAMS: the console's sweeps
     max_queued: int = 1000  # LORA_BRIDGE_MAX_QUEUED: jobs waiting for a pod before new ones are refused (429 queue_full)
     job_retention_s: float = 7 * 86400  # LORA_BRIDGE_JOB_RETENTION_S: a job's expires_at (Comfy API v2), from its creation
     queue_timeout_s: float = 900.0  # LORA_BRIDGE_QUEUE_TIMEOUT_S: how long a job waits for a usable pod before it fails
@@ -215,7 +215,11 @@ class Settings:
             preload_brands=_list(env, "LORA_PRELOAD_BRANDS"),
             trainer_bucket=_text(env, "LORA_BRIDGE_TRAINER_BUCKET"),
             trainer_secret=_secret(env, "LORA_BRIDGE_TRAINER_SECRET"),
-            compat_defaults=_compat_defaults(env),
+            # the parameters the seed-compatible routes fix for each template they use (its checkpoint, model files…)
+            compat_defaults=_json_object(env, "LORA_BRIDGE_COMPAT_DEFAULTS", '{"template": {"param": value}}',  # type: ignore[arg-type]
+                                         nested=True),
+            # template parameters of every strength sweep the console runs (a checkpoint, steps, size…)
+            preview_params=_json_object(env, "LORA_BRIDGE_PREVIEW_PARAMS", '{"param": value}'),
             max_queued=int(_number(env, "LORA_BRIDGE_MAX_QUEUED", 1000, minimum=1)),
             job_retention_s=_number(env, "LORA_BRIDGE_JOB_RETENTION_S", 7 * 86400, minimum=60),
             queue_timeout_s=_number(env, "LORA_BRIDGE_QUEUE_TIMEOUT_S", 900.0),

@@ -21,6 +21,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from .. import console
 from ..jobs.brand_store import BrandStore
 from ..jobs.database import AsyncDatabase, Database
 from ..jobs.fleet import Fleet
@@ -126,6 +127,7 @@ def create_app(db: Database, pool: PodPool, outputs_dir: Path, settings: Setting
     gens.planner.discover_brand = store.discover if store else None
     app[TRAININGS] = training_runs = Trainings(gens, uploads)
     comfy_v2.setup(app)
+    console.setup(app, settings)
     app[OPENAPI] = openapi_document("comfyui-lora-bridge", VERSION, [spec for spec, _ in ROUTES])
 
     async def resume(jobs: list[JobRecord]) -> None:

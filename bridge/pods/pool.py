@@ -228,6 +228,11 @@ class PodPool:
                 "total": _summed(parts["memory"] + parts["disk"])}
         return [{"pod": p.config.name, **p.cache_stats} for p in pods], sums
 
+    async def cache_contents(self, pod: PodStatus) -> dict[str, Any]:
+        """What a pack pod holds now: its ``disk`` and ``memory`` caches, each with counters and ``items``."""
+        async with self.client(pod, timeout=10) as client:
+            return await client.get_json(ROUTE_CACHE)
+
     async def clear_cache(self, pod: PodStatus, what: CacheClear, timeout: float = 30.0) -> dict[str, Any]:
         """Clear a pack pod's memory and/or unused disk files; the pod's answer (``{"cleared": …}``)."""
         async with self.client(pod, timeout=timeout) as client:

@@ -143,6 +143,15 @@ def test_object_changed_between_attempts_restarts(server, store, lora_bytes, tmp
     assert result.sha256 == hashlib.sha256(new).hexdigest()
 
 
+def test_progress_shows_what_arrived_while_the_server_stalls(server, store, lora_bytes) -> None:
+    server.add("/p.safetensors", lora_bytes, Faults(stall_at=1_500_000, stall_seconds=0.4))
+    seen: list[int] = []
+    fetch_lora(server.url("/p.safetensors"), store, policy=POLICY, retry=FAST, name="p",
+               progress=lambda done, total: seen.append(done))
+    assert 1_500_000 in seen  # reported during the stall, not only once bytes flow again
+    assert seen == sorted(seen) and seen[-1] == len(lora_bytes)
+
+
 def test_cancel_keeps_a_hidden_partial_that_the_next_fetch_resumes(server, store, lora_bytes) -> None:
     server.add("/k.safetensors", lora_bytes, Faults(stall_at=1_500_000, stall_seconds=0.3))
     seen = []

@@ -125,15 +125,26 @@ class _Progress:
         self.total, self.callback, self.done, self.fetched = total, callback, 0, 0
         self.lock = threading.Lock()
         self.last = 0.0
+        self.reported: int | None = None
 
     def add(self, n: int, fetched: bool = True) -> None:
         with self.lock:
             self.done += n
             self.fetched += n if fetched else 0
-            now = time.monotonic()
-            if self.callback and (now - self.last > 0.1 or self.done >= self.total):
-                self.last = now
-                self.callback(self.done, self.total)
+            if time.monotonic() - self.last > 0.1 or self.done >= self.total:
+                self._report()
+
+    def flush(self) -> None:
+        """Report bytes that arrived since the last report (reports are at most 10 a second, so
+        without this a download that stalls would show an older count for as long as it stalls)."""
+        with self.lock:
+            if self.done != self.reported:
+                self._report()
+
+    def _report(self) -> None:
+        self.last, self.reported = time.monotonic(), self.done
+        if self.callback:
+            self.callback(self.done, self.total)
 
 
 @dataclass
@@ -163,10 +174,14 @@ class _Download:
         self._hasher: _StreamHasher | None = None  # the single stream's hasher (replaced on a restart)
         self._bodies: set[Any] = set()  # responses being read, for the cancel watchdog
         self._bodies_lock = threading.Lock()
+        self._progress: _Progress | None = None  # the current attempt's
 
     def _watchdog(self, finished: threading.Event) -> None:
-        """Cancel promptly: a read blocked on a stalled server is woken by shutting its socket."""
+        """Progress stays current while reads stall, and a cancel is prompt: a read blocked on a
+        stalled server is woken by shutting its socket."""
         while not finished.wait(0.1):
+            if self._progress is not None:
+                self._progress.flush()
             if self.cancel():
                 with self._bodies_lock:
                     for body in self._bodies:
@@ -308,7 +323,7 @@ class _Download:
         restarts = 0
         while True:
             plan = self._plan(stat)
-            progress = _Progress(plan.size, self.callback)
+            progress = self._progress = _Progress(plan.size, self.callback)
             try:
                 if len(plan.segments) == 1:
                     self._hasher = _StreamHasher()

@@ -6,7 +6,9 @@ The active set travels with the model clone, not with its weights: for the diffu
 in an ``APPLY_MODEL`` wrapper (ComfyUI's stackable wrappers), for the text encoder in
 ``model_options["lora_bridge_hotswap"]`` read around ``CLIP.encode_from_tokens``. So changing
 the LoRA, adding one or changing its strength makes a new clone whose weights equal the
-old one's, and ComfyUI neither re-patches weights nor reloads the model.
+old one's, and ComfyUI neither re-patches weights nor reloads the model. What runs per module
+is made once per active set: on a Linear, all its LoRAs as one down projection and in-place up
+projections (``LinearStack``); on a Conv2d, its LoRAs fused into one term.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class Term:
     rows: tuple[int, int, int] | None = None  # (first, count, width): a slice of a fused layer's outputs
     _cast: dict[tuple[Any, Any], tuple[Any, Any]] = field(default_factory=dict)
 
+    def add_to(self, y: Any, x: Any) -> Any:
+        """``y`` (the module's output for ``x``) plus this term."""
+        return y + self.delta(x)
+
     def delta(self, x: Any) -> Any:
         import torch.nn.functional as F
 
@@ -41,12 +47,66 @@ class Term:
             self._cast[key] = (self.down.to(device=x.device, dtype=x.dtype), self.up.to(device=x.device, dtype=x.dtype))
         down, up = self._cast[key]
         if self.conv is not None:
-            return F.conv2d(F.conv2d(x, down, **self.conv), up) * self.scale
-        out = F.linear(F.linear(x, down), up) * self.scale
+            out = F.conv2d(F.conv2d(x, down, **self.conv), up)
+        else:
+            out = F.linear(F.linear(x, down), up)
+        if self.scale != 1.0:
+            out = out * self.scale
         if self.rows is not None:  # e.g. diffusers to_q/to_k/to_v on Flux's fused qkv: zero outside the slice
             first, count, width = self.rows
             out = F.pad(out, (first, width - first - count))
         return out
+
+
+def fuse_conv(terms: list[Term]) -> Term:
+    """One term for several LoRAs on one Conv2d: downs stacked, ups side by side with each one's
+    scale folded in, so ``up·(down·x)`` is one pair of convolutions however many are active."""
+    import torch
+
+    return Term(torch.cat([t.down.float() for t in terms]), torch.cat([t.up.float() * t.scale for t in terms], dim=1),
+                1.0, terms[0].conv)
+
+
+class LinearStack:
+    """Every active LoRA on one Linear, added as one down projection (all LoRAs' downs stacked) and one
+    up projection per output slice (the whole weight, or a fused layer's q/k/v rows), each accumulated
+    into the module's output in place (``addmm_``): no temporary the size of the output, no padding,
+    scales folded into the ups. Factors are stacked once per device and dtype, on that device."""
+
+    def __init__(self, terms: list[Term]) -> None:
+        self.terms = terms
+        self._on: dict[tuple[Any, Any, Any], tuple[Any, list[tuple[int, int, tuple[int, int] | None, Any]]]] = {}
+
+    def _stacked(self, x: Any, y: Any) -> tuple[Any, list[tuple[int, int, tuple[int, int] | None, Any]]]:
+        import torch
+
+        key = (x.device, x.dtype, y.dtype)
+        if key not in self._on:
+            groups: dict[tuple[int, int] | None, list[Term]] = {}
+            for term in self.terms:
+                groups.setdefault(term.rows[:2] if term.rows else None, []).append(term)
+            ordered = [t for members in groups.values() for t in members]
+            down = torch.cat([t.down.to(x.device, torch.float32) for t in ordered]).to(x.dtype)
+            parts, col = [], 0
+            for rows, members in groups.items():
+                up = torch.cat([t.up.to(x.device, torch.float32) * t.scale for t in members], dim=1).to(y.dtype)
+                parts.append((col, col + up.shape[1], rows, up.t()))
+                col += up.shape[1]
+            self._on[key] = (down, parts)
+        return self._on[key]
+
+    def add_to(self, y: Any, x: Any) -> Any:
+        import torch
+
+        down, parts = self._stacked(x, y)
+        if torch.is_grad_enabled() or not y.is_contiguous():  # never write into a tensor autograd may need
+            y = y.clone(memory_format=torch.contiguous_format)
+        hidden = torch.nn.functional.linear(x, down).reshape(-1, down.shape[0]).to(y.dtype)
+        out = y.view(-1, y.shape[-1])
+        for start, end, rows, up_t in parts:
+            target = out if rows is None else out[:, rows[0]:rows[0] + rows[1]]
+            target.addmm_(hidden[:, start:end], up_t)
+        return y
 
 
 class TermSet:
@@ -57,6 +117,7 @@ class TermSet:
 
     def __init__(self, by_module: dict[int, list[Term]] | None = None) -> None:
         self._by_module: dict[int, list[Term]] = by_module or {}
+        self._fused: dict[int, tuple[Term | LinearStack]] = {}  # what runs, made on first use
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "TermSet":
         return self
@@ -64,11 +125,18 @@ class TermSet:
     def __bool__(self) -> bool:
         return bool(self._by_module)
 
-    def get(self, key: int, default: Any = ()) -> Any:
-        return self._by_module.get(key, default)
+    def get(self, key: int) -> tuple[Term | LinearStack, ...] | list[Term]:
+        """The module's terms as they run: one ``LinearStack`` for a Linear, the conv terms fused into one."""
+        terms = self._by_module.get(key, [])
+        if not terms or (len(terms) == 1 and terms[0].conv is not None):
+            return terms
+        if key not in self._fused:
+            self._fused[key] = (fuse_conv(terms) if terms[0].conv is not None else LinearStack(terms),)
+        return self._fused[key]
 
     def add(self, key: int, term: Term) -> None:
         self._by_module.setdefault(key, []).append(term)
+        self._fused.pop(key, None)
 
     def merged(self, other: "TermSet") -> "TermSet":
         """A new set with ``other``'s terms after this one's."""
@@ -89,8 +157,8 @@ def _wrap(module: Any) -> None:
         y = original(x, *args, **kwargs)
         active = ACTIVE.get()
         if active:
-            for term in active.get(key, ()):
-                y = y + term.delta(x)
+            for term in active.get(key):
+                y = term.add_to(y, x)
         return y
 
     forward._lora_bridge = True  # type: ignore[attr-defined]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from aiohttp.test_utils import make_mocked_request
 from comfyui_lora_bridge.bridge.console import _next_page
 from comfyui_lora_bridge.bridge.console.charts import loss_chart
-from comfyui_lora_bridge.bridge.console.session import SESSION_S, session_value, valid_session
+from comfyui_lora_bridge.bridge.console.session import SESSION_S, same_origin, session_value, valid_session
 from comfyui_lora_bridge.bridge.settings import Settings
 
 KEYS = Settings(cache_dir=Path("/tmp"), api_keys=("key-one", "key-two"))
@@ -30,6 +31,22 @@ def test_signing_in_leads_only_to_a_console_page() -> None:
     assert _next_page("/ui/jobs/abc") == "/ui/jobs/abc"
     for elsewhere in (None, "", "https://evil.example/ui/", "//evil.example/ui/x", "/v1/loras", "/ui\\..\\x", "ui/jobs"):
         assert _next_page(elsewhere) == "/ui/loras", elsewhere
+
+
+def test_a_change_must_come_from_the_consoles_own_origin_also_behind_a_tls_proxy() -> None:
+    def write(headers: dict[str, str]) -> bool:
+        return same_origin(make_mocked_request("POST", "/ui/loras/upload", headers={"Host": "bridge:8188", **headers}))
+
+    assert write({"Origin": "http://bridge:8188"})
+    assert write({"Referer": "http://bridge:8188/ui/loras"})
+    for foreign in ({}, {"Origin": "null"}, {"Origin": "http://evil.example"}, {"Origin": "https://bridge:8188"},
+                    {"Referer": "http://bridge:8188.evil.example/ui/"}):
+        assert not write(foreign), foreign
+    # behind an ingress that terminates TLS: the browser's origin is the proxy's
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "loras.example.com"}
+    assert write({**proxied, "Origin": "https://loras.example.com"})
+    assert not write({**proxied, "Origin": "http://bridge:8188"})
+    assert write({"X-Forwarded-Proto": "https", "Origin": "https://bridge:8188"})  # proxy kept the Host header
 
 
 def test_the_loss_curve_spans_its_box_from_the_first_to_the_last_step() -> None:

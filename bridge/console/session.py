@@ -53,18 +53,31 @@ def signed_in(request: web.Request, settings: Settings) -> bool:
     return not settings.api_keys or valid_session(settings, request.cookies.get(COOKIE))
 
 
+def _forwarded(request: web.Request, header: str) -> str | None:
+    """The first value of a proxy's ``X-Forwarded-*`` header (a browser cannot set these on a
+    cross-site request, so they are safe to trust for the origin check)."""
+    value = request.headers.get(header)
+    return (value.split(",")[0].strip() or None) if value else None
+
+
+def own_origin(request: web.Request) -> str:
+    """The console's origin as the browser sees it, also behind a proxy that terminates TLS."""
+    scheme = _forwarded(request, "X-Forwarded-Proto") or request.scheme
+    return f"{scheme}://{_forwarded(request, 'X-Forwarded-Host') or request.host}"
+
+
 def same_origin(request: web.Request) -> bool:
     """Whether a request that changes something comes from this console's own pages."""
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin or origin == "null":
         return False
     parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.scheme}://{request.host}"
+    return f"{parts.scheme}://{parts.netloc}" == own_origin(request)
 
 
 def open_session(response: web.StreamResponse, request: web.Request, key: str) -> None:
     response.set_cookie(COOKIE, session_value(key), max_age=SESSION_S, path=PREFIX, httponly=True, samesite="Strict",
-                        secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https")
+                        secure=own_origin(request).startswith("https://"))
 
 
 def close_session(response: web.StreamResponse) -> None:

@@ -1,13 +1,13 @@
 """Benchmark: hot-swap's per-step cost on Flux-shaped layers, terms one by one vs stacked, against merged weights.
 
-    .venv/bin/python benchmarks/hotswap_terms.py [--width 1536] [--tokens 1024] [--rank 64] [--reps 7]
+    .venv/bin/python benchmarks/hotswap_terms.py [--width 1536] [--tokens 1024] [--rank 64] [--reps 9]
 
 One Flux double-block's fused ``qkv`` (width -> 3 x width) and MLP in (width -> 4 x width) linears on
 the CPU, float32. Diffusers-layout LoRAs target ``to_q``/``to_k``/``to_v`` separately, i.e. three row
-slices of the one ``qkv`` weight. Rows: 1 LoRA and 3 stacked LoRAs; per step (medians of ``--reps`` interleaved rounds):
-merged (the plain layer, what merged weights cost), hot-swap with each term on its own (as before
-``hotswap.LinearStack``), and hot-swap as it runs now (``hotswap.LinearStack``: one down projection per
-layer, the ups accumulated into the output in place). Ratios are against merged.
+slices of the one ``qkv`` weight. Rows: 1 LoRA and 3 stacked LoRAs; per step (medians of ``--reps``
+interleaved rounds): merged (the plain layer, what merged weights cost), hot-swap with each term on its
+own (``OneByOne``, as before ``hotswap.LinearStack``), and hot-swap as it runs now (``LinearStack``: one
+down projection per layer, the ups accumulated into the output in place). Ratios are against merged.
 """
 
 from __future__ import annotations
@@ -29,6 +29,22 @@ def terms_for(width: int, rank: int, loras: int) -> tuple[list[hotswap.Term], li
                                     rows=(part * width, width, 3 * width)))
         mlp.append(hotswap.Term(torch.randn(rank, width) * 0.01, torch.randn(4 * width, rank) * 0.01, 1.0, None))
     return qkv, mlp
+
+
+class OneByOne:
+    """A term added the way hot-swap added them before ``LinearStack``: two matmuls, the delta
+    zero-padded to the fused layer's width, then added to the output."""
+
+    def __init__(self, term: hotswap.Term) -> None:
+        self.term = term
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = self.term
+        delta = torch.nn.functional.linear(torch.nn.functional.linear(x, t.down), t.up) * t.scale
+        if t.rows is not None:
+            first, count, width = t.rows
+            delta = torch.nn.functional.pad(delta, (first, width - first - count))
+        return y + delta
 
 
 def step(layers: list[torch.nn.Linear], terms: list[list], x: torch.Tensor) -> None:
@@ -69,7 +85,7 @@ def main() -> None:
     for loras in (1, 3):
         qkv, mlp = terms_for(w, args.rank, loras)
         stacked = hotswap.TermSet({1: qkv, 2: mlp})
-        variants[f"{loras} one by one"] = (layers, [qkv, mlp], x)
+        variants[f"{loras} one by one"] = (layers, [[OneByOne(t) for t in qkv], [OneByOne(t) for t in mlp]], x)
         variants[f"{loras} stacked"] = (layers, [list(stacked.get(1)), list(stacked.get(2))], x)
     with torch.inference_mode():
         ms = timed(variants, args.reps)

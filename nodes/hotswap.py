@@ -26,7 +26,7 @@ CLIP_OPTION = "lora_bridge_hotswap"
 
 @dataclass(eq=False)
 class Term:
-    """One LoRA on one module: factors kept where they are, cast per device/dtype on first use."""
+    """One LoRA on one module: its factors as the file has them, and how it is applied."""
 
     down: Any
     up: Any
@@ -36,26 +36,16 @@ class Term:
     _cast: dict[tuple[Any, Any], tuple[Any, Any]] = field(default_factory=dict)
 
     def add_to(self, y: Any, x: Any) -> Any:
-        """``y`` (the module's output for ``x``) plus this term."""
-        return y + self.delta(x)
-
-    def delta(self, x: Any) -> Any:
+        """``y`` (a Conv2d's output for ``x``) plus this term; a Linear's terms run as a ``LinearStack``."""
         import torch.nn.functional as F
 
         key = (x.device, x.dtype)
         if key not in self._cast:
             self._cast[key] = (self.down.to(device=x.device, dtype=x.dtype), self.up.to(device=x.device, dtype=x.dtype))
         down, up = self._cast[key]
-        if self.conv is not None:
-            out = F.conv2d(F.conv2d(x, down, **self.conv), up)
-        else:
-            out = F.linear(F.linear(x, down), up)
-        if self.scale != 1.0:
-            out = out * self.scale
-        if self.rows is not None:  # e.g. diffusers to_q/to_k/to_v on Flux's fused qkv: zero outside the slice
-            first, count, width = self.rows
-            out = F.pad(out, (first, width - first - count))
-        return out
+        assert self.conv is not None, "a Linear's terms run as a LinearStack"
+        out = F.conv2d(F.conv2d(x, down, **self.conv), up)
+        return y + (out * self.scale if self.scale != 1.0 else out)
 
 
 def fuse_conv(terms: list[Term]) -> Term:

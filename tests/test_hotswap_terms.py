@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from comfyui_lora_bridge.nodes import hotswap
 
 
@@ -16,7 +17,17 @@ def _term(rank: int, out: int, inp: int, scale: float, **kw) -> hotswap.Term:
 
 
 def _one_by_one(terms: list[hotswap.Term], y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return y + sum(t.delta(x) for t in terms)
+    """What the LoRAs add, each on its own: ``scale·up(down(x))``, on its rows of a fused layer."""
+    for t in terms:
+        if t.conv is not None:
+            delta = F.conv2d(F.conv2d(x, t.down, **t.conv), t.up)
+        else:
+            delta = F.linear(F.linear(x, t.down), t.up)
+            if t.rows is not None:
+                first, count, width = t.rows
+                delta = F.pad(delta, (first, width - first - count))
+        y = y + t.scale * delta
+    return y
 
 
 @pytest.mark.parametrize("sampling", [True, False], ids=["inference", "grad enabled"])

@@ -49,4 +49,64 @@ class TextConditioning:
         return ([[cond, extra]],)
 
 
-NODE_CLASS_MAPPINGS = {"TestForeignModelWrapper": ForeignModelWrapper, "TestTextConditioning": TextConditioning}
+class LoraPatchProbe:
+    """What the LoRA patches on a model (and its text encoder) add, as numbers a test can compare with
+    another model's, without patching a weight: per patched weight and per patch, its strengths, the
+    slice it covers (``offset``) and three random bilinear forms u·Δ·v of the delta it adds. A plain
+    LoRA's delta is ``alpha/rank · up @ down`` (ComfyUI's ``LoRAAdapter``: alpha None counts as rank);
+    other patches (LoCon mid, DoRA, ``diff``, LoHa, …) by the same forms on each of their tensors. The
+    vectors depend on the weight's name only, so a patch the same on two models probes the same."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}, "optional": {"clip": ("CLIP",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "probe"
+    CATEGORY = "testing"
+
+    def probe(self, model, tag, clip=None):
+        import json
+
+        patchers = {"model": model, "clip": clip.patcher if clip is not None else None}
+        out = {f"{part}:{key}": [_probe_entry(key, entry) for entry in entries]
+               for part, patcher in patchers.items() if patcher is not None for key, entries in patcher.patches.items()}
+        return {"ui": {"patches": [json.dumps(out, sort_keys=True)]}}
+
+
+def _forms(key, a, b):
+    """Three bilinear forms u·(a @ b)·v (b None: u·a·v, a flattened to two dimensions), in float64."""
+    import hashlib
+
+    import torch
+
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    a = a.detach().to("cpu", torch.float64)
+    a = a.reshape(1, -1) if a.dim() < 2 else a.flatten(1)
+    b = None if b is None else b.detach().to("cpu", torch.float64).flatten(1)
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.randn((a.shape[0], 3), generator=generator, dtype=torch.float64)
+    v = torch.randn(((b if b is not None else a).shape[1], 3), generator=generator, dtype=torch.float64)
+    left = u.T @ a
+    right = v if b is None else b @ v
+    return [float((left[i] @ right[:, i]).item()) for i in range(3)]
+
+
+def _probe_entry(key, entry):
+    """One patch of ``key``: (strength_patch, kind, forms, strength_model, offset, function)."""
+    import torch
+
+    strength_patch, adapter, strength_model, offset, function = entry
+    kind, weights = (adapter.name, adapter.weights) if hasattr(adapter, "weights") else (adapter[0], adapter[1])
+    if kind == "lora" and all(w is None for w in weights[3:]):
+        up, down, alpha = weights[0], weights[1], weights[2]
+        scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
+        forms = [scale * f for f in _forms(key, up, down)]
+    else:
+        forms = [_forms(f"{key}/{i}", w, None) if isinstance(w, torch.Tensor) else repr(w) for i, w in enumerate(weights)]
+    return [strength_patch, kind, forms, strength_model, list(offset) if offset else None, getattr(function, "__name__", None)]
+
+
+NODE_CLASS_MAPPINGS = {"TestForeignModelWrapper": ForeignModelWrapper, "TestTextConditioning": TextConditioning,
+                       "TestLoraPatchProbe": LoraPatchProbe}

@@ -82,12 +82,17 @@ def pod_object_info(pod: LocalComfy) -> dict[str, Any]:
     return asyncio.run(go())
 
 
-def node_text(result: JobResult, node_id: str) -> list[str]:
-    """The summary lines a LoRA Bridge node showed for this run (its ``executed`` output)."""
+def node_output(result: JobResult, node_id: str, key: str) -> Any:
+    """What node ``node_id`` showed under ``key`` in this run (its ``executed`` output)."""
     for event in result.events:
         if event.type == "output" and event.data.get("node") == node_id:
-            return event.data["output"]["lora_bridge"]
+            return event.data["output"][key]
     raise AssertionError(f"node {node_id} did not execute")
+
+
+def node_text(result: JobResult, node_id: str) -> list[str]:
+    """The summary lines a LoRA Bridge node showed for this run."""
+    return node_output(result, node_id, "lora_bridge")
 
 
 def image_of(result: JobResult) -> np.ndarray:

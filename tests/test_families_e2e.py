@@ -55,7 +55,7 @@ from comfyui_lora_bridge.testing.weights import (
 )
 from safetensors.numpy import load, load_file
 from service_harness import Service
-from support import POD_TOKEN, frames_of, node_text, pod_object_info, run_graph
+from support import POD_TOKEN, frames_of, node_output, node_text, pod_object_info, run_graph
 
 pytestmark = pytest.mark.comfy
 # hot-swap adds W·x and up(down(x)) where merge adds up·down to W first: rounding only, in fp32 for the
@@ -272,8 +272,7 @@ def patches_of(pod: LocalComfy, loader: dict, lora: str, stock: bool, clip: bool
          "7": {"class_type": "TestLoraPatchProbe",
                "inputs": {"model": ["11", 0], "tag": uuid.uuid4().hex, **({"clip": ["11", 1]} if clip else {})}}}
     result = run_graph(pod, g)
-    (probe,) = [e.data["output"]["patches"] for e in result.events if e.type == "output" and e.data.get("node") == "7"]
-    return json.loads(probe[0]), [] if stock else node_text(result, "11")
+    return json.loads(node_output(result, "7", "patches")[0]), [] if stock else node_text(result, "11")
 
 
 def count(patches: Patches) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from comfyui_lora_bridge.bridge.errors import JobFailed, NoPodAvailable, PromptRejected
+from comfyui_lora_bridge.bridge.errors import JobFailed, NoPodAvailable, PodError, PromptRejected
 from comfyui_lora_bridge.bridge.graphs.templates import load_template
 from comfyui_lora_bridge.bridge.lorafiles.sources import FetchPolicy
 from comfyui_lora_bridge.bridge.pods.client import PodClient
@@ -102,6 +102,21 @@ def test_events_arrive_in_order_with_step_progress(comfy) -> None:
     sampling = [i for i, e in enumerate(result.events) if e.type == "progress" and e.data["node"] == "3"]
     assert types.index("output") > max(sampling)  # the image comes after the last sampling step
     assert result.files and result.files[0].data[:4] == b"\x89PNG"
+
+
+def test_an_output_the_pod_cannot_serve_fails_the_job_and_leaves_nothing_running(comfy) -> None:
+    def on_event(event):  # the file goes before it is fetched: ComfyUI's /view answers 404
+        if event.type == "output":
+            for image in event.data["output"]["images"]:
+                (comfy.output_dir / image["subfolder"] / image["filename"]).unlink()
+
+    async def go():
+        async with PodClient(comfy.url, token=POD_TOKEN) as client:
+            with pytest.raises(PodError, match="GET /view .* answered 404"):
+                await client.run(txt2img(seed=43, steps=1), on_event)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(go()) == []  # no fetch left behind
 
 
 def test_websocket_cut_mid_job_still_reports_exactly_one_success(comfy) -> None:

@@ -268,6 +268,9 @@ class PodClient:
                     await ws.close()
                     ws = await self._reconnect(client_id, job)
                     await job.reconcile()
+        except BaseException:
+            await job.abandon()
+            raise
         finally:
             await ws.close()
         return await job.finish()
@@ -301,6 +304,7 @@ class _Job:
         self.terminal: PodEvent | None = None
         self.seen: set[str] = set()
         self.steps: dict[str, float] = {}  # node -> latest step reported
+        self.fetching: list[asyncio.Task[list[OutputFile]]] = []  # files fetched while the job goes on, in node order
 
     @staticmethod
     def _key(type: str, data: dict[str, Any]) -> str:
@@ -355,8 +359,8 @@ class _Job:
                 await self.step(str(data.get("node")), data.get("value"), data.get("max"))
                 continue
             await self.emit(kind, _error_data(data) if kind == "error" else data)
-            if kind == "output" and isinstance(data.get("output"), dict):
-                await self.fetch(str(data.get("node")), data["output"])
+            if kind == "output" and isinstance(data.get("output"), dict):  # fetched beside the events that follow
+                self.fetching.append(asyncio.ensure_future(self.fetch(str(data.get("node")), data["output"])))
             if self.terminal is not None:
                 return
         raise ConnectionError("WebSocket closed")
@@ -384,7 +388,20 @@ class _Job:
                 await self.emit(kind, _error_data(data) if kind == "error" else data)
                 return
 
+    async def abandon(self) -> None:
+        """Stop fetching what is still being fetched (the job failed, or its stream did)."""
+        for task in self.fetching:
+            task.cancel()
+        await asyncio.gather(*self.fetching, return_exceptions=True)
+
     async def finish(self) -> JobResult:
+        """The outputs of a job that succeeded (every file fetched); ``JobFailed``/``JobInterrupted`` otherwise."""
+        try:
+            return await self._outputs()
+        finally:
+            await self.abandon()  # none left running: on a failure, one that failed, or none left at all
+
+    async def _outputs(self) -> JobResult:
         assert self.terminal is not None
         d = self.terminal.data
         if self.terminal.type == "error":
@@ -401,12 +418,15 @@ class _Job:
         if not entry:
             raise PodError(f"job {self.result.prompt_id} finished but never appeared in /history")
         self.result.outputs = entry.get("outputs", {})
-        for node_id, output in self.result.outputs.items():
-            await self.fetch(node_id, output)
+        for files in await asyncio.gather(*self.fetching):  # in the order their nodes ran
+            self.result.files.extend(files)
+        for node_id, output in self.result.outputs.items():  # those it never announced (cached nodes)
+            self.result.files.extend(await self.fetch(node_id, output))
         return self.result
 
-    async def fetch(self, node_id: str, output: dict[str, Any]) -> None:
-        """Fetch a node's output files not fetched yet (``/view``), and hand each to ``on_file``."""
+    async def fetch(self, node_id: str, output: dict[str, Any]) -> list[OutputFile]:
+        """Fetch a node's output files not fetched yet (``/view``), and hand each to ``on_file``; those files."""
+        files: list[OutputFile] = []
         for kind in OUTPUT_KINDS:
             for item in output.get(kind) or []:
                 if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
@@ -416,6 +436,7 @@ class _Job:
                     continue
                 self.fetched.add(key)
                 file = OutputFile(*key, await self.client.view(*key[1:]))
-                self.result.files.append(file)
+                files.append(file)
                 if self.on_file is not None:
                     await self.on_file(file)
+        return files

@@ -16,6 +16,7 @@ from comfyui_lora_bridge.bridge.errors import (
     NotFound,
     PodUnavailable,
     PromptRejected,
+    QueueFull,
 )
 from comfyui_lora_bridge.bridge.graphs.templates import TemplateError
 from comfyui_lora_bridge.bridge.http.errors import classify
@@ -67,6 +68,31 @@ def test_failover_and_interruption_paths(db: Database) -> None:
     assert db.get_job(job).status == "interrupted"
     with pytest.raises(IllegalTransition):  # interrupted is terminal, apart from cancelled
         db.transition(job, JobState.CANCELLED, "cancelled")
+
+
+def test_a_runner_s_writes_leave_a_job_ended_elsewhere_as_it_ended(db: Database) -> None:
+    job = db.add_job({}, {}, [("queued", {})])
+    assert db.transition(job, JobState.PREPARING, "preparing", then=("assigned", {"pod": "p1"}), pod="p1",
+                         unless_ended=True)
+    db.transition(job, JobState.CANCELLED, "cancelled", result=lambda record: {"had": sorted(record)})  # by another replica
+    assert not db.transition(job, JobState.SUBMITTED, "submitted", {"position": 0}, unless_ended=True)
+    assert not db.patch_job(job, {"client_id": "c"}, "warning", {"message": "late"}, unless_ended=True)
+    assert db.add_event(job, "progress", {"value": 1}, unless_ended=True) is None
+    assert db.add_event(job, "webhook", {"delivered": False}) is not None  # an ended job's own last word still is
+    record = db.get_job(job)
+    assert record.status == "cancelled" and record.pod == "p1" and record.result == {"had": []}
+    assert [t for _, t, _ in db.events(job)] == ["queued", "preparing", "assigned", "cancelled", "webhook"]
+
+
+def test_a_full_queue_stores_nothing(db: Database) -> None:
+    first = db.add_job({}, {}, [("queued", {})], waiting_below=2)
+    db.add_job({}, {}, [("queued", {})], waiting_below=2)
+    with pytest.raises(QueueFull, match="2 jobs are waiting"):
+        db.add_job({"n": 3}, {}, [("queued", {})], waiting_below=2)
+    assert len(db.unfinished_jobs()) == 2
+    db.transition(first, JobState.CANCELLED, "cancelled")
+    db.add_job({"n": 3}, {}, [("queued", {})], waiting_below=2)  # a place is free again
+    assert [job.request for job in db.unfinished_jobs()][-1] == {"n": 3}
 
 
 def test_records_refuse_non_standard_json(db: Database) -> None:

@@ -16,11 +16,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from ..errors import NotFound
+from ..errors import NotFound, QueueFull
 from .db_backends import Backend, Tx, open_backend
 from .migrations import migrate
 from .records import LORA_FIELDS, JobEvent, JobRecord, LoraRecord
-from .states import TERMINAL, JobState, check_transition
+from .states import TERMINAL, WAITING, JobState, check_transition
 
 _LORA_COLUMNS = ("id", *LORA_FIELDS, "created", "updated", "last_used")
 _JSON_LORA_FIELDS = {"metadata": dict, "tags": list}
@@ -28,6 +28,9 @@ _SELECT_LORAS = f"SELECT {', '.join(_LORA_COLUMNS)} FROM loras"
 _JOB_COLUMNS = ("id", "status", "request", "pod", "prompt_id", "result", "created", "updated", "owner", "lease_until")
 _TERMINAL = tuple(s.value for s in TERMINAL)
 _UNFINISHED = f"status NOT IN ({', '.join('?' * len(_TERMINAL))})"
+_WAITING = tuple(s.value for s in WAITING)
+# what a write merges into a job's ``result``: fields, or fields made from the record's (in the same transaction)
+ResultUpdate = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Database:
@@ -120,12 +123,17 @@ class Database:
     # -- jobs and events --------------------------------------------------------------------
 
     def add_job(self, request: dict[str, Any], result: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
-                uses: Sequence[str] = ()) -> str:
+                uses: Sequence[str] = (), waiting_below: int | None = None) -> str:
         """Store a new ``queued`` job with its first events, leased to this replica, and mark the registry LoRAs
-        it ``uses`` as used now, in one transaction."""
+        it ``uses`` as used now, in one transaction; its id. With ``waiting_below``, nothing is stored
+        (``QueueFull``) while that many jobs wait for a pod already."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self.tx() as db:
+            if waiting_below is not None and db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE status IN ({', '.join('?' * len(_WAITING))})",
+                    _WAITING).fetchone()[0] >= waiting_below:
+                raise QueueFull(f"{waiting_below} jobs are waiting for a pod already", 5)
             db.execute(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES (?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?)",
                        (job_id, JobState.QUEUED.value, _dumps(request), _dumps(result), now, now, self.replica,
                         now + self.lease_s))
@@ -143,30 +151,41 @@ class Database:
         return row
 
     def transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
-                   result: dict[str, Any] | None = None, **columns: Any) -> None:
+                   result: ResultUpdate | None = None, *, then: tuple[str, dict[str, Any]] | None = None,
+                   unless_ended: bool = False, **columns: Any) -> bool:
         """Move a job to ``state`` (checked against the state machine), merge ``result`` into its
-        record, set ``pod``/``prompt_id``, and append the event: all in one transaction."""
+        record, set ``pod``/``prompt_id``, and append the event (and the event ``then``, when given): all
+        in one transaction. With ``unless_ended``, a job that has ended (elsewhere) is left as it is: False."""
         with self.tx() as db:
             status, old = self._locked_job(db, job_id)
+            if unless_ended and status in _TERMINAL:
+                return False
             check_transition(status, state)
             self._update(db, job_id, old, result, status=state.value, **columns)
-            self._insert_event(db, job_id, event, data or {})
+            for type, payload in ((event, data or {}), *((then,) if then else ())):
+                self._insert_event(db, job_id, type, payload)
+        return True
 
     def patch_job(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,
-                  data: dict[str, Any] | None = None, **columns: Any) -> None:
-        """Merge fields into a job's record (state unchanged), with an optional event, in one transaction."""
+                  data: dict[str, Any] | None = None, *, unless_ended: bool = False, **columns: Any) -> bool:
+        """Merge fields into a job's record (state unchanged), with an optional event, in one transaction
+        (with ``unless_ended``, only while the job has not ended: whether it wrote)."""
         with self.tx() as db:
-            _, old = self._locked_job(db, job_id)
+            status, old = self._locked_job(db, job_id)
+            if unless_ended and status in _TERMINAL:
+                return False
             self._update(db, job_id, old, result, **columns)
             if event is not None:
                 self._insert_event(db, job_id, event, data or {})
+        return True
 
     @staticmethod
-    def _update(db: Tx, job_id: str, old_result: str, result: dict[str, Any] | None, **columns: Any) -> None:
+    def _update(db: Tx, job_id: str, old_result: str, result: ResultUpdate | None, **columns: Any) -> None:
         unknown = set(columns) - {"status", "pod", "prompt_id"}
         if unknown:
             raise ValueError(f"not a job column: {sorted(unknown)}")
-        merged = {**json.loads(old_result or "{}"), **(result or {})}
+        old = json.loads(old_result or "{}")
+        merged = {**old, **((result(old) if callable(result) else result) or {})}
         fields = {**columns, "result": _dumps(merged), "updated": time.time()}
         db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*fields.values(), job_id))
 
@@ -258,9 +277,12 @@ class Database:
         self.backend.notify(db, job_id, self.replica)
         return seq
 
-    def add_event(self, job_id: str, type: str, data: dict[str, Any]) -> int:
+    def add_event(self, job_id: str, type: str, data: dict[str, Any], unless_ended: bool = False) -> int | None:
+        """Append an event: its sequence number (with ``unless_ended``, None for a job that has ended)."""
         with self.tx() as db:
-            self._locked_job(db, job_id)  # one writer of a job's events at a time, across replicas
+            status, _ = self._locked_job(db, job_id)  # one writer of a job's events at a time, across replicas
+            if unless_ended and status in _TERMINAL:
+                return None
             return self._insert_event(db, job_id, type, data)
 
     def events(self, job_id: str, after: int = 0) -> list[JobEvent]:

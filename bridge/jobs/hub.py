@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, NamedTuple
 
 from ..lorafiles.sources import FetchPolicy
 from . import webhooks
-from .database import AsyncDatabase
+from .database import AsyncDatabase, ResultUpdate
 from .records import JobEvent, JobRecord
 from .states import JobState, is_terminal
 
@@ -41,27 +41,58 @@ class EventHub:
         self.db, self.policy, self.webhook_secret = db, policy, webhook_secret
         # job -> the event its readers wait on (held by them alone: gone with the last reader)
         self._changed: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()
+        self._moved: weakref.WeakValueDictionary[str, asyncio.Event] = weakref.WeakValueDictionary()  # state changes only
         self.previews: dict[str, Preview] = {}  # job -> its latest preview (this replica's running jobs)
+        self._states: dict[str, str] = {}  # job -> its state as this replica's runner last read or moved it
         self.closed = False  # the replica is stopping: readers end
         self.notified = True  # other replicas' writes wake readers here (PostgreSQL's listener is up; set by ``Replica``)
 
     # -- writing ------------------------------------------------------------------------------------
 
-    async def record(self, job_id: str, type: str, data: dict[str, Any]) -> None:
-        await self.db.add_event(job_id, type, data)
-        self.signal(job_id)
+    # ``unless_ended``: write nothing to a job that has ended (a cancel sent to another replica ends it
+    # there while its runner here still hears from the pod).
+
+    async def record(self, job_id: str, type: str, data: dict[str, Any], unless_ended: bool = False) -> None:
+        await self.db.add_event(job_id, type, data, unless_ended)
+        self.signal(job_id, moved=False)
 
     async def patch(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,
-                    data: dict[str, Any] | None = None, **columns: Any) -> None:
+                    data: dict[str, Any] | None = None, *, unless_ended: bool = False, **columns: Any) -> None:
         """Merge into the job's record (state unchanged), with an optional event."""
-        await self.db.patch_job(job_id, result, event, data, **columns)
-        self.signal(job_id)
+        await self.db.patch_job(job_id, result, event, data, unless_ended=unless_ended, **columns)
+        self.signal(job_id, moved=False)
 
     async def transition(self, job_id: str, state: JobState, event: str, data: dict[str, Any] | None = None,
-                         result: dict[str, Any] | None = None, **columns: Any) -> None:
-        """Move the job to ``state`` (checked against the state machine) with its event."""
-        await self.db.transition(job_id, state, event, data, result, **columns)
+                         result: ResultUpdate | None = None, *, then: tuple[str, dict[str, Any]] | None = None,
+                         unless_ended: bool = False, **columns: Any) -> None:
+        """Move the job to ``state`` (checked against the state machine) with its event (and ``then``'s)."""
+        try:
+            moved = await self.db.transition(job_id, state, event, data, result, then=then, unless_ended=unless_ended,
+                                             **columns)
+        except BaseException:
+            self.forget(job_id)  # whatever it is now, it is read again
+            raise
+        if moved and not is_terminal(state):
+            self._states[job_id] = state.value
+        else:
+            self.forget(job_id)
         self.signal(job_id)
+
+    async def state(self, job_id: str) -> str:
+        """The job's state as this replica's runner last moved it (read once otherwise): another replica
+        can only end it meanwhile, which the ``unless_ended`` writes find in their own transaction."""
+        known = self._states.get(job_id)
+        if known is None:
+            known = self._states[job_id] = await self.db.job_status(job_id)
+        return known
+
+    def track(self, job_id: str, state: JobState) -> None:
+        """A job this replica's runner starts from ``state`` (as stored): ``state`` need not read it."""
+        self._states[job_id] = state.value
+
+    def forget(self, job_id: str) -> None:
+        """Its runner is done (or its state unknown): the next ``state`` reads it."""
+        self._states.pop(job_id, None)
 
     def preview(self, job_id: str, format: str, image: bytes) -> None:
         """Keep a running job's latest preview (throttled) and wake its readers; ``end_previews`` drops it."""
@@ -70,28 +101,31 @@ class EventHub:
         if last is not None and now - last.at < PREVIEW_EVERY_S:
             return
         self.previews[job_id] = Preview((last.number + 1) if last else 1, format, image, now)
-        self.signal(job_id)
+        self.signal(job_id, moved=False)
 
     def end_previews(self, job_id: str) -> None:
         self.previews.pop(job_id, None)
 
     # -- waking readers -----------------------------------------------------------------------------
 
-    def signal(self, job_id: str) -> None:
-        """Wake whatever waits on the job here (its streams, a ``?wait=true`` request)."""
-        event = self._changed.pop(job_id, None)
-        if event is not None:
-            event.set()
+    def signal(self, job_id: str, moved: bool = True) -> None:
+        """Wake whatever waits on the job here (its streams, a ``?wait=true`` request); a change that is
+        known not to move its state (``moved=False``: an event, a preview) leaves those that wait for its end."""
+        for waiting in (self._changed, self._moved) if moved else (self._changed,):
+            event = waiting.pop(job_id, None)
+            if event is not None:
+                event.set()
 
-    def watch(self, job_id: str) -> asyncio.Event:
-        """An event set at the job's next change. Take it *before* reading the job: a change made
-        while the read awaits the database then still wakes the reader."""
-        return self._changed.setdefault(job_id, asyncio.Event())
+    def watch(self, job_id: str, moves_only: bool = False) -> asyncio.Event:
+        """An event set at the job's next change (with ``moves_only``, the next that may move its state).
+        Take it *before* reading the job: a change made while the read awaits the database then still
+        wakes the reader."""
+        return (self._moved if moves_only else self._changed).setdefault(job_id, asyncio.Event())
 
     def close(self) -> None:
         """The replica stops: every reader wakes and ends."""
         self.closed = True
-        for event in list(self._changed.values()):
+        for event in [*self._changed.values(), *self._moved.values()]:
             event.set()
 
     @staticmethod
@@ -107,8 +141,8 @@ class EventHub:
 
     async def wait_ended(self, job_id: str) -> JobRecord:
         """The job once it has ended (or once this replica stops)."""
-        while True:
-            change = self.watch(job_id)
+        while True:  # woken by moves of its state alone (a few a job), not by each event
+            change = self.watch(job_id, moves_only=True)
             job = await self.db.get_job(job_id)
             if is_terminal(job.status) or self.closed:
                 return job
@@ -138,10 +172,9 @@ class EventHub:
                 yield HEARTBEAT
                 sent = loop.time()
 
-    async def notify(self, job_id: str) -> None:
+    async def notify(self, job: JobRecord) -> None:
         """Send the ended job's signed completion webhook, if it asked for one; the outcome is an event."""
-        job = await self.db.get_job(job_id)
-        url = job.request.get("webhook_url")
+        job_id, url = job.id, job.request.get("webhook_url")
         if not url or not is_terminal(job.status):
             return
         if not self.webhook_secret:

@@ -44,7 +44,7 @@ from .prechecks import check_model_families
 from .presets import PresetStore
 from .records import GENERATION, JobRecord
 from .requests import GenerationCreate
-from .states import WAITING, JobState, is_terminal
+from .states import JobState, is_terminal
 
 log = logging.getLogger("lora_bridge.jobs")
 RUNNING_EVENTS = {"started", "executing", "progress", "cached", "output"}
@@ -67,20 +67,24 @@ class Generations:
         self.cancel_requested: set[str] = set()
         self.released: set[str] = set()  # jobs another replica claimed: their runners here stop, the jobs go on
         self.two_stage: set[str] = set()  # preprocess jobs: their events say which stage
+        self.kept: dict[str, set[tuple[str | None, str | None]]] = {}  # job -> its output files kept: (node, name)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, request: GenerationCreate) -> str:
         """Plan, store as ``queued`` and start a job; refusals raise before anything is stored (``QueueFull``
         when ``max_queued`` jobs wait for a pod already)."""
-        counts = await self.db.job_counts()
-        if sum(counts.get(s.value, 0) for s in WAITING) >= self.settings.max_queued:
-            raise QueueFull(f"{self.settings.max_queued} jobs are waiting for a pod already (LORA_BRIDGE_MAX_QUEUED)", 5)
         plan = await self.planner.plan(request)
         if plan.assets is not None:
             await check_model_families(self.pool, plan)
-        job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(),
-                                       plan.first_events(), [r["lora_id"] for r in plan.resolved])
+        try:
+            job_id = await self.db.add_job(request.model_dump(mode="json", exclude_defaults=True), plan.record(),
+                                           plan.first_events(), [r["lora_id"] for r in plan.resolved],
+                                           waiting_below=self.settings.max_queued)
+        except QueueFull as exc:
+            raise QueueFull(f"{exc} (LORA_BRIDGE_MAX_QUEUED)", exc.retry_after) from None
+        self.kept[job_id] = set()  # a new job: nothing kept yet
+        self.hub.track(job_id, JobState.QUEUED)
         if plan.key_frame is not None:
             self.two_stage.add(job_id)
         self.spawn(job_id, self._run(job_id, plan))
@@ -190,12 +194,14 @@ class Generations:
             self.cancel_requested.discard(job_id)
             self.released.discard(job_id)
             self.two_stage.discard(job_id)
+            self.kept.pop(job_id, None)
+            self.hub.forget(job_id)
             self.hub.end_previews(job_id)
             self.hub.signal(job_id)
         job = await self.db.get_job(job_id)
         if is_terminal(job.status):
             self.metrics.observe(job)
-        await self.hub.notify(job_id)
+            await self.hub.notify(job)
 
     async def _replan_and_run(self, job_id: str, request: GenerationCreate) -> None:
         await self._run(job_id, await self.planner.plan(request))
@@ -255,14 +261,18 @@ class Generations:
 
     async def _keep_output(self, job_id: str, file: OutputFile) -> None:
         """One output file as soon as the pod has it: saved (and uploaded), minted as an asset, an ``output_saved``
-        event. A file kept already (before a restart) is kept once."""
+        event. A file kept already (as it came, or before a restart) is kept once."""
         name = Path(file.filename).name
-        if any(a.node_id == file.node_id and a.file_path == name for a in await self.assets.of_job(job_id)):
+        kept = self.kept.get(job_id)
+        if kept is None:  # the job's kept files read once per runner: those of a run before a restart count too
+            kept = self.kept[job_id] = {(a.node_id, a.file_path) for a in await self.assets.of_job(job_id)}
+        if (file.node_id, name) in kept:
             return
         location = await self.outputs.save(job_id, file)
         asset = await self.assets.add(kind="output", blake3=blake3_of(file.data), size=len(file.data),
                                       content_type=content_type_of(name), file_path=name, location=location,
                                       job_id=job_id, node_id=file.node_id)
+        kept.add((file.node_id, name))
         await self.hub.record(job_id, "output_saved", {"asset_id": asset.id, "node": file.node_id, "name": name})
 
     async def _complete(self, job_id: str, files: list[OutputFile]) -> None:
@@ -271,13 +281,13 @@ class Generations:
             await self._keep_output(job_id, file)
         saved = await self.outputs.account(job_id, [Path(f.filename).name for f in files])
         await self.hub.transition(job_id, JobState.SUCCEEDED, "succeeded", data={"outputs": saved["outputs"]},
-                                  result={**saved, **await self.completion(job_id)})
+                                  result=lambda record: {**saved, **self.completion(record)})
 
-    async def completion(self, job_id: str) -> dict[str, Any]:
-        """A completed job's end: time, GPU-seconds since execution first started (across restarts), cost."""
-        job = await self.db.get_job(job_id)
+    def completion(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A completed job's end, from its record's ``result``: time, GPU-seconds since execution first
+        started (across restarts), cost."""
         now = time.time()
-        seconds = max(0.0, now - job.result["started_at"]) if "started_at" in job.result else 0.0
+        seconds = max(0.0, now - result["started_at"]) if "started_at" in result else 0.0
         return {"finished_at": now, "gpu_seconds": round(seconds, 3),
                 "cost": round(seconds * self.settings.cost_per_hour / 3600, 6), "reason": "completed"}
 
@@ -300,25 +310,26 @@ class Generations:
         node = data.get("node")
         if isinstance(node, str) and job_id in self.two_stage:
             data = {**data, "stage": stage_of(node)}  # which of the two stages the node belongs to
-        status = await self.db.job_status(job_id)
-        if is_terminal(status):  # ended meanwhile by another replica (a cancel sent there): nothing more to record
+        status = await self.hub.state(job_id)
+        if is_terminal(status):
             return
+        # each write below leaves a job another replica ended meanwhile (a cancel sent there) as it ended
         if event.type == "submitting":
-            await self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"])
-            return
-        if event.type in ("failover", "moved", "waiting") and status != JobState.QUEUED:  # waiting for a pod (again)
-            await self.hub.transition(job_id, JobState.QUEUED, event.type, data, prompt_id=None)
+            await self.db.patch_job(job_id, {"client_id": data["client_id"]}, prompt_id=data["prompt_id"], unless_ended=True)
+        elif event.type in ("failover", "moved", "waiting") and status != JobState.QUEUED:  # waiting for a pod (again)
+            await self.hub.transition(job_id, JobState.QUEUED, event.type, data, prompt_id=None, unless_ended=True)
+        elif event.type == "assigned" and status == JobState.QUEUED:
+            await self.hub.transition(job_id, JobState.PREPARING, "preparing", {}, then=(event.type, data),
+                                      pod=data["pod"], unless_ended=True)
         elif event.type == "assigned":
-            if status == JobState.QUEUED:
-                await self.hub.transition(job_id, JobState.PREPARING, "preparing", {}, pod=data["pod"])
-            await self.hub.patch(job_id, None, "assigned", data, pod=data["pod"])
+            await self.hub.patch(job_id, None, event.type, data, pod=data["pod"], unless_ended=True)
         elif event.type == "reattached" and status == JobState.PREPARING:  # stored as submitting, then the stop came
-            await self.hub.transition(job_id, JobState.SUBMITTED, "submitted", data)
+            await self.hub.transition(job_id, JobState.SUBMITTED, "submitted", data, unless_ended=True)
         elif event.type == "submitted":
             await self.hub.transition(job_id, JobState.SUBMITTED, "submitted", data, {"client_id": data["client_id"]},
-                                      prompt_id=data["prompt_id"])
+                                      prompt_id=data["prompt_id"], unless_ended=True)
         elif event.type in RUNNING_EVENTS and status == JobState.SUBMITTED:
-            await self.hub.transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()})
-            await self.hub.record(job_id, event.type, data)
+            await self.hub.transition(job_id, JobState.RUNNING, "running", {}, {"started_at": time.time()},
+                                      then=(event.type, data), unless_ended=True)
         else:
-            await self.hub.record(job_id, event.type, data)
+            await self.hub.record(job_id, event.type, data, unless_ended=True)

@@ -266,7 +266,7 @@ class Trainings:
         await self.jobs.hub.record(job_id, "stored", {"lora_id": lora_id, "sha256": info.sha256, "size": info.size,
                                                   "family": info.family, "trigger_words": info.trigger_words})
         image = await self._validate(job_id, lora_id, plan)
-        end = await self.jobs.completion(job_id)
+        end = self.jobs.completion((await self.db.get_job(job_id)).result)
         await self._clean(job_id)
         await self.db.update_lora(lora_id, {"status": "ready", "metadata": {**metadata, "validation_image": image,
                                                                        "validation_job": job_id}})

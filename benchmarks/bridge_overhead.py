@@ -36,11 +36,12 @@ from comfyui_lora_bridge.testing.weights import cached_checkpoint
 PARAMS = {"checkpoint": "sd15-tiny.safetensors", "width": 64, "height": 64, "steps": 2}
 
 
-async def direct(url: str, seed: int) -> float:
+async def direct(url: str, seed: int) -> tuple[float, str]:
+    """One job submitted straight to ComfyUI with the pod client: wall seconds, prompt id."""
     start = time.perf_counter()
     async with PodClient(url) as client:
-        await client.run(load_template("sd15_txt2img").render(**PARAMS, seed=seed))
-    return time.perf_counter() - start
+        result = await client.run(load_template("sd15_txt2img").render(**PARAMS, seed=seed))
+    return time.perf_counter() - start, result.prompt_id
 
 
 async def pooled(pool: PodPool, seed: int, events: list | None = None) -> float:
@@ -150,9 +151,12 @@ async def service_breakdown(pod_url: str, jobs: int, folder: Path) -> None:
                 return wall, await asyncio.to_thread(execution_window, pod_url, record["prompt_id"])
 
             await one(0)  # warm: registry, pod facts, model loaded
-            rows, direct_walls = [], []
+            rows, direct_walls, direct_outside = [], [], []
             for i in range(jobs):
-                direct_walls.append(await direct(pod_url, 5000 + i))
+                wall, prompt_id = await direct(pod_url, 5000 + i)
+                window = await asyncio.to_thread(execution_window, pod_url, prompt_id)
+                direct_walls.append(wall)
+                direct_outside.append(wall - (window[1] - window[0]))
                 spans.spans.clear()
                 wall, window = await one(6000 + i)
                 rows.append((wall, window[1] - window[0], *spans.outside(window)))
@@ -161,7 +165,8 @@ async def service_breakdown(pod_url: str, jobs: int, folder: Path) -> None:
     outside = [wall - comfy for wall, comfy, _, _ in rows]
     print(f"service, SQLite (median of {jobs} warm jobs): wall {statistics.median(r[0] for r in rows) * 1000:.0f} ms, "
           f"direct submission {statistics.median(direct_walls) * 1000:.0f} ms; outside ComfyUI "
-          f"{statistics.median(outside) * 1000:.1f} ms p50")
+          f"{statistics.median(outside) * 1000:.1f} ms p50, direct submission "
+          f"{statistics.median(direct_outside) * 1000:.1f} ms (its WebSocket, POST /prompt, /history, /view)")
     labels = sorted({label for _, _, seconds, _ in rows for label in seconds})
     for label in labels:
         ms = statistics.median(r[2].get(label, 0.0) for r in rows) * 1000
@@ -180,7 +185,7 @@ async def main(jobs: int, concurrent: int) -> None:
         await pooled(pool, 0)
         d, p = [], []
         for i in range(jobs):  # distinct seeds: every job samples for real
-            d.append(await direct(pod.url, 1000 + i))
+            d.append((await direct(pod.url, 1000 + i))[0])
             p.append(await pooled(pool, 2000 + i))
         md, mp = statistics.median(d), statistics.median(p)
         print(f"per job (median of {jobs}): direct {md * 1000:.0f} ms, through the pool {mp * 1000:.0f} ms, "

@@ -19,6 +19,18 @@ from moto.server import ThreadedMotoServer
 from support import S3_ENV, pack_pod
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module with a ``family_group(item)`` runs its tests one model family after another (each family's
+    models loaded once, not once per test function); the rest keep their order."""
+    first: dict[tuple[str, str], int] = {}
+    keys = []
+    for index, item in enumerate(items):
+        group_of = getattr(getattr(item, "module", None), "family_group", None)
+        group = group_of(item) if group_of else None
+        keys.append((index if group is None else first.setdefault((item.nodeid.split("::")[0], group), index), index))
+    items[:] = [item for _, item in sorted(zip(keys, items), key=lambda pair: pair[0])]
+
+
 @dataclass(frozen=True)
 class Weights:
     checkpoint: Path

@@ -150,9 +150,40 @@ def pod(comfy):
     (comfy.models_dir("text_encoders") / STANDIN_ENCODER).write_bytes(b"")
     time.sleep(1.1)  # folder mtimes move on, so ComfyUI's cached file lists see the new files
     yield comfy
-    request = urllib.request.Request(comfy.url + "/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
+    free(comfy)
+
+
+def free(pod: LocalComfy) -> None:
+    """ComfyUI lets go of every model it holds, and of its cached node outputs."""
+    request = urllib.request.Request(pod.url + "/free", data=json.dumps({"unload_models": True, "free_memory": True}).encode(),
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request).close()
+
+
+def family_group(item: pytest.Item) -> str | None:
+    """The family whose models a test loads: the module's tests run one family after another (``conftest.py``)."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec else {}
+    if "family" in params:
+        return params["family"]
+    if "template" in params:
+        return TEMPLATE_RUNS[params["template"]][0] if params["template"] in TEMPLATE_RUNS else "sdxl"
+    return "wan22" if item.name.startswith("test_wan22") else None
+
+
+@pytest.fixture(scope="module")
+def held() -> dict[str, str | None]:
+    return {"family": None}
+
+
+@pytest.fixture(autouse=True)
+def one_family_at_a_time(request, pod, held) -> None:
+    """A test of another family than the last frees the last family's models first (the peak is one family's)."""
+    family = family_group(request.node)
+    if family is not None and family != held["family"]:
+        if held["family"] is not None:
+            free(pod)
+        held["family"] = family
 
 
 def model_loader(family: str) -> dict:

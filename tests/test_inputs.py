@@ -205,7 +205,9 @@ def _wait_http(url: str) -> None:
 
 def _schemathesis(url: str, headers: list[str], *extra: str) -> subprocess.CompletedProcess:
     st_exe = str(Path(sys.executable).with_name("st"))
-    return subprocess.run([st_exe, "run", url, *sum((["-H", h] for h in headers), []), "--checks", "not_a_server_error",
+    config = Path(__file__).with_name("schemathesis.toml")
+    return subprocess.run([st_exe, "--config-file", str(config), "run", url, *sum((["-H", h] for h in headers), []),
+                           "--checks", "not_a_server_error",
                            "--max-examples", "25", "--seed", "1", *extra], capture_output=True, text=True, timeout=600)
 
 

@@ -162,8 +162,9 @@ class Database:
                 return False
             check_transition(status, state)
             self._update(db, job_id, old, result, status=state.value, **columns)
-            for type, payload in ((event, data or {}), *((then,) if then else ())):
-                self._insert_event(db, job_id, type, payload)
+            self._insert_event(db, job_id, event, data or {})
+            if then is not None:
+                self._insert_event(db, job_id, *then)
         return True
 
     def patch_job(self, job_id: str, result: dict[str, Any] | None = None, event: str | None = None,

@@ -151,6 +151,21 @@ def test_a_completion_while_disconnected_is_still_reported(comfy) -> None:
     assert [e.type for e in result.events].count("success") == 1 and result.files
 
 
+def test_a_prompt_whose_end_was_recorded_before_a_restart_ends_on_reattachment(comfy) -> None:
+    """A bridge process that recorded ``success`` and died before ending the job: the next one re-attaches
+    to the finished prompt and returns (nothing reported twice) instead of waiting for an end already seen."""
+    async def go():
+        async with PodClient(comfy.url, token=POD_TOKEN) as client:
+            first = await client.run(txt2img(seed=44, steps=1))
+            recorded = [(e.type, e.data) for e in first.events]
+            again = await asyncio.wait_for(
+                client.run({}, prompt_id=first.prompt_id, follow=True, recorded=recorded), 60)
+            return first, again
+    first, again = asyncio.run(go())
+    assert [e.type for e in again.events] == ["reattached"]
+    assert [f.data for f in again.files] == [f.data for f in first.files] and first.files
+
+
 def test_cancel_mid_sampling_stops_the_job(comfy) -> None:
     steps_seen: list[int] = []
     cancelled: list[bool] = []

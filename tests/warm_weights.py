@@ -4,6 +4,7 @@ fixtures find them made; LoRAs are small and are made by the fixtures themselves
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -32,12 +33,18 @@ def jobs() -> list[Callable[[], object]]:
     return made + [partial(cached_aux_model, name) for name in AUX_MODELS]
 
 
+def make(index: int) -> None:
+    jobs()[index]()
+
+
 def main() -> None:
-    """``warm_weights.py [PART PARTS]``: make every PARTS-th file from the PART-th (default: all), so that
-    several processes share the work (each file is written under a temporary name, then renamed)."""
-    part, parts = (int(arg) for arg in sys.argv[1:3]) if len(sys.argv) == 3 else (0, 1)
-    for make in jobs()[part::parts]:
-        make()
+    """``warm_weights.py [PROCESSES]``: make every file, PROCESSES at a time (default 2), each process taking
+    the next file as it finishes one (the SDXL checkpoint, the largest, first), so that they end together
+    (each file is written under a temporary name, then renamed)."""
+    processes = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    with multiprocessing.Pool(processes) as pool:
+        for _ in pool.imap_unordered(make, range(len(jobs())), chunksize=1):
+            pass
 
 
 if __name__ == "__main__":

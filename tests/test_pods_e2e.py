@@ -253,6 +253,35 @@ def test_pool_routes_to_the_pod_holding_the_lora_and_survives_a_dead_pod(comfy, 
                                                                         pool.status[comfy.url].config.name]
 
 
+@pytest.mark.bridge_logic  # when the pool reads a pod's health is its own policy: first leg only
+def test_a_job_does_not_wait_for_the_health_check_of_a_pod_seen_healthy(comfy) -> None:
+    """A pod never seen is read before the job is routed; one seen healthy, but longer ago than ``health_ttl``,
+    is read again beside the job, which routes on what the pod last said (no health check on a warm job's path)."""
+    pool = PodPool([PodConfig(comfy.url, POD_TOKEN)], health_ttl=0.0)
+    pod = pool.status[comfy.url]
+    checked_when_assigned: list[float] = []
+
+    def on_event(event) -> None:
+        if event.type == "assigned":
+            checked_when_assigned.append(pod.checked)
+
+    async def go() -> None:
+        params = {"checkpoint": CHECKPOINT, "width": 64, "height": 64, "steps": 1, "seed": 3}
+        before = pod.checked
+        await run_generation(pool, [], template="sd15_txt2img", params=params, on_event=on_event)
+        assert checked_when_assigned[0] > before and pod.healthy  # read first
+        seen = pod.checked
+        await run_generation(pool, [], template="sd15_txt2img", params={**params, "seed": 4}, on_event=on_event)
+        assert checked_when_assigned[1] == seen  # routed on the last reading ...
+        for _ in range(200):
+            if pod.checked > seen:
+                break
+            await asyncio.sleep(0.05)
+        assert pod.checked > seen and pod.healthy  # ... while it was read again beside the job
+
+    asyncio.run(go())
+
+
 def test_a_job_waits_for_a_pod_that_is_down_and_one_that_keeps_failing_ends_the_job(comfy) -> None:
     """No usable pod: the job waits (one ``waiting`` event, no retry spent) and runs once the pod is back; still
     none after ``wait_s``: it fails with the reason. A pod that fails the job once it has it is retried after 2,

@@ -2,7 +2,8 @@
 
 A pod is healthy while ``/system_stats`` and ``/queue`` answer; an unhealthy pod gets no new
 jobs until it answers again, nor does a draining one (the bridge or the pod's pack said so) or one
-that missed its heartbeats (``silent``). A job goes to the usable pod (matching its labels) that already
+that missed its heartbeats (``silent``). Health older than ``health_ttl`` is read again; a job does not
+wait for that read on a pod last seen healthy (it runs beside the job). A job goes to the usable pod (matching its labels) that already
 holds most of the job's LoRAs, then with the fewest queued jobs; its LoRAs are prefetched there
 (``/lora_bridge/prefetch``) before the graph is submitted. When no pod is usable the job waits for one
 (``waiting``; a pod that joins or comes back takes it) up to ``wait_s``, then fails with the reason.
@@ -140,6 +141,7 @@ class PodPool:
         self.status = {p.url: PodStatus(p) for p in pods}
         self.health_ttl, self.facts_ttl, self.reconnects, self.backoff = health_ttl, facts_ttl, reconnects, backoff
         self.retry_delays, self.jitter, self.wait_s, self.watch_s = retry_delays, jitter, wait_s, watch_s
+        self._rechecks: dict[str, asyncio.Task[None]] = {}  # pod URL -> its check running beside the jobs
 
     def sync(self, members: list[Member]) -> None:
         """Make the pool the fleet's pods: new ones join (checked at the next refresh), gone ones leave (a job
@@ -213,11 +215,25 @@ class PodPool:
             raise PodUnavailable(f"{pod.config.name} went away while its node list was re-read: {pod.error}")
         return await built()
 
-    async def refresh(self, force: bool = False) -> list[PodStatus]:
-        """Re-check pods whose health is older than ``health_ttl`` (all with ``force``)."""
-        stale = [p for p in self.status.values() if force or time.monotonic() - p.checked > self.health_ttl]
+    async def refresh(self, force: bool = False, beside: bool = False) -> list[PodStatus]:
+        """Re-check pods whose health is older than ``health_ttl`` (all with ``force``). With ``beside`` (a job
+        choosing its pod), a stale pod last seen healthy is re-checked in a task beside the caller, which goes on
+        with what the pod last said: a job waits only for pods never seen or not healthy (one that went away
+        since fails the attempt, and the retry reads every pod again)."""
+        now = time.monotonic()
+        stale = [p for p in self.status.values() if force or now - p.checked > self.health_ttl]
+        if beside and not force:
+            for pod in (p for p in stale if p.healthy):
+                self._recheck_beside(pod)
+            stale = [p for p in stale if not p.healthy]
         await asyncio.gather(*(self._check(p) for p in stale))
         return list(self.status.values())
+
+    def _recheck_beside(self, pod: PodStatus) -> None:
+        """Check ``pod`` in a task of its own, unless one is checking it already."""
+        running = self._rechecks.get(pod.config.url)
+        if running is None or running.done() or running.get_loop() is not asyncio.get_running_loop():
+            self._rechecks[pod.config.url] = asyncio.ensure_future(self._check(pod))
 
     async def cache_report(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """The caches of every healthy pack pod, read now: per pod, and summed per cache
@@ -366,7 +382,7 @@ class PodPool:
                     await maybe
 
         while True:
-            await self.refresh(force=bool(reason) and since is None)  # after a failure, read every pod again
+            await self.refresh(force=bool(reason) and since is None, beside=True)  # after a failure, read every pod again
             try:
                 try:
                     pod = self.choose(units, labels, failed, pack_only)

@@ -3,10 +3,11 @@
 A pod is healthy while ``/system_stats`` and ``/queue`` answer; an unhealthy pod gets no new
 jobs until it answers again, nor does a draining one (the bridge or the pod's pack said so) or one
 that missed its heartbeats (``silent``). Health older than ``health_ttl`` is read again; a job does not
-wait for that read on a pod last seen healthy (it runs beside the job). A job goes to the usable pod (matching its labels) that already
-holds most of the job's LoRAs, then with the fewest queued jobs; its LoRAs are prefetched there
-(``/lora_bridge/prefetch``) before the graph is submitted. When no pod is usable the job waits for one
-(``waiting``; a pod that joins or comes back takes it) up to ``wait_s``, then fails with the reason.
+wait for that read on a pod last seen healthy (it runs beside the job). A job goes to the usable pod
+(matching its labels) that already holds most of the job's LoRAs, then with the fewest queued jobs; its
+LoRAs are prefetched there (``/lora_bridge/prefetch``) before the graph is submitted. When no pod is
+usable the job waits for one (``waiting``; a pod that joins or comes back takes it) up to ``wait_s``,
+then fails with the reason.
 A pod that dies before or during the job is retried after 2, 4 and 8 s (± jitter; ``failover`` and
 ``retry`` events), on another pod where one is usable; after the last retry the job fails with the
 reason. A job waiting in the queue of a pod that starts draining is taken back out of it (``moved``)

@@ -301,31 +301,23 @@ def _threaded(method: Callable[..., T]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(method)
     async def call(self: "AsyncDatabase", *args: Any, **kwargs: Any) -> T:
-        return await self.run(method, self.sync, *args, **kwargs)
+        work = functools.partial(method, self.sync, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, work)
 
     return call
 
 
 class AsyncDatabase:
-    """``Database`` for the service's event loop. On PostgreSQL every call runs in a worker thread (as many as
-    the back end has connections), so a query never blocks the loop that streams events. On SQLite, whose one
-    connection serves a call at a time, a call runs at once on the loop when the connection is free (tens of
-    microseconds, where the hand-off to a thread and back costs about a tenth of a millisecond, more under
-    load: most of the database's share of a job's time), and in a worker thread while another call holds it."""
+    """``Database`` for the service's event loop: every call runs in a worker thread (as many as the
+    back end has connections), so a query never blocks the loop that streams events."""
 
     def __init__(self, db: Database, threads: int = 4) -> None:
         self.sync, self.replica, self.lease_s, self.backend = db, db.replica, db.lease_s, db.backend
         self._threads = ThreadPoolExecutor(threads, thread_name_prefix="lora-bridge-db")
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``: blocking database work (of this module or another), where the class says."""
-        lock = self.backend.connection_lock
-        if lock is not None and lock.acquire(blocking=False):
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                lock.release()
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (blocking database work of another module) in the database's worker threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
 
     ping = _threaded(Database.ping)
     add_lora = _threaded(Database.add_lora)

@@ -39,20 +39,9 @@ class Tx(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = (), /) -> Cursor: ...
 
 
-class ConnectionLock(Protocol):
-    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
-
-    def release(self) -> None: ...
-
-
 class Backend(Protocol):
     dialect: str
     lock_suffix: str  # appended to a SELECT that is followed by writes to the rows it read
-
-    @property
-    def connection_lock(self) -> ConnectionLock | None:
-        """Held by whoever uses the back end's one connection (SQLite); None where each caller gets a
-        connection of its own. ``AsyncDatabase`` runs a call at once, on the event loop, while it is free."""
 
     def tx(self) -> contextlib.AbstractContextManager[Tx]: ...
 
@@ -76,7 +65,7 @@ class SqliteBackend:
     def __init__(self, path: str) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.connection_lock = threading.RLock()
+        self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL: a commit survives the process (a crash, a kill); only the OS failing can lose the last
@@ -85,7 +74,7 @@ class SqliteBackend:
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        with self.connection_lock:
+        with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -96,7 +85,7 @@ class SqliteBackend:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        with self.connection_lock:
+        with self._lock:
             yield self._conn
 
     def columns(self, db: Tx, table: str) -> set[str]:
@@ -129,7 +118,6 @@ class PostgresBackend:
 
     dialect = "postgresql"
     lock_suffix = " FOR UPDATE"
-    connection_lock = None
 
     def __init__(self, url: str, connections: int = 4, timeout: float = 5.0) -> None:
         import psycopg

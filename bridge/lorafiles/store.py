@@ -93,16 +93,19 @@ class LoraStore:
         self.budget_bytes = budget_bytes
         for d in (self.blobs, self.locks, *([self.link_dir] if self.link_dir else [])):
             d.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "index.sqlite3", timeout=60)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(sources)")}
-            for column, kind in (("size", "INTEGER"), ("validator", "TEXT")):  # stores made before revalidation
-                if column not in columns:
-                    db.execute(f"ALTER TABLE sources ADD COLUMN {column} {kind}")
-        finally:
-            db.close()
+        # one process at a time: SQLite answers "database is locked" at once, without waiting, to a second
+        # process switching a new index to WAL while the first does
+        with self._flock("index", fcntl.LOCK_EX):
+            db = sqlite3.connect(self.root / "index.sqlite3", timeout=60)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(sources)")}
+                for column, kind in (("size", "INTEGER"), ("validator", "TEXT")):  # stores made before revalidation
+                    if column not in columns:
+                        db.execute(f"ALTER TABLE sources ADD COLUMN {column} {kind}")
+            finally:
+                db.close()
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
